@@ -1,0 +1,34 @@
+"""xpnet: backprop written once, as batched matrix math against the Python array API.
+
+The same layers run on NumPy, CuPy, PyTorch, JAX and array-api-strict::
+
+    import xpnet as xn
+    xn.use("numpy")                       # or "cupy", "torch", "jax", "array_api_strict"
+    model = xn.Sequential(xn.Linear(784, 30), xn.Sigmoid(), xn.Linear(30, 10))
+
+Importing xpnet imports no optional array library and touches no GPU.
+"""
+
+from .backend import (
+    Backend,
+    BackendUnavailableError,
+    available,
+    current,
+    seed,
+    to_numpy,
+    use,
+)
+from .gradcheck import GradcheckError, gradcheck
+from .layers import Layer, Linear, Parameter, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from .losses import BinaryCrossEntropy, Loss, QuadraticCost, SoftmaxCrossEntropy
+from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
+    "GradcheckError", "gradcheck",
+    "Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
+    "Loss", "QuadraticCost", "SoftmaxCrossEntropy", "BinaryCrossEntropy",
+    "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
+]

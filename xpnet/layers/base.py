@@ -1,0 +1,228 @@
+"""Parameter, Layer and Sequential: the contract every layer keeps.
+
+A layer computes ``y = forward(x)`` and, given ``dy = dC/dy``, ``backward(dy)``
+returns ``dC/dx`` and ADDS ``dC/dparam`` into each parameter's ``.grad``. Forward
+keeps what backward needs only when ``train`` is true. Arrays stay where they are:
+a layer reads its namespace from its input and never moves data to the host.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from .. import init as initializers
+from ..backend import Backend, backend_of, current, dtype_name, make, to_numpy
+
+
+class Parameter:
+    """A trainable array with its gradient.
+
+    ``value`` and ``grad`` have the same shape. ``grad`` is ``None`` until a backward
+    pass adds to it, and again after ``zero_grad()``; optimizers rebind ``value``, so
+    immutable arrays (JAX) work too. ``trainable=False`` marks state that is saved
+    and moved with the model but not optimised (running statistics).
+    """
+
+    __slots__ = ("name", "value", "grad", "trainable")
+
+    def __init__(self, name: str, value: Any, trainable: bool = True):
+        self.name = name
+        self.value = value
+        self.grad: Any = None
+        self.trainable = trainable
+
+    def accumulate(self, g: Any) -> None:
+        """Add ``g`` into ``grad`` (gradients from several paths sum)."""
+        self.grad = g if self.grad is None else self.grad + g
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.value.shape)
+
+    def __repr__(self) -> str:
+        return f"Parameter({self.name!r}, shape={self.shape})"
+
+
+class Layer:
+    """Base class of every layer and model.
+
+    Subclasses define ``forward(x, *, train=True)`` and ``backward(dy)``, list their
+    own parameters in ``self._params`` and their sub-layers in ``children()``, and
+    return their constructor arguments from ``get_config()`` so checkpoints can
+    rebuild them.
+    """
+
+    #: What a following Linear/Conv should be initialised for ("he" after ReLU).
+    init_hint: str | None = None
+
+    def __init__(self, *, name: str | None = None):
+        self.name = name
+        self._params: list[Parameter] = []
+        self._where = ""
+
+    # -- the two passes ---------------------------------------------------------
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define forward")
+
+    def backward(self, dy: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} does not define backward")
+
+    def __call__(self, x: Any) -> Any:
+        """Inference: ``forward(x, train=False)``."""
+        return self.forward(x, train=False)
+
+    def _require_cache(self, value: Any) -> Any:
+        if value is None:
+            raise RuntimeError(
+                f"{self.label}: backward() needs a forward(x, train=True) before it"
+            )
+        return value
+
+    # -- structure ---------------------------------------------------------------
+    def children(self) -> list[Layer]:
+        return []
+
+    def named_state(self, prefix: str = "") -> list[tuple[str, Parameter]]:
+        """Every array of the model, trainable or not, with dotted names."""
+        out = [(prefix + p.name, p) for p in self._params]
+        for i, child in enumerate(self.children()):
+            out += child.named_state(f"{prefix}{self._child_key(i)}.")
+        return out
+
+    def _child_key(self, i: int) -> str:
+        return str(i)
+
+    def named_parameters(self) -> list[tuple[str, Parameter]]:
+        return [(n, p) for n, p in self.named_state() if p.trainable]
+
+    def parameters(self) -> list[Parameter]:
+        """The trainable parameters, in a fixed order."""
+        return [p for _, p in self.named_parameters()]
+
+    def zero_grad(self) -> None:
+        for _, p in self.named_state():
+            p.grad = None
+
+    def layers(self) -> Iterator[Layer]:
+        """This layer and every layer below it, depth first."""
+        yield self
+        for child in self.children():
+            yield from child.layers()
+
+    @property
+    def label(self) -> str:
+        """How error messages name this layer: its place in the model and its repr."""
+        return f"{self._where} {self!r}".strip() if self._where else repr(self)
+
+    # -- where the parameters live -----------------------------------------------
+    @property
+    def backend(self) -> Backend:
+        """The Backend of this layer's parameters (the current one if it has none)."""
+        state = self.named_state()
+        return backend_of(state[0][1].value) if state else current()
+
+    def to(self, backend: str | Backend, device: str | None = None) -> Layer:
+        """Move every parameter to another backend/device, keeping dtypes. Returns self."""
+        be = backend if isinstance(backend, Backend) else make(backend, device)
+        for _, p in self.named_state():
+            src = backend_of(p.value)
+            name = dtype_name(src.xp, p.value.dtype)
+            p.value = be.asarray(to_numpy(p.value), dtype=name)
+            p.grad = None
+        return self
+
+    def astype(self, dtype: str) -> Layer:
+        """Convert every floating parameter to ``dtype`` ("float32" or "float64")."""
+        for _, p in self.named_state():
+            be = backend_of(p.value)
+            dt = be.dtype(dtype)
+            if not be.xp.isdtype(p.value.dtype, "real floating"):
+                continue
+            be.check_dtype(dt, who=self.label)
+            p.value = be.xp.astype(p.value, dt)
+            p.grad = None
+        for layer in self.layers():
+            if hasattr(layer, "dtype"):
+                layer.dtype = dtype
+        return self
+
+    # -- construction helpers ------------------------------------------------------
+    def _new_parameter(self, name: str, host: np.ndarray, dtype: str,
+                       trainable: bool = True) -> Parameter:
+        be = current()
+        p = Parameter(name, be.asarray(host, dtype=dtype), trainable=trainable)
+        self._params.append(p)
+        return p
+
+    @staticmethod
+    def _draw(init: str, shape: tuple[int, ...]) -> np.ndarray:
+        return initializers.get(init)(shape)
+
+    # -- description -------------------------------------------------------------
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this layer (without its weights)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
+                         if k not in ("name", "dtype", "init"))
+        return f"{type(self).__name__}({args})"
+
+
+class Sequential(Layer):
+    """Layers applied one after another; backward runs them in reverse.
+
+    A Linear or Conv layer created with ``init="auto"`` is re-initialised for the
+    activation right after it (He for ReLU, Glorot otherwise).
+    """
+
+    def __init__(self, *layers: Layer, name: str | None = None):
+        super().__init__(name=name)
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Layer):
+                raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
+            layer._where = f"{name or 'Sequential'}[{i}]"
+        self._layers = list(layers)
+        for layer, nxt in zip(self._layers, self._layers[1:]):
+            hint = nxt.init_hint
+            if hint and getattr(layer, "init", None) == "auto" and hasattr(layer, "reset"):
+                layer.reset(hint)
+
+    def children(self) -> list[Layer]:
+        return self._layers
+
+    def __len__(self) -> int:
+        return len(self._layers)
+
+    def __getitem__(self, i: int) -> Layer:
+        return self._layers[i]
+
+    def __iter__(self) -> Iterator[Layer]:
+        return iter(self._layers)
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        for layer in self._layers:
+            x = layer.forward(x, train=train)
+        return x
+
+    def backward(self, dy: Any) -> Any:
+        for layer in reversed(self._layers):
+            dy = layer.backward(dy)
+        return dy
+
+    def get_config(self) -> dict[str, Any]:
+        return {"layers": [layer_config(layer) for layer in self._layers]}
+
+    def __repr__(self) -> str:
+        inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self._layers)
+        return f"Sequential(\n{inner}\n)"
+
+
+def layer_config(layer: Layer) -> dict[str, Any]:
+    """``{"type": ..., "config": ...}``: a JSON-able description of a layer."""
+    return {"type": type(layer).__name__, "config": layer.get_config()}

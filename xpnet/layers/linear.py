@@ -1,0 +1,91 @@
+"""Linear: the fully connected layer ``z = W a + b``, one example per row.
+
+Batched, with ``X`` of shape ``(n, in)``:
+
+    forward   Z = X @ W.T + b                      W: (out, in), b: (out,)
+    backward  dC/dW = delta.T @ X                   (the matmul sums over the batch)
+              dC/db = sum(delta, axis=0)
+              dC/dX = delta @ W                     with delta = dC/dZ, shape (n, out)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._compat import check_same_place, namespace
+from ..backend import backend_of
+from .base import Layer
+
+
+class Linear(Layer):
+    """Fully connected layer with PyTorch's weight layout.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+        Input and output widths.
+    bias : bool
+        Whether to add a learned bias ``b`` of shape ``(out_features,)``.
+    init : str
+        ``"auto"`` (Glorot, switched to He when a ReLU follows in a Sequential),
+        ``"glorot"``, ``"he"``, ``"lecun"`` or ``"normal"``.
+    dtype : str
+        ``"float32"`` (default) or ``"float64"``.
+    """
+
+    def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
+                 init: str = "auto", dtype: str = "float32", name: str | None = None):
+        super().__init__(name=name)
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(
+                f"Linear: in_features and out_features must be positive, got "
+                f"({in_features}, {out_features})"
+            )
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.use_bias = bool(bias)
+        self.init = init
+        self.dtype = dtype
+        self.weight = self._new_parameter("weight", self._weights(init), dtype)
+        self.bias = (
+            self._new_parameter("bias", np.zeros(self.out_features), dtype) if bias else None
+        )
+        self._x: Any = None
+
+    def _weights(self, init: str) -> np.ndarray:
+        return self._draw("glorot" if init == "auto" else init, (self.out_features,
+                                                                 self.in_features))
+
+    def reset(self, init: str) -> None:
+        """Draw new weights with ``init`` on the weight's backend and device."""
+        w = self.weight.value
+        be = backend_of(w)
+        self.weight.value = be.asarray(self._weights(init), dtype=w.dtype)
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        W = self.weight.value
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"{self.label}: expected input of shape (batch, {self.in_features}), "
+                f"got {tuple(x.shape)}"
+            )
+        check_same_place(self.label, x, W)
+        self._x = x if train else None
+        z = x @ W.T
+        if self.bias is not None:
+            z = z + self.bias.value
+        return z
+
+    def backward(self, delta: Any) -> Any:
+        x = self._require_cache(self._x)
+        W = self.weight.value
+        self.weight.accumulate(delta.T @ x)
+        if self.bias is not None:
+            self.bias.accumulate(namespace(delta).sum(delta, axis=0))
+        return delta @ W
+
+    def get_config(self) -> dict[str, Any]:
+        return {"in_features": self.in_features, "out_features": self.out_features,
+                "bias": self.use_bias, "init": self.init, "dtype": self.dtype}

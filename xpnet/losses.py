@@ -1,0 +1,164 @@
+"""Cost functions: ``forward(pred, target) -> 0-d array`` (mean over the batch) and
+``backward() -> dC/dpred``.
+
+Targets are arrays on the same backend and device as the predictions. Integer class
+labels of shape ``(n,)`` are accepted wherever a one-hot target would be.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from ._compat import check_labels_on_host, check_same_place, device, is_host, namespace
+
+
+class Loss:
+    """Base class: subclasses compute the cost and keep what ``backward`` needs."""
+
+    def __init__(self) -> None:
+        self._grad_parts: Any = None
+
+    def __call__(self, pred: Any, target: Any) -> Any:
+        return self.forward(pred, target)
+
+    def _cached(self) -> Any:
+        if self._grad_parts is None:
+            raise RuntimeError(f"{type(self).__name__}: backward() needs a forward() before it")
+        return self._grad_parts
+
+    def get_config(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _one_hot(who: str, xp: Any, labels: Any, k: int, dtype: Any) -> tuple[Any, Any]:
+    """One-hot rows for integer labels, and a validity mask (labels in [0, k)).
+
+    Labels in host memory are checked at once; on a device the check would stall the
+    stream, so invalid rows are returned for the caller to poison with NaN instead.
+    """
+    if is_host(xp):
+        check_labels_on_host(who, labels, k)
+    classes = xp.arange(k, dtype=labels.dtype, device=device(labels))
+    onehot = xp.astype(labels[:, None] == classes[None, :], dtype)
+    valid = (labels >= 0) & (labels < k)
+    return onehot, valid
+
+
+def _target_matrix(who: str, pred: Any, target: Any) -> tuple[Any, Any]:
+    """The target as a float matrix shaped like ``pred`` (one-hot for integer labels)."""
+    xp = namespace(pred)
+    check_same_place(who, target, pred, what="target")
+    if xp.isdtype(target.dtype, "integral"):
+        if pred.ndim != 2 or target.ndim != 1 or target.shape[0] != pred.shape[0]:
+            raise ValueError(
+                f"{who}: integer labels must have shape ({pred.shape[0]},) for predictions "
+                f"of shape {tuple(pred.shape)}, got {tuple(target.shape)}"
+            )
+        return _one_hot(who, xp, target, pred.shape[1], pred.dtype)
+    if tuple(target.shape) != tuple(pred.shape):
+        raise ValueError(
+            f"{who}: target shape {tuple(target.shape)} does not match prediction shape "
+            f"{tuple(pred.shape)}"
+        )
+    return target, None
+
+
+class QuadraticCost(Loss):
+    """``C = 1/(2n) * sum_x ||a(x) - y(x)||^2``; ``dC/da = (a - y) / n``.
+
+    ``pred`` has shape ``(n, k)``; ``target`` the same shape, or integer labels ``(n,)``
+    which are one-hot encoded.
+    """
+
+    def forward(self, pred: Any, target: Any) -> Any:
+        xp = namespace(pred)
+        y, valid = _target_matrix("QuadraticCost", pred, target)
+        n = pred.shape[0]
+        diff = pred - y
+        self._grad_parts = (diff, n)
+        cost = xp.sum(diff * diff) / (2 * n)
+        if valid is not None:
+            cost = cost / xp.astype(xp.all(valid), pred.dtype)  # inf/NaN on bad labels
+        return cost
+
+    def backward(self) -> Any:
+        diff, n = self._cached()
+        return diff / n
+
+
+class SoftmaxCrossEntropy(Loss):
+    """Softmax of the logits followed by cross-entropy, fused.
+
+    ``C = -1/n * sum_x sum_j y_j log softmax(z)_j`` and ``dC/dz = (softmax(z) - y) / n``.
+    ``pred`` are logits of shape ``(n, k)``; ``target`` integer labels ``(n,)`` or
+    rows of class probabilities ``(n, k)`` that sum to 1 (one-hot). Labels outside
+    ``[0, k)`` raise at once on NumPy and make the loss NaN on other devices (checking
+    there would stall the device); ``fit`` checks them on the host before training.
+    """
+
+    def forward(self, pred: Any, target: Any) -> Any:
+        xp = namespace(pred)
+        if pred.ndim != 2:
+            raise ValueError(
+                f"SoftmaxCrossEntropy: expected logits of shape (batch, classes), got "
+                f"{tuple(pred.shape)}"
+            )
+        y, valid = _target_matrix("SoftmaxCrossEntropy", pred, target)
+        shifted = pred - xp.max(pred, axis=1, keepdims=True)
+        e = xp.exp(shifted)
+        s = xp.sum(e, axis=1, keepdims=True)
+        logp = shifted - xp.log(s)
+        n = pred.shape[0]
+        self._grad_parts = (e / s, y, n)
+        per_example = -xp.sum(y * logp, axis=1)
+        if valid is not None:
+            per_example = xp.where(valid, per_example, xp.full_like(per_example, math.nan))
+        return xp.sum(per_example) / n
+
+    def backward(self) -> Any:
+        p, y, n = self._cached()
+        return (p - y) / n
+
+
+class BinaryCrossEntropy(Loss):
+    """Sigmoid of the logits followed by binary cross-entropy, fused and stable.
+
+    ``C = mean(max(z, 0) - z y + log(1 + exp(-|z|)))`` over every element, and
+    ``dC/dz = (sigmoid(z) - y) / size``. ``pred`` are logits of any shape; ``target``
+    has the same shape with values in [0, 1] (a ``(n,)`` target fits ``(n, 1)`` logits).
+    """
+
+    def forward(self, pred: Any, target: Any) -> Any:
+        xp = namespace(pred)
+        check_same_place("BinaryCrossEntropy", target, pred, what="target")
+        if target.ndim == 1 and pred.ndim == 2 and pred.shape[1] == 1:
+            target = xp.reshape(target, (-1, 1))
+        if tuple(target.shape) != tuple(pred.shape):
+            raise ValueError(
+                f"BinaryCrossEntropy: target shape {tuple(target.shape)} does not match "
+                f"prediction shape {tuple(pred.shape)}"
+            )
+        y = xp.astype(target, pred.dtype)
+        size = math.prod(pred.shape)
+        self._grad_parts = (pred, y, size)
+        per = xp.maximum(pred, 0.0) - pred * y + xp.log1p(xp.exp(-xp.abs(pred)))
+        return xp.sum(per) / size
+
+    def backward(self) -> Any:
+        z, y, size = self._cached()
+        sig = 0.5 * namespace(z).tanh(0.5 * z) + 0.5
+        return (sig - y) / size
+
+
+LOSSES = {
+    "quadratic": QuadraticCost,
+    "mse": QuadraticCost,
+    "cross_entropy": SoftmaxCrossEntropy,
+    "softmax_cross_entropy": SoftmaxCrossEntropy,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "bce": BinaryCrossEntropy,
+}
