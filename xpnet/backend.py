@@ -381,7 +381,7 @@ def backend_of(x: Any) -> Backend:
     from array_api_compat import device as device_of
 
     mod = type(x).__module__.split(".")[0]
-    if isinstance(x, np.ndarray):
+    if isinstance(x, (np.ndarray, np.generic)):
         return _make_numpy(None)
     if mod == "torch":
         import array_api_compat.torch as xp
@@ -420,6 +420,8 @@ def to_numpy(x: Any) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         return x
+    if isinstance(x, np.generic):
+        return np.asarray(x)
     mod = type(x).__module__.split(".")[0]
     if mod == "torch":
         return x.detach().cpu().numpy()

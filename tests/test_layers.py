@@ -1,0 +1,153 @@
+"""Every layer on every backend case: gradcheck, device and dtype, NumPy reference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import assert_on
+
+import xpnet as xn
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _softmax(z):
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+# name -> (factory, input shape, NumPy reference of forward given the layer)
+def _linear_ref(layer, x):
+    W = xn.to_numpy(layer.weight.value).astype(np.float64)
+    b = xn.to_numpy(layer.bias.value).astype(np.float64)
+    return np.einsum("ni,oi->no", x, W) + b
+
+
+ACTIVATIONS = {
+    "Sigmoid": (xn.Sigmoid, _sigmoid),
+    "Tanh": (xn.Tanh, np.tanh),
+    "ReLU": (xn.ReLU, lambda z: np.where(z > 0, z, 0.0)),
+    "Softmax": (xn.Softmax, _softmax),
+}
+
+
+def _input(rng, shape, avoid_zero=False):
+    x = rng.standard_normal(shape)
+    if avoid_zero:  # finite differences across ReLU's kink are meaningless
+        x = np.where(np.abs(x) < 0.1, 0.5, x)
+    return x
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation(be, rng, name):
+    make, ref = ACTIVATIONS[name]
+    x_host = _input(rng, (5, 4), avoid_zero=True)
+    x = be.asarray(x_host, dtype="float32")
+    layer = make()
+    y = layer.forward(x)
+    assert_on(be, y)
+    np.testing.assert_allclose(xn.to_numpy(y), ref(x_host.astype(np.float32)),
+                               rtol=1e-5, atol=1e-6)
+    assert xn.gradcheck(layer, x)
+
+
+def test_linear(be, rng):
+    layer = xn.Linear(4, 3)
+    x_host = _input(rng, (6, 4))
+    x = be.asarray(x_host, dtype="float32")
+    y = layer.forward(x)
+    assert_on(be, y)
+    assert tuple(layer.weight.value.shape) == (3, 4)
+    assert tuple(layer.bias.value.shape) == (3,)
+    # nonzero bias so the reference checks it is added
+    layer.bias.value = be.asarray(rng.standard_normal(3), dtype="float32")
+    y = layer.forward(x)
+    np.testing.assert_allclose(xn.to_numpy(y), _linear_ref(layer, x_host.astype(np.float32)),
+                               rtol=1e-5, atol=1e-5)
+    assert xn.gradcheck(layer, x)
+
+
+def test_linear_backward_matches_formulas(be, rng):
+    """dW = delta.T @ X, db = sum(delta), dX = delta @ W, written out with loops."""
+    layer = xn.Linear(3, 2)
+    x_host = rng.standard_normal((4, 3)).astype(np.float32)
+    d_host = rng.standard_normal((4, 2)).astype(np.float32)
+    layer.forward(be.asarray(x_host))
+    dx = layer.backward(be.asarray(d_host))
+    W = xn.to_numpy(layer.weight.value)
+    gW = np.zeros((2, 3))
+    gb = np.zeros(2)
+    gx = np.zeros((4, 3))
+    for n in range(4):
+        for o in range(2):
+            gb[o] += d_host[n, o]
+            for i in range(3):
+                gW[o, i] += d_host[n, o] * x_host[n, i]
+                gx[n, i] += d_host[n, o] * W[o, i]
+    np.testing.assert_allclose(xn.to_numpy(layer.weight.grad), gW, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(xn.to_numpy(layer.bias.grad), gb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(xn.to_numpy(dx), gx, rtol=1e-5, atol=1e-6)
+    assert_on(be, dx)
+
+
+def test_backward_adds_into_grad(be, rng):
+    layer = xn.Linear(3, 2)
+    x = be.asarray(rng.standard_normal((4, 3)), dtype="float32")
+    d = be.asarray(rng.standard_normal((4, 2)), dtype="float32")
+    layer.forward(x)
+    layer.backward(d)
+    once = xn.to_numpy(layer.weight.grad).copy()
+    layer.forward(x)
+    layer.backward(d)
+    np.testing.assert_allclose(xn.to_numpy(layer.weight.grad), 2 * once, rtol=1e-6)
+    layer.zero_grad()
+    assert layer.weight.grad is None
+
+
+def test_sequential_mlp(be, rng):
+    model = xn.Sequential(xn.Linear(4, 6), xn.Tanh(), xn.Linear(6, 5), xn.ReLU(),
+                          xn.Linear(5, 3), xn.Sigmoid())
+    x_host = _input(rng, (7, 4))
+    x = be.asarray(x_host, dtype="float32")
+    y = model(x)
+    assert_on(be, y)
+    Ws = [xn.to_numpy(p.value).astype(np.float64) for p in model.parameters()]
+    h = np.tanh(x_host.astype(np.float32) @ Ws[0].T + Ws[1])
+    h = np.maximum(h @ Ws[2].T + Ws[3], 0)
+    ref = _sigmoid(h @ Ws[4].T + Ws[5])
+    np.testing.assert_allclose(xn.to_numpy(y), ref, rtol=1e-5, atol=1e-6)
+    assert xn.gradcheck(model, x)
+    assert [n for n, _ in model.named_parameters()] == [
+        "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+
+
+def test_sigmoid_does_not_overflow(be):
+    x = be.asarray(np.array([[-1000.0, 0.0, 1000.0]]), dtype="float32")
+    with np.errstate(all="raise"):
+        y = xn.to_numpy(xn.Sigmoid().forward(x))
+    np.testing.assert_array_equal(y, [[0.0, 0.5, 1.0]])
+
+
+def test_softmax_subtracts_row_max(be):
+    x = be.asarray(np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1000.0, -1000.0]]),
+                   dtype="float32")
+    y = xn.to_numpy(xn.Softmax().forward(x))
+    e = np.exp([0.0, 1.0, 2.0])
+    np.testing.assert_allclose(y[0], e / e.sum(), rtol=1e-6)
+    np.testing.assert_allclose(y[1], [1 / 3] * 3, rtol=1e-6)
+
+
+def test_float64_layers(be, rng):
+    if not be.supports("float64"):
+        with pytest.raises(TypeError, match="float64"):
+            xn.Linear(3, 2, dtype="float64")
+        with pytest.raises(TypeError, match="float64"):
+            xn.Linear(3, 2).astype("float64")
+        return
+    layer = xn.Linear(3, 2, dtype="float64")
+    x = be.asarray(rng.standard_normal((2, 3)), dtype="float64")
+    assert_on(be, layer.forward(x), "float64")
+    model = xn.Sequential(xn.Linear(3, 2), xn.Sigmoid()).astype("float64")
+    assert_on(be, model(x), "float64")
