@@ -9,6 +9,7 @@ The same layers run on NumPy, CuPy, PyTorch, JAX and array-api-strict::
 Importing xpnet imports no optional array library and touches no GPU.
 """
 
+from . import datasets
 from .backend import (
     Backend,
     BackendUnavailableError,
@@ -18,10 +19,12 @@ from .backend import (
     to_numpy,
     use,
 )
+from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .gradcheck import GradcheckError, gradcheck
 from .layers import Layer, Linear, Parameter, ReLU, Sequential, Sigmoid, Softmax, Tanh
 from .losses import BinaryCrossEntropy, Loss, QuadraticCost, SoftmaxCrossEntropy
 from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR
+from .train import Callback, EarlyStopping, History, ModelCheckpoint, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
@@ -31,4 +34,6 @@ __all__ = [
     "Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
     "Loss", "QuadraticCost", "SoftmaxCrossEntropy", "BinaryCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
+    "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
+    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "datasets",
 ]

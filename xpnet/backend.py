@@ -343,7 +343,7 @@ def make(name: str = "auto", device: str | None = None) -> Backend:
         if device not in (None, "cpu"):
             raise
         be = _make_numpy(None)
-        be.note = f"auto: chose numpy on the CPU ({why})"
+        be.note = f"auto: chose numpy on the CPU; {str(why).split(';')[0]}"
     log.info(be.note)
     return be
 

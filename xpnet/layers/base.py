@@ -162,6 +162,38 @@ class Layer:
         return initializers.get(init)(shape)
 
     # -- description -------------------------------------------------------------
+    def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> str:
+        """Print (and return) a table of layers, output shapes and parameter counts.
+
+        Output shapes come from one inference pass on a zero input of shape
+        ``(1, *input_shape)``; ``input_shape`` defaults to the first Linear's width.
+        """
+        rows = [(f"{i}: {layer!r}" if self.children() else repr(layer), layer)
+                for i, layer in enumerate(self.children() or [self])]
+        if input_shape is None:
+            first = next((l for l in self.layers() if hasattr(l, "in_features")), None)
+            input_shape = (first.in_features,) if first is not None else None
+        shapes: list[str] = []
+        if input_shape is not None:
+            be = self.backend
+            x = be.asarray(np.zeros((1, *input_shape)), dtype="float32")
+            for _, layer in rows:
+                x = layer.forward(x, train=False)
+                shapes.append(str(("N", *tuple(x.shape)[1:])).replace("'", ""))
+        else:
+            shapes = ["?"] * len(rows)
+        counts = [sum(int(np.prod(p.shape)) for _, p in layer.named_state() if p.trainable)
+                  for _, layer in rows]
+        w = max(len(r[0]) for r in rows) + 2
+        lines = [f"{'Layer':<{w}}{'Output shape':<18}{'Params':>10}", "-" * (w + 28)]
+        lines += [f"{name:<{w}}{shape:<18}{count:>10,}"
+                  for (name, _), shape, count in zip(rows, shapes, counts, strict=True)]
+        lines += ["-" * (w + 28), f"Total trainable parameters: {sum(counts):,}"]
+        text = "\n".join(lines)
+        if print_fn is not None:
+            print_fn(text)
+        return text
+
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer (without its weights)."""
         return {}
