@@ -181,6 +181,11 @@ def _param_dtype(model: Layer, be: Backend) -> str:
     return dtype_name(be.xp, state[0][1].value.dtype) if state else "float32"
 
 
+def _count(a: Any) -> int:
+    """Examples in ``a`` (array-api-strict arrays have no ``len``)."""
+    return int(a.shape[0]) if hasattr(a, "shape") else len(a)
+
+
 def _hits(xp: Any, pred: Any, y: Any, loss: Loss | None) -> Any:
     """Number of correct predictions as a device scalar, or None for regression."""
     integral = xp.isdtype(y.dtype, "integral")
@@ -283,8 +288,8 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
     """
     be = model.backend
     dtype = _param_dtype(model, be)
-    if len(x) != len(y):
-        raise ValueError(f"fit: x has {len(x)} examples but y has {len(y)}")
+    if _count(x) != _count(y):
+        raise ValueError(f"fit: x has {_count(x)} examples but y has {_count(y)}")
     if batch_size < 1 or epochs < 0:
         raise ValueError(f"fit: batch_size must be >= 1 and epochs >= 0, got {batch_size}, "
                          f"{epochs}")
@@ -358,8 +363,8 @@ def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
     """
     be = model.backend
     dtype = _param_dtype(model, be)
-    if len(x) != len(y):
-        raise ValueError(f"evaluate: x has {len(x)} examples but y has {len(y)}")
+    if _count(x) != _count(y):
+        raise ValueError(f"evaluate: x has {_count(x)} examples but y has {_count(y)}")
     loss = loss if loss is not None else getattr(model, "_fit_loss", None)
     x_dev = data_mod.on_backend(be, x, dtype, "evaluate (x)")
     y_dev = data_mod.on_backend(be, y, dtype, "evaluate (y)")

@@ -1,0 +1,46 @@
+"""The examples run and do what their docstrings say."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _example(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_xor_solves_on_a_fake_accelerator(capsys):
+    code = _example("xor").main(["--backend", "array_api_strict", "--device", "device1"])
+    out = capsys.readouterr().out
+    assert code == 0 and out.rstrip().endswith("solved") and "not solved" not in out
+    rows = [line for line in out.splitlines() if "|" in line][1:]
+    assert len(rows) == 4
+    for row in rows:
+        target, output = row.split("|")[1:]
+        assert abs(float(target) - float(output)) < 0.1
+
+
+def test_digits_mlp_example(tmp_path, capsys):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    code = _example("digits_mlp").main(["--backend", "numpy", "--epochs", "4",
+                                        "--checkpoint", str(tmp_path / "d.xpnet")])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "d.xpnet").exists()
+    best = float(out.split("best checkpoint ")[1].split()[0])
+    assert best >= 0.9
+
+
+def test_nielsen_example_on_bundled_digits(capsys):
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed")
+    code = _example("nielsen_mnist").main(["--backend", "numpy", "--epochs", "3"])
+    out = capsys.readouterr().out
+    assert code == 0 and "bundled 8x8 digits" in out
+    assert float(out.split("test accuracy ")[1].split()[0]) > 0.3  # 10% is chance
