@@ -102,3 +102,11 @@ def test_small_sets():
     assert x_tr.shape == (240, 2) and x_te.shape == (60, 2)
     assert set(np.unique(y_tr)) == {0, 1, 2}
     np.testing.assert_array_equal(xn.datasets.spirals(100, seed=1)[0], x_tr)
+
+
+def test_missing_data_extra_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)  # import now fails
+    with pytest.raises(ImportError, match=r'pip install "xpnet\[data\]"'):
+        xn.datasets.digits()

@@ -331,8 +331,11 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
                 hits = h if hits is None else hits + h
             seen += size
             # the one host read inside the loop, at the reporting interval
-            postfix = ({"loss": float(to_numpy(loss_sum)) / seen}
-                       if reporter.bar is not None and step % every == 0 else None)
+            postfix = None
+            if reporter.bar is not None and step % every == 0:
+                postfix = {"loss": float(to_numpy(loss_sum)) / seen}
+                if hits is not None:
+                    postfix["accuracy"] = float(to_numpy(hits)) / seen
             reporter.step(1, postfix)
         logs = {"loss": float(to_numpy(loss_sum)) / n}
         if hits is not None:
