@@ -21,7 +21,27 @@ from .backend import (
 )
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .gradcheck import GradcheckError, gradcheck
-from .layers import Layer, Linear, Parameter, ReLU, Sequential, Sigmoid, Softmax, Tanh
+from .graph import Add, Concat, Graph, Input
+from .layers import (
+    AvgPool1D,
+    AvgPool2D,
+    BatchNorm1D,
+    BatchNorm2D,
+    Conv1D,
+    Conv2D,
+    Dropout,
+    Flatten,
+    Layer,
+    Linear,
+    MaxPool1D,
+    MaxPool2D,
+    Parameter,
+    ReLU,
+    Sequential,
+    Sigmoid,
+    Softmax,
+    Tanh,
+)
 from .losses import BinaryCrossEntropy, Loss, QuadraticCost, SoftmaxCrossEntropy
 from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR
 from .train import Callback, EarlyStopping, History, ModelCheckpoint, evaluate, fit, predict
@@ -32,6 +52,8 @@ __all__ = [
     "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
     "GradcheckError", "gradcheck",
     "Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
+    "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "Flatten",
+    "Dropout", "BatchNorm1D", "BatchNorm2D", "Input", "Add", "Concat", "Graph",
     "Loss", "QuadraticCost", "SoftmaxCrossEntropy", "BinaryCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",

@@ -95,6 +95,87 @@ def sub_(xp: Any, value: Any, delta: Any) -> Any:
     return value
 
 
+def add_into(xp: Any, target: Any, key: tuple, value: Any) -> Any:
+    """``target[key] += value`` for a key of slices, returning the array to keep.
+
+    The standard has no scatter-add; a key made of slices names each element once, so
+    an in-place add is exact. JAX arrays are immutable and take ``.at[key].add``.
+    """
+    if is_jax(xp):
+        return target.at[key].add(value)
+    target[key] += value
+    return target
+
+
+def pad_axes(xp: Any, x: Any, pads: tuple[int, ...]) -> Any:
+    """Zero-pad the trailing ``len(pads)`` axes of ``x`` by ``pads[i]`` on both sides.
+
+    The standard has no ``pad``; concatenating zero blocks works on every backend.
+    """
+    first = x.ndim - len(pads)
+    for i, p in enumerate(pads):
+        if p == 0:
+            continue
+        shape = list(x.shape)
+        shape[first + i] = p
+        z = xp.zeros(tuple(shape), dtype=x.dtype, device=device(x))
+        x = xp.concat([z, x, z], axis=first + i)
+    return x
+
+
+def _mix(seed: int, n: int) -> int:
+    """One 63-bit integer seed from ``(seed, n)`` for generators that take a single int."""
+    return int(np.random.SeedSequence([seed, n]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def uniform(like: Any, shape: tuple[int, ...]) -> Any:
+    """Uniform [0, 1) samples of ``like``'s library, device and dtype.
+
+    CuPy, torch and JAX draw on the device with their own generators; NumPy and
+    array-api-strict draw on the host (strict then copies to its device). Every draw
+    is seeded from ``backend.next_random_key()``, so ``xn.seed`` fixes them all.
+    """
+    from .backend import next_random_key
+
+    seed, n = next_random_key()
+    lib = library(like)
+    if lib == "torch":
+        return _uniform_torch(like, shape, seed, n)
+    if lib == "jax":
+        return _uniform_jax(like, shape, seed, n)
+    if lib == "cupy":
+        return _uniform_cupy(like, shape, seed, n)
+    host = np.random.default_rng([seed, n]).random(shape, dtype=np.float32)
+    xp = namespace(like)
+    return xp.astype(xp.asarray(host, device=device(like)), like.dtype)
+
+
+def _uniform_torch(like: Any, shape: tuple[int, ...], seed: int, n: int) -> Any:
+    import torch
+
+    if like.device.type == "meta":  # shapes only
+        return torch.empty(shape, dtype=like.dtype, device=like.device)
+    gen = torch.Generator(device=like.device)
+    gen.manual_seed(_mix(seed, n))
+    return torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+
+
+def _uniform_jax(like: Any, shape: tuple[int, ...], seed: int, n: int) -> Any:
+    import jax
+
+    dev = device(like)
+    with jax.default_device(dev):
+        key = jax.random.fold_in(jax.random.key(seed % 2**32), n)
+        return jax.random.uniform(key, shape, dtype=like.dtype)
+
+
+def _uniform_cupy(like: Any, shape: tuple[int, ...], seed: int, n: int) -> Any:
+    import cupy
+
+    with like.device:
+        return cupy.random.default_rng(_mix(seed, n)).random(shape, dtype=like.dtype)
+
+
 def check_labels_on_host(who: str, labels: Any, n_classes: int) -> None:
     """Raise at once for integer labels outside ``[0, n_classes)`` held in host memory."""
     lo, hi = int(np.min(labels)), int(np.max(labels))

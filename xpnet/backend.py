@@ -49,15 +49,38 @@ class BackendUnavailableError(RuntimeError):
 # ---------------------------------------------------------------------------
 # Seeded host generator: every initialisation draws from it, so one seed gives
 # identical initial weights on every backend.
-_seed: int | None = None
-_host_rng = np.random.default_rng()
+_seed: int = int(np.random.SeedSequence().entropy % 2**63)  # until seed() is called
+_host_rng = np.random.default_rng(_seed)
+_draws = 0  # random arrays drawn on devices since the last seed()
 
 
 def seed(value: int) -> None:
     """Seed weight initialisation, shuffling and dropout on every backend."""
-    global _seed, _host_rng
+    global _seed, _host_rng, _draws
     _seed = int(value)
     _host_rng = np.random.default_rng(_seed)
+    _draws = 0
+
+
+def next_random_key() -> tuple[int, int]:
+    """``(seed, n)`` for the n-th random array drawn since ``seed()`` (dropout masks).
+
+    Each draw seeds its own generator from this key, on the array's device, so a
+    draw depends only on the seed and its position in the sequence.
+    """
+    global _draws
+    _draws += 1
+    return _seed, _draws - 1
+
+
+def random_position() -> int:
+    """How many keys have been handed out; ``set_random_position`` rewinds to it."""
+    return _draws
+
+
+def set_random_position(n: int) -> None:
+    global _draws
+    _draws = int(n)
 
 
 def host_rng() -> np.random.Generator:

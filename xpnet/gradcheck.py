@@ -17,7 +17,7 @@ import numpy as np
 
 from ._compat import device as device_of
 from ._compat import namespace
-from .backend import backend_of, to_numpy
+from .backend import backend_of, random_position, set_random_position, to_numpy
 from .layers.base import Layer
 from .losses import Loss
 
@@ -70,16 +70,20 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     if target is not None and xp.isdtype(target.dtype, "real floating"):
         target = be.xp.astype(target, dt)
 
+    # Every forward pass rewinds the random sequence, so dropout draws the same mask.
+    start = random_position()
     y = model.forward(x_dev, train=True)
     proj = put(np.random.default_rng(seed).standard_normal(tuple(y.shape)))
 
     def cost(inp: Any) -> float:
+        set_random_position(start)
         out = model.forward(inp, train=True)
         c = loss.forward(out, target) if loss is not None else namespace(out).sum(out * proj)
         return float(to_numpy(c))
 
     # analytic
     model.zero_grad()
+    set_random_position(start)
     out = model.forward(x_dev, train=True)
     if loss is not None:
         loss.forward(out, target)
@@ -118,6 +122,7 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
         if p is not None:
             p.value = put(base)
         _compare(layer, name, analytic, numeric, rtol, atol)
+    set_random_position(start + 1)  # as if the layer had run forward once
     return True
 
 

@@ -70,9 +70,18 @@ class Layer:
     def backward(self, dy: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
-    def __call__(self, x: Any) -> Any:
-        """Inference: ``forward(x, train=False)``."""
-        return self.forward(x, train=False)
+    def __call__(self, *xs: Any) -> Any:
+        """Inference: ``forward(x, train=False)``. On symbolic tensors from
+        ``xn.Input``, adds this layer to the graph being built instead."""
+        from ..graph import Merge, SymbolicTensor, connect
+
+        if any(isinstance(x, SymbolicTensor) for x in xs):
+            return connect(self, xs)
+        if isinstance(self, Merge):
+            return self.forward(list(xs), train=False)
+        if len(xs) != 1:
+            raise TypeError(f"{self.label} takes one input, got {len(xs)}")
+        return self.forward(xs[0], train=False)
 
     def _require_cache(self, value: Any) -> Any:
         if value is None:
@@ -168,31 +177,32 @@ class Layer:
         Output shapes come from one inference pass on a zero input of shape
         ``(1, *input_shape)``; ``input_shape`` defaults to the first Linear's width.
         """
-        rows = [(f"{i}: {layer!r}" if self.children() else repr(layer), layer)
-                for i, layer in enumerate(self.children() or [self])]
-        if input_shape is None:
-            first = next((l for l in self.layers() if hasattr(l, "in_features")), None)
-            input_shape = (first.in_features,) if first is not None else None
-        shapes: list[str] = []
-        if input_shape is not None:
-            be = self.backend
-            x = be.asarray(np.zeros((1, *input_shape)), dtype="float32")
-            for _, layer in rows:
-                x = layer.forward(x, train=False)
-                shapes.append(str(("N", *tuple(x.shape)[1:])).replace("'", ""))
-        else:
-            shapes = ["?"] * len(rows)
-        counts = [sum(int(np.prod(p.shape)) for _, p in layer.named_state() if p.trainable)
-                  for _, layer in rows]
+        rows = self._summary_rows(input_shape)
         w = max(len(r[0]) for r in rows) + 2
         lines = [f"{'Layer':<{w}}{'Output shape':<18}{'Params':>10}", "-" * (w + 28)]
-        lines += [f"{name:<{w}}{shape:<18}{count:>10,}"
-                  for (name, _), shape, count in zip(rows, shapes, counts, strict=True)]
-        lines += ["-" * (w + 28), f"Total trainable parameters: {sum(counts):,}"]
+        lines += [f"{name:<{w}}{shape:<18}{count:>10,}" for name, shape, count in rows]
+        lines += ["-" * (w + 28), f"Total trainable parameters: {sum(r[2] for r in rows):,}"]
         text = "\n".join(lines)
         if print_fn is not None:
             print_fn(text)
         return text
+
+    def _summary_rows(self, input_shape: tuple[int, ...] | None) -> list[tuple[str, str, int]]:
+        """(name, output shape, trainable count) per child, run in sequence."""
+        layers = self.children() or [self]
+        names = [f"{i}: {layer!r}" if self.children() else repr(layer)
+                 for i, layer in enumerate(layers)]
+        if input_shape is None:
+            first = next((l for l in self.layers() if hasattr(l, "in_features")), None)
+            input_shape = (first.in_features,) if first is not None else None
+        shapes = ["?"] * len(layers)
+        if input_shape is not None:
+            x = self.backend.asarray(np.zeros((1, *input_shape)), dtype="float32")
+            for i, layer in enumerate(layers):
+                x = layer.forward(x, train=False)
+                shapes[i] = _shape_text(tuple(x.shape)[1:])
+        return [(n, sh, _count(layer)) for n, sh, layer in zip(names, shapes, layers,
+                                                                 strict=True)]
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer (without its weights)."""
@@ -253,6 +263,14 @@ class Sequential(Layer):
     def __repr__(self) -> str:
         inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self._layers)
         return f"Sequential(\n{inner}\n)"
+
+
+def _shape_text(shape: tuple[int, ...]) -> str:
+    return "(N" + "".join(f", {d}" for d in shape) + ")"
+
+
+def _count(layer: Layer) -> int:
+    return sum(int(np.prod(p.shape)) for _, p in layer.named_state() if p.trainable)
 
 
 def layer_config(layer: Layer) -> dict[str, Any]:

@@ -1,0 +1,129 @@
+"""Convolutions with shared weights: Conv1D on ``(N, C, L)``, Conv2D on ``(N, C, H, W)``.
+
+One small kernel is applied at every position, so the weight gradient is the sum over
+positions. With the windows laid out as rows (im2col), ``cols`` of shape
+``(N * positions, C * K)`` and ``W2 = W.reshape(O, C * K)``:
+
+    forward   Y = cols @ W2.T + b              (one matmul for the whole batch)
+    backward  dC/dW2   = delta.T @ cols        (sums over batch and positions)
+              dC/db    = sum of delta over batch and positions
+              dC/dcols = delta @ W2, added back into each window's input slice
+
+Weights use PyTorch's layout: ``(out_channels, in_channels, *kernel)``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._compat import check_same_place, namespace, pad_axes
+from ..backend import backend_of
+from . import _windows
+from .base import Layer
+
+
+class _ConvND(Layer):
+    dims = 0
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
+                 stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] = 0, *,
+                 bias: bool = True, init: str = "auto", dtype: str = "float32",
+                 name: str | None = None):
+        super().__init__(name=name)
+        who = type(self).__name__
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = _windows.as_tuple(kernel_size, self.dims, "kernel_size", who)
+        self.stride = _windows.as_tuple(stride, self.dims, "stride", who)
+        self.padding = _windows.as_tuple(padding, self.dims, "padding", who)
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"{who}: kernel_size and stride must be >= 1 and padding >= 0")
+        self.use_bias, self.init, self.dtype = bool(bias), init, dtype
+        self.weight = self._new_parameter("weight", self._weights(init), dtype)
+        self.bias = (self._new_parameter("bias", np.zeros(self.out_channels), dtype)
+                     if bias else None)
+        self._cache: Any = None
+
+    def _weights(self, init: str) -> np.ndarray:
+        shape = (self.out_channels, self.in_channels, *self.kernel_size)
+        return self._draw("glorot" if init == "auto" else init, shape)
+
+    def reset(self, init: str) -> None:
+        w = self.weight.value
+        self.weight.value = backend_of(w).asarray(self._weights(init), dtype=w.dtype)
+
+    def _check(self, x: Any) -> None:
+        if x.ndim != 2 + self.dims or x.shape[1] != self.in_channels:
+            layout = "(N, C, L)" if self.dims == 1 else "(N, C, H, W)"
+            raise ValueError(
+                f"{self.label}: expected input {layout} with C = {self.in_channels} channels, "
+                f"got shape {tuple(x.shape)}"
+            )
+        check_same_place(self.label, x, self.weight.value)
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        self._check(x)
+        xp = namespace(x)
+        d, n, c = self.dims, x.shape[0], self.in_channels
+        xpad = pad_axes(xp, x, self.padding)
+        outs, keys = _windows.plan(tuple(xpad.shape[2:]), self.kernel_size, self.stride,
+                                   self.label, self.padding)
+        positions = math.prod(outs)
+        win = _windows.gather(xp, xpad, keys)                     # (N, C, *out, K)
+        rows = xp.permute_dims(win, (0, *range(2, 2 + d), 1, 2 + d))  # (N, *out, C, K)
+        cols = xp.reshape(rows, (n * positions, c * len(keys)))
+        W2 = xp.reshape(self.weight.value, (self.out_channels, c * len(keys)))
+        y = cols @ W2.T                                           # (N * P, O)
+        if self.bias is not None:
+            y = y + self.bias.value
+        y = xp.permute_dims(xp.reshape(y, (n, *outs, self.out_channels)),
+                            (0, d + 1, *range(1, d + 1)))         # (N, O, *out)
+        self._cache = (cols, tuple(xpad.shape), outs, keys) if train else None
+        return y
+
+    def backward(self, delta: Any) -> Any:
+        cols, padded_shape, outs, keys = self._require_cache(self._cache)
+        xp = namespace(delta)
+        d, n, c, o = self.dims, delta.shape[0], self.in_channels, self.out_channels
+        d2 = xp.reshape(xp.permute_dims(delta, (0, *range(2, 2 + d), 1)),
+                        (n * math.prod(outs), o))                  # (N * P, O)
+        W2 = xp.reshape(self.weight.value, (o, c * len(keys)))
+        self.weight.accumulate(xp.reshape(d2.T @ cols, tuple(self.weight.value.shape)))
+        if self.bias is not None:
+            self.bias.accumulate(xp.sum(d2, axis=0))
+        dcols = xp.reshape(d2 @ W2, (n, *outs, c, len(keys)))
+        dwin = xp.permute_dims(dcols, (0, d + 1, *range(1, d + 1), d + 2))  # (N, C, *out, K)
+        dxpad = _windows.scatter(xp, dwin, padded_shape, keys)
+        inner = (slice(None), slice(None)) + tuple(
+            slice(p, n_pad - p) for p, n_pad in zip(self.padding, padded_shape[2:], strict=True))
+        return dxpad[inner] if any(self.padding) else dxpad
+
+    def get_config(self) -> dict[str, Any]:
+        k = self.kernel_size[0] if self.dims == 1 else list(self.kernel_size)
+        s = self.stride[0] if self.dims == 1 else list(self.stride)
+        p = self.padding[0] if self.dims == 1 else list(self.padding)
+        return {"in_channels": self.in_channels, "out_channels": self.out_channels,
+                "kernel_size": k, "stride": s, "padding": p, "bias": self.use_bias,
+                "init": self.init, "dtype": self.dtype}
+
+
+class Conv1D(_ConvND):
+    """1-D convolution (cross-correlation, as PyTorch) on ``(N, C_in, L)``.
+
+    Output ``(N, C_out, L_out)`` with ``L_out = (L + 2 padding - kernel) // stride + 1``;
+    weight ``(C_out, C_in, kernel)``, bias ``(C_out,)``.
+    """
+
+    dims = 1
+
+
+class Conv2D(_ConvND):
+    """2-D convolution (cross-correlation, as PyTorch) on ``(N, C_in, H, W)``.
+
+    ``kernel_size``, ``stride`` and ``padding`` are ints or ``(h, w)`` pairs; weight
+    ``(C_out, C_in, kh, kw)``, output ``(N, C_out, H_out, W_out)``.
+    """
+
+    dims = 2

@@ -1,0 +1,42 @@
+"""Dropout: zero each input with probability ``p`` while training.
+
+Kept inputs are scaled by ``1 / (1 - p)`` ("inverted dropout"), so inference is the
+identity. The mask is drawn on the input's device by the backend's own generator
+(see ``_compat.uniform``) and seeded by ``xn.seed``; backward multiplies by the same
+mask.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._compat import namespace, uniform
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Randomly zero inputs with probability ``p`` in training; identity in inference."""
+
+    def __init__(self, p: float = 0.5, *, name: str | None = None):
+        super().__init__(name=name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self._mask: Any = None
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        if not train or self.p == 0.0:
+            self._mask = None
+            return x
+        xp = namespace(x)
+        keep = uniform(x, tuple(x.shape)) >= self.p
+        self._mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))
+        return x * self._mask
+
+    def backward(self, dy: Any) -> Any:
+        if self.p == 0.0:
+            return dy
+        return dy * self._require_cache(self._mask)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"p": self.p}

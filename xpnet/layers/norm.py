@@ -1,0 +1,92 @@
+"""Batch normalisation over the channel axis (axis 1), with running statistics.
+
+Training normalises with the batch's mean and (biased) variance per channel and
+updates ``running_mean``/``running_var`` (unbiased), as PyTorch; inference uses the
+running statistics. With ``xhat = (x - mean) / sqrt(var + eps)`` and ``m`` values per
+channel, backward is
+
+    dC/dgamma = sum(dy * xhat),  dC/dbeta = sum(dy)
+    dC/dx = (1 / (m sqrt(var + eps))) * (m g - sum(g) - xhat * sum(g * xhat)),  g = dy * gamma
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .._compat import namespace
+from .base import Layer
+
+
+class _BatchNorm(Layer):
+    ndims: tuple[int, ...] = ()
+    layout = ""
+
+    def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
+                 dtype: str = "float32", name: str | None = None):
+        super().__init__(name=name)
+        self.num_features, self.eps, self.momentum, self.dtype = (int(num_features), float(eps),
+                                                                  float(momentum), dtype)
+        c = self.num_features
+        self.weight = self._new_parameter("weight", np.ones(c), dtype)
+        self.bias = self._new_parameter("bias", np.zeros(c), dtype)
+        self.running_mean = self._new_parameter("running_mean", np.zeros(c), dtype,
+                                                trainable=False)
+        self.running_var = self._new_parameter("running_var", np.ones(c), dtype, trainable=False)
+        self._cache: Any = None
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        if x.ndim not in self.ndims or x.shape[1] != self.num_features:
+            raise ValueError(f"{self.label}: expected input {self.layout} with C = "
+                             f"{self.num_features}, got shape {tuple(x.shape)}")
+        xp = namespace(x)
+        axes = (0, *range(2, x.ndim))
+        shape = (1, self.num_features) + (1,) * (x.ndim - 2)
+        gamma = xp.reshape(self.weight.value, shape)
+        beta = xp.reshape(self.bias.value, shape)
+        if train:
+            m = math.prod(x.shape) // self.num_features
+            mean = xp.mean(x, axis=axes, keepdims=True)
+            centred = x - mean
+            var = xp.mean(centred * centred, axis=axes, keepdims=True)
+            inv = 1.0 / xp.sqrt(var + self.eps)
+            xhat = centred * inv
+            mo = self.momentum
+            flat_mean = xp.reshape(mean, (self.num_features,))
+            flat_var = xp.reshape(var, (self.num_features,)) * (m / max(m - 1, 1))
+            self.running_mean.value = (1 - mo) * self.running_mean.value + mo * flat_mean
+            self.running_var.value = (1 - mo) * self.running_var.value + mo * flat_var
+            self._cache = (xhat, inv, gamma, axes, m)
+        else:
+            rm = xp.reshape(self.running_mean.value, shape)
+            rv = xp.reshape(self.running_var.value, shape)
+            xhat = (x - rm) / xp.sqrt(rv + self.eps)
+            self._cache = None
+        return gamma * xhat + beta
+
+    def backward(self, dy: Any) -> Any:
+        xhat, inv, gamma, axes, m = self._require_cache(self._cache)
+        xp = namespace(dy)
+        self.weight.accumulate(xp.sum(dy * xhat, axis=axes))
+        self.bias.accumulate(xp.sum(dy, axis=axes))
+        g = dy * gamma
+        return (inv / m) * (m * g - xp.sum(g, axis=axes, keepdims=True)
+                            - xhat * xp.sum(g * xhat, axis=axes, keepdims=True))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
+                "dtype": self.dtype}
+
+
+class BatchNorm1D(_BatchNorm):
+    """Batch norm for ``(N, C)`` or ``(N, C, L)`` inputs (statistics per channel C)."""
+
+    ndims, layout = (2, 3), "(N, C) or (N, C, L)"
+
+
+class BatchNorm2D(_BatchNorm):
+    """Batch norm for ``(N, C, H, W)`` inputs (statistics per channel C)."""
+
+    ndims, layout = (4,), "(N, C, H, W)"
