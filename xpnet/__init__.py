@@ -9,7 +9,7 @@ The same layers run on NumPy, CuPy, PyTorch, JAX and array-api-strict::
 Importing xpnet imports no optional array library and touches no GPU.
 """
 
-from . import datasets
+from . import datasets, models
 from .backend import (
     Backend,
     BackendUnavailableError,
@@ -37,6 +37,7 @@ from .layers import (
     MaxPool2D,
     Parameter,
     ReLU,
+    Reshape,
     Sequential,
     Sigmoid,
     Softmax,
@@ -53,9 +54,9 @@ __all__ = [
     "GradcheckError", "gradcheck",
     "Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
     "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "Flatten",
-    "Dropout", "BatchNorm1D", "BatchNorm2D", "Input", "Add", "Concat", "Graph",
+    "Dropout", "BatchNorm1D", "BatchNorm2D", "Reshape", "Input", "Add", "Concat", "Graph",
     "Loss", "QuadraticCost", "SoftmaxCrossEntropy", "BinaryCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
-    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "datasets",
+    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "datasets", "models",
 ]

@@ -67,22 +67,23 @@ def build_model(kind: str, n_in: int, n_out: int, hidden: list[int], activation:
     """The models ``xpnet train --model`` offers, for inputs of ``n_in`` features."""
     import xpnet as xn
 
-    acts = {"relu": xn.ReLU, "sigmoid": xn.Sigmoid, "tanh": xn.Tanh}
-    if activation not in acts:
+    if activation not in xn.models.ACTIVATIONS:
         raise UsageError(f"unknown activation {activation!r}; expected relu, sigmoid or tanh")
     if kind == "logistic":
-        layers: list[Any] = [xn.Linear(n_in, n_out)]
+        model = xn.models.logistic(n_in, n_out)
     elif kind == "mlp":
-        layers, width = [], n_in
-        for h in hidden:
-            layers += [xn.Linear(width, h), acts[activation]()]
-            width = h
-        layers.append(xn.Linear(width, n_out))
+        model = xn.models.mlp(n_in, hidden, n_out, activation)
+    elif kind == "resmlp":
+        model = xn.models.residual_mlp(n_in, hidden[0] if hidden else 100, n_out)
+    elif kind == "cnn":
+        if n_in < 12:
+            raise UsageError(f"--model cnn needs sequences of at least 12 values, got {n_in}")
+        model = xn.models.mnist1d_cnn(n_in, 25, n_out)
     else:
-        raise UsageError(f"unknown model {kind!r}; expected mlp or logistic")
+        raise UsageError(f"unknown model {kind!r}; expected mlp, resmlp, cnn or logistic")
     if output_activation:
-        layers.append(acts[output_activation]())
-    return xn.Sequential(*layers)
+        model = xn.Sequential(model, xn.models.ACTIVATIONS[output_activation]())
+    return model
 
 
 def _optimizer(name: str, params, lr: float | None, total_steps: int, schedule: str):
@@ -133,7 +134,7 @@ def cmd_train(args) -> int:
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
     out.mkdir(parents=True, exist_ok=True)
     print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}")
-    model.summary()
+    model.summary(input_shape=tuple(x_tr.shape[1:]))
     history = xn.fit(model, x_tr, y_tr, loss=losses[args.loss](), optimizer=opt,
                      epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=(x_te, y_te), progress=None if args.progress else False,
@@ -225,7 +226,8 @@ def make_parser() -> _Parser:
     t = sub.add_parser("train", help="train a model and write checkpoint, history, curves")
     t.add_argument("--data", default="digits",
                    help="digits (default), mnist1d, mnist:DIR, fashion:DIR, xor, spirals")
-    t.add_argument("--model", default="mlp", help="mlp (default) or logistic")
+    t.add_argument("--model", default="mlp",
+                   help="mlp (default), resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), logistic")
     t.add_argument("--hidden", default="256,128", help="hidden widths (default 256,128)")
     t.add_argument("--activation", default="relu", help="relu (default), sigmoid or tanh")
     t.add_argument("--loss", default="cross_entropy", help="cross_entropy (default) or quadratic")

@@ -11,11 +11,12 @@ from .dropout import Dropout
 from .linear import Linear
 from .norm import BatchNorm1D, BatchNorm2D
 from .pooling import AvgPool1D, AvgPool2D, MaxPool1D, MaxPool2D
-from .shape import Flatten
+from .shape import Flatten, Reshape
 
 __all__ = ["Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
            "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "Flatten",
-           "Dropout", "BatchNorm1D", "BatchNorm2D", "LAYER_TYPES", "build_layer", "layer_config"]
+           "Dropout", "BatchNorm1D", "BatchNorm2D", "Reshape", "LAYER_TYPES", "build_layer",
+           "layer_config"]
 
 
 def _registry() -> dict[str, type[Layer]]:
@@ -23,7 +24,8 @@ def _registry() -> dict[str, type[Layer]]:
 
     return {cls.__name__: cls for cls in (
         Sequential, Graph, Linear, Sigmoid, ReLU, Tanh, Softmax, Conv1D, Conv2D, MaxPool1D,
-        MaxPool2D, AvgPool1D, AvgPool2D, Flatten, Dropout, BatchNorm1D, BatchNorm2D, Add, Concat)}
+        MaxPool2D, AvgPool1D, AvgPool2D, Flatten, Reshape, Dropout, BatchNorm1D, BatchNorm2D,
+        Add, Concat)}
 
 
 #: Every layer type a checkpoint may name. Only these are ever constructed from a file.

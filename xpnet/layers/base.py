@@ -192,9 +192,9 @@ class Layer:
         layers = self.children() or [self]
         names = [f"{i}: {layer!r}" if self.children() else repr(layer)
                  for i, layer in enumerate(layers)]
-        if input_shape is None:
-            first = next((l for l in self.layers() if hasattr(l, "in_features")), None)
-            input_shape = (first.in_features,) if first is not None else None
+        if input_shape is None:  # known when the first leaf layer is a Linear
+            first = next(l for l in self.layers() if not l.children())
+            input_shape = (first.in_features,) if hasattr(first, "in_features") else None
         shapes = ["?"] * len(layers)
         if input_shape is not None:
             x = self.backend.asarray(np.zeros((1, *input_shape)), dtype="float32")

@@ -1,7 +1,8 @@
-"""Layers that only rearrange: Flatten."""
+"""Layers that only rearrange: Flatten, Reshape."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .._compat import namespace
@@ -21,3 +22,25 @@ class Flatten(Layer):
 
     def backward(self, dy: Any) -> Any:
         return namespace(dy).reshape(dy, self._require_cache(self._shape))
+
+
+class Reshape(Layer):
+    """``(N, ...) -> (N, *shape)``, e.g. ``Reshape((1, 40))`` turns features into one channel."""
+
+    def __init__(self, shape: tuple[int, ...], *, name: str | None = None):
+        super().__init__(name=name)
+        self.shape = tuple(int(s) for s in shape)
+        self._shape: Any = None
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        if math.prod(x.shape[1:]) != math.prod(self.shape):
+            raise ValueError(f"{self.label}: cannot reshape {tuple(x.shape)} to "
+                             f"(N, {', '.join(map(str, self.shape))})")
+        self._shape = tuple(x.shape) if train else None
+        return namespace(x).reshape(x, (x.shape[0], *self.shape))
+
+    def backward(self, dy: Any) -> Any:
+        return namespace(dy).reshape(dy, self._require_cache(self._shape))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"shape": list(self.shape)}

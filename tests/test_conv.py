@@ -1,0 +1,198 @@
+"""Convolution, pooling, reshaping, dropout and batch norm on every backend case."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from conftest import assert_on
+
+import xpnet as xn
+
+
+def _conv_reference(x, w, b, stride, padding):
+    """Cross-correlation by explicit loops over output positions (any spatial rank)."""
+    d = x.ndim - 2
+    stride, padding = (stride,) * d if isinstance(stride, int) else stride, (
+        (padding,) * d if isinstance(padding, int) else padding)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(p, p) for p in padding])
+    k = w.shape[2:]
+    outs = [(xp.shape[2 + i] - k[i]) // stride[i] + 1 for i in range(d)]
+    y = np.zeros((x.shape[0], w.shape[0], *outs))
+    for pos in itertools.product(*(range(o) for o in outs)):
+        window = xp[(slice(None), slice(None)) + tuple(
+            slice(p * s, p * s + kk) for p, s, kk in zip(pos, stride, k, strict=True))]
+        axes = list(range(1, window.ndim))
+        y[(slice(None), slice(None)) + pos] = np.tensordot(window, w, axes=(axes, axes)) + b
+    return y
+
+
+CONV1D = [dict(kernel_size=3), dict(kernel_size=5, stride=2, padding=1),
+          dict(kernel_size=2, stride=3, padding=2)]
+
+
+@pytest.mark.parametrize("cfg", CONV1D, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
+def test_conv1d(be, rng, cfg):
+    layer = xn.Conv1D(3, 4, **cfg)
+    x_host = rng.standard_normal((2, 3, 11))
+    layer.bias.value = be.asarray(rng.standard_normal(4), dtype="float32")
+    x = be.asarray(x_host, dtype="float32")
+    y = layer.forward(x)
+    assert_on(be, y)
+    ref = _conv_reference(x_host.astype(np.float32), xn.to_numpy(layer.weight.value),
+                          xn.to_numpy(layer.bias.value), cfg.get("stride", 1),
+                          cfg.get("padding", 0))
+    np.testing.assert_allclose(xn.to_numpy(y), ref, rtol=1e-5, atol=1e-5)
+    assert xn.gradcheck(layer, x)
+
+
+@pytest.mark.parametrize("cfg", [dict(kernel_size=3, padding=1),
+                                 dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0))],
+                         ids=["k3p1", "k2x3s2x1"])
+def test_conv2d(be, rng, cfg):
+    layer = xn.Conv2D(2, 3, **cfg)
+    x_host = rng.standard_normal((2, 2, 5, 6))
+    x = be.asarray(x_host, dtype="float32")
+    y = layer.forward(x)
+    assert_on(be, y)
+    ref = _conv_reference(x_host.astype(np.float32), xn.to_numpy(layer.weight.value),
+                          xn.to_numpy(layer.bias.value), cfg.get("stride", 1),
+                          cfg.get("padding", 0))
+    np.testing.assert_allclose(xn.to_numpy(y), ref, rtol=1e-5, atol=1e-5)
+    assert xn.gradcheck(layer, x)
+
+
+def _pool_reference(x, k, s, reduce):
+    d = x.ndim - 2
+    outs = [(x.shape[2 + i] - k[i]) // s[i] + 1 for i in range(d)]
+    y = np.zeros((*x.shape[:2], *outs))
+    for pos in itertools.product(*(range(o) for o in outs)):
+        window = x[(slice(None), slice(None)) + tuple(
+            slice(p * st, p * st + kk) for p, st, kk in zip(pos, s, k, strict=True))]
+        y[(slice(None), slice(None)) + pos] = reduce(window.reshape(*x.shape[:2], -1), axis=-1)
+    return y
+
+
+@pytest.mark.parametrize("kind, kernel, stride", [
+    ("MaxPool1D", 2, None), ("MaxPool1D", 3, 2), ("AvgPool1D", 3, 1), ("AvgPool1D", 2, None),
+    ("MaxPool2D", 2, None), ("MaxPool2D", (3, 2), (1, 2)), ("AvgPool2D", 2, 1)])
+def test_pooling(be, rng, kind, kernel, stride):
+    layer = getattr(xn, kind)(kernel, stride)
+    d = 1 if kind.endswith("1D") else 2
+    shape = (2, 3, 7) if d == 1 else (2, 2, 5, 6)
+    # distinct values 0.1 apart: a finite-difference step never changes a window's max
+    x_host = rng.permutation(np.prod(shape)).reshape(shape) * 0.1 - 3.0
+    x = be.asarray(x_host, dtype="float32")
+    y = layer.forward(x)
+    assert_on(be, y)
+    k = (kernel,) * d if isinstance(kernel, int) else kernel
+    s = k if stride is None else ((stride,) * d if isinstance(stride, int) else stride)
+    ref = _pool_reference(x_host.astype(np.float32), k, s,
+                          np.max if kind.startswith("Max") else np.mean)
+    np.testing.assert_allclose(xn.to_numpy(y), ref, rtol=1e-6, atol=1e-6)
+    assert xn.gradcheck(layer, x)
+
+
+def test_flatten_and_reshape(be, rng):
+    x = be.asarray(rng.standard_normal((3, 2, 4)), dtype="float32")
+    model = xn.Sequential(xn.Flatten(), xn.Linear(8, 6), xn.Reshape((2, 3)))
+    y = model.forward(x)
+    assert tuple(y.shape) == (3, 2, 3)
+    assert_on(be, y)
+    assert xn.gradcheck(model, x)
+
+
+def test_batchnorm(be, rng):
+    layer = xn.BatchNorm1D(3)
+    x_host = rng.standard_normal((6, 3, 4)) * 2 + 1
+    x = be.asarray(x_host, dtype="float32")
+    y = xn.to_numpy(layer.forward(x))
+    mean = x_host.mean(axis=(0, 2), keepdims=True)
+    var = x_host.var(axis=(0, 2), keepdims=True)
+    np.testing.assert_allclose(y, (x_host - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(xn.to_numpy(layer.running_mean.value),
+                               0.1 * mean.reshape(-1), rtol=1e-5, atol=1e-6)
+    unbiased = x_host.var(axis=(0, 2), ddof=1)
+    np.testing.assert_allclose(xn.to_numpy(layer.running_var.value), 0.9 + 0.1 * unbiased,
+                               rtol=1e-5)
+    ev = xn.to_numpy(layer(x))  # inference: running statistics
+    rm, rv = 0.1 * mean, 0.9 + 0.1 * unbiased.reshape(1, 3, 1)
+    np.testing.assert_allclose(ev, (x_host - rm) / np.sqrt(rv + 1e-5), rtol=1e-4, atol=1e-5)
+    assert xn.gradcheck(layer, x)
+    layer2 = xn.BatchNorm2D(2)
+    layer2.weight.value = be.asarray(rng.standard_normal(2), dtype="float32")
+    x2 = be.asarray(rng.standard_normal((3, 2, 3, 3)), dtype="float32")
+    assert_on(be, layer2.forward(x2))
+    assert xn.gradcheck(layer2, x2)
+    assert [n for n, _ in layer2.named_parameters()] == ["weight", "bias"]
+
+
+def test_dropout(be, rng):
+    x = be.asarray(np.ones((200, 50)), dtype="float32")
+    layer = xn.Dropout(0.3)
+    y = layer.forward(x)
+    assert_on(be, y)
+    out = xn.to_numpy(y)
+    kept = out != 0
+    assert abs(kept.mean() - 0.7) < 0.02
+    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
+    dx = xn.to_numpy(layer.backward(be.asarray(np.full((200, 50), 2.0), dtype="float32")))
+    np.testing.assert_allclose(dx, 2 * out, rtol=1e-6)
+    np.testing.assert_array_equal(xn.to_numpy(layer(x)), np.ones((200, 50)))  # inference
+    xn.seed(4)
+    a = xn.to_numpy(layer.forward(x))
+    b = xn.to_numpy(layer.forward(x))
+    xn.seed(4)
+    np.testing.assert_array_equal(xn.to_numpy(layer.forward(x)), a)  # same seed, same mask
+    assert not np.array_equal(a, b)  # the next draw differs
+    small = be.asarray(rng.standard_normal((4, 5)), dtype="float32")
+    assert xn.gradcheck(xn.Sequential(xn.Linear(5, 6), xn.Dropout(0.5), xn.Tanh()), small)
+
+
+def test_cupy_dropout_draws_on_the_device(monkeypatch):
+    """The CuPy branch seeds CuPy's own generator inside the array's device."""
+    import sys
+    import types
+
+    from xpnet import _compat
+
+    calls = []
+
+    class FakeDevice:
+        def __enter__(self):
+            calls.append("enter")
+
+        def __exit__(self, *a):
+            calls.append("exit")
+
+    class FakeGenerator:
+        def __init__(self, seed):
+            calls.append(("seed", seed))
+
+        def random(self, shape, dtype):
+            calls.append(("random", shape, dtype))
+            return np.zeros(shape, dtype=dtype)
+
+    cupy = types.ModuleType("cupy")
+    cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    like = types.SimpleNamespace(device=FakeDevice(), dtype=np.float32)
+    out = _compat._uniform_cupy(like, (2, 3), seed=7, n=5)
+    assert out.shape == (2, 3)
+    assert calls == ["enter", ("seed", _compat._mix(7, 5)), ("random", (2, 3), np.float32),
+                     "exit"]
+    assert _compat._mix(7, 5) != _compat._mix(7, 6) and 0 <= _compat._mix(7, 5) < 2**63
+
+
+def test_conv_bad_input_is_named():
+    layer = xn.Conv1D(2, 4, kernel_size=7, padding=1)
+    with pytest.raises(ValueError, match=r"kernel \(7,\) is larger than the input's spatial "
+                                         r"size \(6,\) \(after padding \(1,\)\)"):
+        layer(np.zeros((1, 2, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"Conv1D.*C = 2 channels, got shape \(1, 3, 9\)"):
+        layer(np.zeros((1, 3, 9), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"Conv2D.*\(N, C, H, W\)"):
+        xn.Conv2D(1, 1, 3)(np.zeros((1, 9, 9), dtype=np.float32))
+    with pytest.raises(ValueError, match="MaxPool2D: kernel_size needs 2 value"):
+        xn.MaxPool2D((2, 2, 2))

@@ -1,0 +1,56 @@
+"""Ready-made models: the MLPs of the digits example and MNIST-1D's reference models.
+
+The MNIST-1D models follow the paper (Greydanus, 2020) and its reference code:
+logistic regression, a residual MLP, and a three-layer 1-D CNN.
+"""
+
+from __future__ import annotations
+
+from .graph import Add, Graph, Input
+from .layers import Conv1D, Flatten, Layer, Linear, ReLU, Reshape, Sequential, Sigmoid, Tanh
+
+ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+
+
+def mlp(n_in: int, hidden: list[int], n_out: int, activation: str = "relu") -> Sequential:
+    """``Linear -> act`` for each hidden width, then a Linear to ``n_out`` logits."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected "
+                         f"{', '.join(ACTIVATIONS)}")
+    layers: list[Layer] = []
+    width = n_in
+    for h in hidden:
+        layers += [Linear(width, h), ACTIVATIONS[activation]()]
+        width = h
+    return Sequential(*layers, Linear(width, n_out))
+
+
+def logistic(n_in: int, n_out: int) -> Sequential:
+    """Multinomial logistic regression: one Linear layer to logits."""
+    return Sequential(Linear(n_in, n_out))
+
+
+def residual_mlp(n_in: int = 40, hidden: int = 100, n_out: int = 10) -> Graph:
+    """``h = relu(W1 x); h = h + relu(W2 h); W3 h``: a graph where ``h`` feeds two paths."""
+    x = Input(shape=(n_in,))
+    h = ReLU()(Linear(n_in, hidden)(x))
+    h = Add()(h, ReLU()(Linear(hidden, hidden)(h)))
+    return Graph(inputs=x, outputs=Linear(hidden, n_out)(h))
+
+
+def mnist1d_cnn(length: int = 40, channels: int = 25, n_out: int = 10) -> Sequential:
+    """Three Conv1D (kernels 5/3/3, stride 2, padding 1) with ReLU, flatten, Linear.
+
+    Input ``(N, length)`` is read as one channel; 40 -> 19 -> 10 -> 5 positions.
+    """
+    size = length
+    for k in (5, 3, 3):
+        size = (size + 2 - k) // 2 + 1
+    return Sequential(
+        Reshape((1, length)),
+        Conv1D(1, channels, 5, stride=2, padding=1), ReLU(),
+        Conv1D(channels, channels, 3, stride=2, padding=1), ReLU(),
+        Conv1D(channels, channels, 3, stride=2, padding=1), ReLU(),
+        Flatten(),
+        Linear(channels * size, n_out),
+    )
