@@ -12,7 +12,18 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-_namespaces: dict[type, Any] = {}
+
+def numpy_namespace() -> Any:
+    """NumPy's own namespace where it implements the standard (NumPy >= 2.1), else
+    array-api-compat's wrapper. Plain NumPy skips a layer of Python calls."""
+    if tuple(int(v) for v in np.__version__.split(".")[:2]) >= (2, 1):
+        return np
+    import array_api_compat.numpy as xnp
+
+    return xnp
+
+
+_namespaces: dict[type, Any] = {np.ndarray: numpy_namespace()}
 
 
 def namespace(x: Any) -> Any:
@@ -42,13 +53,7 @@ def is_host(xp: Any) -> bool:
     Checks that need a value on the host (``bool(...)``) are free there and run at
     once; elsewhere they would stall a GPU, so they are deferred.
     """
-    return xp is _np_compat()
-
-
-def _np_compat() -> Any:
-    import array_api_compat.numpy as xnp
-
-    return xnp
+    return xp is np or xp.__name__ == "array_api_compat.numpy"
 
 
 def is_jax(xp: Any) -> bool:
@@ -61,11 +66,15 @@ def library(x: Any) -> str:
     return {"jaxlib": "jax", "array_api_strict": "array_api_strict"}.get(mod, mod)
 
 
-def check_same_place(who: str, x: Any, ref: Any, what: str = "input") -> None:
+def check_same_place(who: Any, x: Any, ref: Any, what: str = "input") -> None:
     """Raise a clear error when ``x`` is from another library or device than ``ref``.
 
-    Only metadata is read (types and device objects), never array values.
+    Only metadata is read (types and device objects), never array values. ``who`` is a
+    name or a layer, whose label is only built when there is an error to report.
     """
+    if type(x) is type(ref) and type(x) is np.ndarray:
+        return
+    who = getattr(who, "label", who)
     if type(x) is not type(ref):
         if library(x) != library(ref):
             raise TypeError(
@@ -74,14 +83,19 @@ def check_same_place(who: str, x: Any, ref: Any, what: str = "input") -> None:
                 f"backend.asarray(...) or the model with model.to(...)"
             )
         return
-    if type(x) is np.ndarray:
-        return
     dx, dr = device(x), device(ref)
     if dx != dr:
         raise ValueError(
             f"{who}: {what} is on device {dx} but the parameters are on {dr}; "
             f"move one of them so both are on the same device"
         )
+
+
+def sum_rows(xp: Any, a: Any) -> Any:
+    """``sum(a, axis=0)``: NumPy's ``add.reduce`` skips ``np.sum``'s Python wrapper."""
+    if xp is np:
+        return np.add.reduce(a, axis=0)
+    return xp.sum(a, axis=0)
 
 
 def sub_(xp: Any, value: Any, delta: Any) -> Any:

@@ -250,9 +250,9 @@ def _make_numpy(device: str | None) -> Backend:
             f"numpy runs only on the CPU, not on {device!r}; for a GPU use "
             f"xn.use('cupy', device={device!r}) ({_INSTALL['cupy']})"
         )
-    import array_api_compat.numpy as xp
+    from ._compat import numpy_namespace
 
-    return Backend("numpy", xp, "cpu", "cpu")
+    return Backend("numpy", numpy_namespace(), "cpu", "cpu")
 
 
 def _make_cupy(device: str | None) -> Backend:

@@ -27,6 +27,19 @@ class Loss:
             raise RuntimeError(f"{type(self).__name__}: backward() needs a forward() before it")
         return self._grad_parts
 
+    def encode_targets(self, y: Any, n_out: int, dtype: Any) -> Any:
+        """Targets as this loss wants them per step; ``fit`` calls it once per run.
+
+        Integer labels become one-hot rows here, so no step builds them again.
+        """
+        xp = namespace(y)
+        if (self.one_hot_labels and y.ndim == 1 and n_out > 1
+                and xp.isdtype(y.dtype, "integral")):
+            return _one_hot(type(self).__name__, xp, y, n_out, dtype)[0]
+        return y
+
+    one_hot_labels = False
+
     def get_config(self) -> dict[str, Any]:
         return {}
 
@@ -74,6 +87,8 @@ class QuadraticCost(Loss):
     which are one-hot encoded.
     """
 
+    one_hot_labels = True
+
     def forward(self, pred: Any, target: Any) -> Any:
         xp = namespace(pred)
         y, valid = _target_matrix("QuadraticCost", pred, target)
@@ -99,6 +114,8 @@ class SoftmaxCrossEntropy(Loss):
     ``[0, k)`` raise at once on NumPy and make the loss NaN on other devices (checking
     there would stall the device); ``fit`` checks them on the host before training.
     """
+
+    one_hot_labels = True
 
     def forward(self, pred: Any, target: Any) -> Any:
         xp = namespace(pred)

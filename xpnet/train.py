@@ -186,13 +186,16 @@ def _count(a: Any) -> int:
     return int(a.shape[0]) if hasattr(a, "shape") else len(a)
 
 
-def _hits(xp: Any, pred: Any, y: Any, loss: Loss | None) -> Any:
-    """Number of correct predictions as a device scalar, or None for regression."""
+def _hits(xp: Any, pred: Any, y: Any, loss: Loss | None, one_hot: bool = False) -> Any:
+    """Number of correct predictions as a device scalar, or None for regression.
+
+    ``one_hot``: ``y`` holds labels that fit encoded as one-hot rows.
+    """
     integral = xp.isdtype(y.dtype, "integral")
     if pred.ndim == 2 and pred.shape[1] > 1:
         if integral:
             right = xp.argmax(pred, axis=1) == y
-        elif isinstance(loss, SoftmaxCrossEntropy):
+        elif one_hot or isinstance(loss, SoftmaxCrossEntropy):
             right = xp.argmax(pred, axis=1) == xp.argmax(y, axis=1)
         else:
             return None
@@ -262,7 +265,8 @@ class _Reporter:
 def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
         shuffle: bool = True, progress: Any = None, callbacks: list[Callback] | None = None,
-        seed: int | None = None, initial_epoch: int = 0, reports_per_epoch: int = 10) -> History:
+        seed: int | None = None, initial_epoch: int = 0, reports_per_epoch: int = 10,
+        metrics: tuple[str, ...] = ("accuracy",)) -> History:
     """Train ``model`` with mini-batch gradient descent and return its History.
 
     Parameters
@@ -285,6 +289,8 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         same seed and ``initial_epoch`` to resume a run exactly.
     reports_per_epoch : int
         How often per epoch the progress bar reads the running loss from the device.
+    metrics : tuple of str
+        ``("accuracy",)`` (default) also counts correct predictions; ``()`` only the loss.
     """
     be = model.backend
     dtype = _param_dtype(model, be)
@@ -297,6 +303,8 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
     n_out = _out_width(model, be, x_dev)
     _check_labels(y, n_out, "fit")
     y_dev = data_mod.on_backend(be, y, dtype, "fit (y)")
+    y_enc = loss.encode_targets(y_dev, n_out, be.dtype(dtype))
+    one_hot = y_enc is not y_dev
     if validation_data is not None:
         _check_labels(validation_data[1], n_out, "fit (validation_data)")
     if seed is None:
@@ -310,25 +318,27 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         cb.on_train_begin(model, optimizer)
     history = History()
     reporter = _Reporter(progress, epochs, steps)
+    count_hits = "accuracy" in metrics
 
     for epoch in range(initial_epoch, epochs):
         start = time.perf_counter()
         reporter.start(epoch)
         order = data_mod.epoch_order(n, seed, epoch) if shuffle else None
-        xs, ys = data_mod.shuffled(be, [x_dev, y_dev], order)
+        xs, ys = data_mod.shuffled(be, [x_dev, y_enc], order)
         loss_sum = hits = None
         seen = 0
         for step, (size, (xb, yb)) in enumerate(data_mod.batches([xs, ys], batch_size), 1):
             optimizer.zero_grad()
             pred = model.forward(xb, train=True)
             c = loss.forward(pred, yb)
-            model.backward(loss.backward())
+            model.backward_params(loss.backward())  # no gradient for the data itself
             optimizer.step()
             c = c * size
             loss_sum = c if loss_sum is None else loss_sum + c
-            h = _hits(xp, pred, yb, loss)
-            if h is not None:
-                hits = h if hits is None else hits + h
+            if count_hits:
+                h = _hits(xp, pred, yb, loss, one_hot)
+                if h is not None:
+                    hits = h if hits is None else hits + h
             seen += size
             # the one host read inside the loop, at the reporting interval
             postfix = None

@@ -70,6 +70,11 @@ class Layer:
     def backward(self, dy: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} does not define backward")
 
+    def backward_params(self, dy: Any) -> None:
+        """Like ``backward`` but only for the parameters: the input gradient is not
+        needed (the layer reads the data), so layers that can skip it do."""
+        self.backward(dy)
+
     def __call__(self, *xs: Any) -> Any:
         """Inference: ``forward(x, train=False)``. On symbolic tensors from
         ``xn.Input``, adds this layer to the graph being built instead."""
@@ -256,6 +261,15 @@ class Sequential(Layer):
         for layer in reversed(self._layers):
             dy = layer.backward(dy)
         return dy
+
+    def backward_params(self, dy: Any) -> None:
+        """Backward down to the first layer with parameters, without its input gradient."""
+        first = next((i for i, layer in enumerate(self._layers) if layer.named_state()), None)
+        if first is None:
+            return
+        for layer in reversed(self._layers[first + 1:]):
+            dy = layer.backward(dy)
+        self._layers[first].backward_params(dy)
 
     def get_config(self) -> dict[str, Any]:
         return {"layers": [layer_config(layer) for layer in self._layers]}

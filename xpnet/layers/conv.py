@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._compat import check_same_place, namespace, pad_axes
+from .._compat import check_same_place, namespace, pad_axes, sum_rows
 from ..backend import backend_of
 from . import _windows
 from .base import Layer
@@ -61,7 +61,7 @@ class _ConvND(Layer):
                 f"{self.label}: expected input {layout} with C = {self.in_channels} channels, "
                 f"got shape {tuple(x.shape)}"
             )
-        check_same_place(self.label, x, self.weight.value)
+        check_same_place(self, x, self.weight.value)
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         self._check(x)
@@ -83,16 +83,26 @@ class _ConvND(Layer):
         self._cache = (cols, tuple(xpad.shape), outs, keys) if train else None
         return y
 
-    def backward(self, delta: Any) -> Any:
-        cols, padded_shape, outs, keys = self._require_cache(self._cache)
+    def _param_grads(self, delta: Any) -> Any:
+        """Accumulate dC/dW and dC/db; return delta as rows ``(N * P, O)``."""
+        cols, _, outs, _ = self._require_cache(self._cache)
         xp = namespace(delta)
-        d, n, c, o = self.dims, delta.shape[0], self.in_channels, self.out_channels
-        d2 = xp.reshape(xp.permute_dims(delta, (0, *range(2, 2 + d), 1)),
-                        (n * math.prod(outs), o))                  # (N * P, O)
-        W2 = xp.reshape(self.weight.value, (o, c * len(keys)))
+        d2 = xp.reshape(xp.permute_dims(delta, (0, *range(2, 2 + self.dims), 1)),
+                        (delta.shape[0] * math.prod(outs), self.out_channels))
         self.weight.accumulate(xp.reshape(d2.T @ cols, tuple(self.weight.value.shape)))
         if self.bias is not None:
-            self.bias.accumulate(xp.sum(d2, axis=0))
+            self.bias.accumulate(sum_rows(xp, d2))
+        return d2
+
+    def backward_params(self, delta: Any) -> None:
+        self._param_grads(delta)
+
+    def backward(self, delta: Any) -> Any:
+        _, padded_shape, outs, keys = self._require_cache(self._cache)
+        xp = namespace(delta)
+        d, n, c, o = self.dims, delta.shape[0], self.in_channels, self.out_channels
+        d2 = self._param_grads(delta)
+        W2 = xp.reshape(self.weight.value, (o, c * len(keys)))
         dcols = xp.reshape(d2 @ W2, (n, *outs, c, len(keys)))
         dwin = xp.permute_dims(dcols, (0, d + 1, *range(1, d + 1), d + 2))  # (N, C, *out, K)
         dxpad = _windows.scatter(xp, dwin, padded_shape, keys)

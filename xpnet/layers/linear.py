@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._compat import check_same_place, namespace
+from .._compat import check_same_place, namespace, sum_rows
 from ..backend import backend_of
 from .base import Layer
 
@@ -71,7 +71,7 @@ class Linear(Layer):
                 f"{self.label}: expected input of shape (batch, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
-        check_same_place(self.label, x, W)
+        check_same_place(self, x, W)
         self._x = x if train else None
         z = x @ W.T
         if self.bias is not None:
@@ -79,12 +79,14 @@ class Linear(Layer):
         return z
 
     def backward(self, delta: Any) -> Any:
+        self.backward_params(delta)
+        return delta @ self.weight.value
+
+    def backward_params(self, delta: Any) -> None:
         x = self._require_cache(self._x)
-        W = self.weight.value
         self.weight.accumulate(delta.T @ x)
         if self.bias is not None:
-            self.bias.accumulate(namespace(delta).sum(delta, axis=0))
-        return delta @ W
+            self.bias.accumulate(sum_rows(namespace(delta), delta))
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -1,0 +1,194 @@
+"""Benchmark xpnet against hand-written NumPy, PyTorch eager and jitted JAX.
+
+    python -m bench                          # every workload, every implementation
+    python -m bench --workloads b128,b1024 --rounds 7 --json bench.json
+    python -m bench --memory                 # also peak memory on (b) and (d)
+
+Implementations run interleaved (A B C A B C ...) for several rounds, with a pause
+between timed phases so OpenBLAS's spinning worker threads from one phase do not
+slow the next. Each row reports the median samples/s with its range, the median of
+the per-round ratios to PyTorch, and the fraction of the GEMM roofline: the rate if
+every step cost only its 6 x batch x weights FLOPs at the float32 GEMM rate measured
+in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from . import workloads as W
+
+IMPLS = ("xpnet-numpy", "xpnet-torch", "numpy", "torch", "jax")
+PAUSE = 0.3  # seconds between timed phases (OpenBLAS threads spin ~0.1 s after work)
+
+
+def have(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def make(impl: str, w: W.Workload, x: np.ndarray, y: np.ndarray):
+    """The runner of one implementation, or a string saying why there is none."""
+    if impl == "xpnet-numpy":
+        return W.make_xpnet(w, x, y, "numpy")
+    if impl == "xpnet-torch":
+        return W.make_xpnet(w, x, y, "torch") if have("torch") else "torch not installed"
+    if impl == "numpy":
+        return W.make_numpy(w, x, y) or "no hand-written reference for conv nets"
+    if impl == "torch":
+        return W.make_torch(w, x, y) if have("torch") else "torch not installed"
+    if impl == "jax":
+        return W.make_jax(w, x, y) if have("jax") else "jax not installed"
+    raise ValueError(f"unknown implementation {impl!r}")
+
+
+def gemm_rate(n: int = 2048, repeats: int = 6) -> float:
+    """Measured float32 GEMM FLOP/s: the best of NumPy and torch (same hardware peak)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    a @ a  # warm-up: threads started, pages touched
+    rates = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        a @ a
+        rates.append(2 * n**3 / (time.perf_counter() - t))
+    best = max(rates)
+    if have("torch"):
+        import torch
+
+        ta = torch.from_numpy(a)
+        time.sleep(PAUSE)
+        ta @ ta
+        for _ in range(repeats):
+            t = time.perf_counter()
+            ta @ ta
+            best = max(best, 2 * n**3 / (time.perf_counter() - t))
+    return best
+
+
+def bench_workload(w: W.Workload, impls: list[str], rounds: int) -> dict:
+    x, y = W.data(w)
+    n = len(x)
+    runners, skipped = {}, {}
+    for impl in impls:
+        r = make(impl, w, x, y)
+        if isinstance(r, str):
+            skipped[impl] = r
+        else:
+            r()  # warm-up: caches, lazy init, JIT
+            runners[impl] = r
+    rates: dict[str, list[float]] = {k: [] for k in runners}
+    order = list(runners)
+    for i in range(rounds):
+        rot = order[i % len(order):] + order[:i % len(order)]
+        for impl in rot:
+            time.sleep(PAUSE)
+            t = time.perf_counter()
+            runners[impl]()
+            rates[impl].append(n / (time.perf_counter() - t))
+    out = {"workload": w.name, "batch": w.batch, "steps": w.steps, "skipped": skipped,
+           "results": {}}
+    for impl, rs in rates.items():
+        entry = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
+        if "torch" in rates:
+            entry["vs_torch"] = statistics.median(a / b for a, b in zip(rs, rates["torch"],
+                                                                        strict=True))
+        out["results"][impl] = entry
+    return out
+
+
+def memory_child(key: str, impl: str) -> None:
+    """Run one implementation in this fresh process; print peak RSS figures (MiB)."""
+    w = W.WORKLOADS[key]
+    x, y = W.data(w)
+    run = make(impl, w, x, y)
+    before = _rss()
+    run()
+    run()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"before": before, "peak": peak, "training": max(peak - before, 0.0)}))
+
+
+def _rss() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def memory(keys: list[str], impls: list[str]) -> dict:
+    out = {}
+    for key in keys:
+        for impl in impls:
+            done = subprocess.run([sys.executable, "-m", "bench.run", "--memory-child", key, impl],
+                                  capture_output=True, text=True)
+            if done.returncode == 0 and done.stdout.strip().startswith("{"):
+                out[f"{key}/{impl}"] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
+def report(results: list[dict], rate: float, mem: dict) -> str:
+    lines = [f"float32 GEMM rate: {rate / 1e9:.0f} GFLOP/s (best of NumPy and torch, n=2048)", ""]
+    head = f"{'implementation':<14}{'samples/s':>12}{'range':>22}{'vs torch':>10}{'roofline':>10}"
+    for r in results:
+        w = next(v for v in W.WORKLOADS.values() if v.name == r["workload"])
+        ceiling = rate / (6 * W.macs(w))
+        lines += [r["workload"] + f"  ({r['steps']} steps)", head]
+        for impl, e in r["results"].items():
+            ratio = f"{e['vs_torch']:.2f}x" if "vs_torch" in e else "-"
+            lines.append(f"{impl:<14}{e['median']:>12,.0f}{e['min']:>11,.0f} - {e['max']:<8,.0f}"
+                         f"{ratio:>10}{e['median'] / ceiling:>10.1%}")
+        for impl, why in r["skipped"].items():
+            lines.append(f"{impl:<14}{'skipped: ' + why:>12}")
+        lines.append("")
+    if mem:
+        lines.append("peak memory (MiB): process peak, and growth during training")
+        for k, v in mem.items():
+            lines.append(f"  {k:<22} peak {v['peak']:8.1f}   training {v['training']:8.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", default=",".join(W.WORKLOADS))
+    p.add_argument("--impls", default=",".join(IMPLS))
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--steps-scale", type=float, default=1.0, help="scale every step count")
+    p.add_argument("--json", default=None, help="also write the results here")
+    p.add_argument("--memory", action="store_true", help="peak RSS on (b) and (d)")
+    p.add_argument("--memory-child", nargs=2, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        memory_child(*args.memory_child)
+        return 0
+    keys = [k.strip() for k in args.workloads.split(",") if k.strip()]
+    unknown = [k for k in keys if k not in W.WORKLOADS]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; choose from {list(W.WORKLOADS)}")
+    impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    rate = gemm_rate()
+    results = []
+    for key in keys:
+        w = W.WORKLOADS[key]
+        if args.steps_scale != 1.0:
+            w = W.Workload(**{**w.__dict__, "steps": max(2, int(w.steps * args.steps_scale))})
+            W.WORKLOADS[key] = w
+        results.append(bench_workload(w, impls, args.rounds))
+        print(report([results[-1]], rate, {}).split("\n", 2)[2], flush=True)
+    mem = memory([k for k in ("b128", "d128") if k in keys], impls) if args.memory else {}
+    text = report(results, rate, mem)
+    print(text)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"gemm_flops": rate, "results": results, "memory": mem}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
