@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._compat import check_labels_on_host, check_same_place, device, is_host, namespace
+from ._compat import check_labels_on_host, check_same_place, device, is_host, namespace, ops
 
 
 class Loss:
@@ -125,13 +125,9 @@ class SoftmaxCrossEntropy(Loss):
                 f"{tuple(pred.shape)}"
             )
         y, valid = _target_matrix("SoftmaxCrossEntropy", pred, target)
-        shifted = pred - xp.max(pred, axis=1, keepdims=True)
-        e = xp.exp(shifted)
-        s = xp.sum(e, axis=1, keepdims=True)
-        logp = shifted - xp.log(s)
+        per_example, p = ops(xp).softmax_xent(xp, pred, y)
         n = pred.shape[0]
-        self._grad_parts = (e / s, y, n)
-        per_example = -xp.sum(y * logp, axis=1)
+        self._grad_parts = (p, y, n)
         if valid is not None:
             per_example = xp.where(valid, per_example, xp.full_like(per_example, math.nan))
         return xp.sum(per_example) / n

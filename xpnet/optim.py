@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._compat import is_jax, namespace, sub_
+from ._compat import is_jax, namespace, ops, sub_
 from .layers.base import Layer, Parameter
 
 Schedule = Callable[[int], float]
@@ -126,7 +126,7 @@ class SGD(Optimizer):
                 buf += g
             self.state["momentum"][i] = buf
             g = g + self.momentum * buf if self.nesterov else buf
-        p.value = sub_(xp, p.value, lr * g)
+        p.value = ops(xp).sub_scaled_(xp, p.value, lr, g)
 
     def get_config(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "nesterov": self.nesterov,

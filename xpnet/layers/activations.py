@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._compat import namespace
+from .._compat import namespace, ops
 from .base import Layer
 
 
@@ -32,13 +32,14 @@ class Sigmoid(_Activation):
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xp = namespace(x)
-        y = 0.5 * xp.tanh(0.5 * x) + 0.5
+        y = ops(xp).sigmoid(xp, x)
         self._y = y if train else None
         return y
 
     def backward(self, dy: Any) -> Any:
         y = self._require_cache(self._y)
-        return dy * (y * (1.0 - y))
+        xp = namespace(y)
+        return ops(xp).sigmoid_grad(xp, dy, y)
 
 
 class Tanh(_Activation):
@@ -63,14 +64,14 @@ class ReLU(_Activation):
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xp = namespace(x)
-        y = xp.maximum(x, 0.0)
+        y = ops(xp).relu(xp, x)
         self._y = y if train else None
         return y
 
     def backward(self, dy: Any) -> Any:
         y = self._require_cache(self._y)
-        # Multiplying by the mask as a float is ~9x faster than where(mask, dy, 0).
-        return dy * namespace(y).astype(y > 0, dy.dtype)
+        xp = namespace(y)
+        return ops(xp).relu_grad(xp, dy, y)
 
 
 class Softmax(_Activation):

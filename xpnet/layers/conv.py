@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .._compat import check_same_place, namespace, pad_axes, sum_rows
+from .._compat import check_same_place, namespace, ops, pad_axes, sum_rows
 from ..backend import backend_of
 from . import _windows
 from .base import Layer
@@ -75,9 +75,7 @@ class _ConvND(Layer):
         rows = xp.permute_dims(win, (0, *range(2, 2 + d), 1, 2 + d))  # (N, *out, C, K)
         cols = xp.reshape(rows, (n * positions, c * len(keys)))
         W2 = xp.reshape(self.weight.value, (self.out_channels, c * len(keys)))
-        y = cols @ W2.T                                           # (N * P, O)
-        if self.bias is not None:
-            y = y + self.bias.value
+        y = ops(xp).linear(xp, cols, W2, None if self.bias is None else self.bias.value)
         y = xp.permute_dims(xp.reshape(y, (n, *outs, self.out_channels)),
                             (0, d + 1, *range(1, d + 1)))         # (N, O, *out)
         self._cache = (cols, tuple(xpad.shape), outs, keys) if train else None

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .._compat import check_same_place, namespace, sum_rows
+from .._compat import check_same_place, namespace, ops, sum_rows
 from ..backend import backend_of
 from .base import Layer
 
@@ -73,10 +73,8 @@ class Linear(Layer):
             )
         check_same_place(self, x, W)
         self._x = x if train else None
-        z = x @ W.T
-        if self.bias is not None:
-            z = z + self.bias.value
-        return z
+        return ops(namespace(x)).linear(namespace(x), x, W,
+                                        None if self.bias is None else self.bias.value)
 
     def backward(self, delta: Any) -> Any:
         self.backward_params(delta)
