@@ -1,10 +1,11 @@
 """Sliding windows over the spatial axes, by strided slices (shared by conv and pooling).
 
 For each kernel offset ``o`` along an axis, the slice ``o : o + s (n_out - 1) + 1 : s``
-picks the input element that offset meets at every output position. Stacking those
-slices gives every window at once (im2col) with standard calls only; the backward pass
-adds each offset's gradient back into its slice, which names every element once, so
-no scatter-add is needed.
+picks the input element that offset meets at every output position, so one strided
+view per offset holds every window's element at that offset, with standard calls
+only. The backward pass writes each offset's gradient back into its slice. A slice
+names every element once, so no scatter-add is needed; when windows do not overlap
+the slices are disjoint and a plain assignment is enough.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from .._compat import add_into, device
+from .._compat import add_into, device, is_jax
 
 
 def as_tuple(value: int | tuple[int, ...], dims: int, what: str, who: str) -> tuple[int, ...]:
@@ -23,32 +24,44 @@ def as_tuple(value: int | tuple[int, ...], dims: int, what: str, who: str) -> tu
 
 
 def plan(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-         who: str, padding: tuple[int, ...] | None = None) -> tuple[tuple[int, ...], list[tuple]]:
-    """Output sizes and, per kernel offset, the key selecting its input elements."""
+         who: Any, padding: tuple[int, ...] | None = None, channels_last: bool = False,
+         ) -> tuple[tuple[int, ...], list[tuple]]:
+    """Output sizes and, per kernel offset (row-major), the key of its input slice.
+
+    Keys index ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+    """
     for n, k in zip(spatial, kernel, strict=True):
         if k > n:
             pad = f" (after padding {padding})" if padding and any(padding) else ""
             raise ValueError(
-                f"{who}: kernel {kernel} is larger than the input's spatial size "
-                f"{tuple(spatial)}{pad}"
+                f"{getattr(who, 'label', who)}: kernel {kernel} is larger than the input's "
+                f"spatial size {tuple(spatial)}{pad}"
             )
     outs = tuple((n - k) // s + 1 for n, k, s in zip(spatial, kernel, stride, strict=True))
     keys = []
     for offsets in itertools.product(*(range(k) for k in kernel)):
-        keys.append((slice(None), slice(None)) + tuple(
-            slice(o, o + s * (m - 1) + 1, s)
-            for o, s, m in zip(offsets, stride, outs, strict=True)))
+        inner = tuple(slice(o, o + s * (m - 1) + 1, s)
+                      for o, s, m in zip(offsets, stride, outs, strict=True))
+        keys.append((slice(None), *inner, slice(None)) if channels_last
+                    else (slice(None), slice(None), *inner))
     return outs, keys
 
 
-def gather(xp: Any, x: Any, keys: list[tuple]) -> Any:
-    """Every window: ``(N, C, *out, K)`` with K = prod(kernel), offsets row-major."""
-    return xp.stack([x[k] for k in keys], axis=-1)
+def overlapping(kernel: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    return any(s < k for k, s in zip(kernel, stride, strict=True))
 
 
-def scatter(xp: Any, dwin: Any, shape: tuple[int, ...], keys: list[tuple]) -> Any:
-    """The adjoint of ``gather``: sum window gradients ``(N, C, *out, K)`` into ``shape``."""
-    dx = xp.zeros(shape, dtype=dwin.dtype, device=device(dwin))
-    for i, key in enumerate(keys):
-        dx = add_into(xp, dx, key, dwin[..., i])
+def scatter(xp: Any, parts: list[Any], shape: tuple[int, ...], keys: list[tuple],
+            overlap: bool) -> Any:
+    """The adjoint of slicing: put ``parts[i]`` into ``keys[i]`` of zeros(``shape``),
+    summing where slices overlap."""
+    like = parts[0]
+    dx = xp.zeros(shape, dtype=like.dtype, device=device(like))
+    for key, part in zip(keys, parts, strict=True):
+        if overlap:
+            dx = add_into(xp, dx, key, part)
+        elif is_jax(xp):
+            dx = dx.at[key].set(part)
+        else:
+            dx[key] = part
     return dx

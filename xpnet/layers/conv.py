@@ -67,18 +67,19 @@ class _ConvND(Layer):
         self._check(x)
         xp = namespace(x)
         d, n, c = self.dims, x.shape[0], self.in_channels
-        xpad = pad_axes(xp, x, self.padding)
-        outs, keys = _windows.plan(tuple(xpad.shape[2:]), self.kernel_size, self.stride,
-                                   self.label, self.padding)
+        # channels last, so each offset's slice is (N, *out, C) and the stacked windows
+        # (N, *out, C, K) are already the rows of im2col: the reshape copies nothing
+        xl = xp.permute_dims(pad_axes(xp, x, self.padding), (0, *range(2, 2 + d), 1))
+        outs, keys = _windows.plan(tuple(xl.shape[1:1 + d]), self.kernel_size, self.stride,
+                                   self, self.padding, channels_last=True)
         positions = math.prod(outs)
-        win = _windows.gather(xp, xpad, keys)                     # (N, C, *out, K)
-        rows = xp.permute_dims(win, (0, *range(2, 2 + d), 1, 2 + d))  # (N, *out, C, K)
-        cols = xp.reshape(rows, (n * positions, c * len(keys)))
+        cols = xp.reshape(xp.stack([xl[k] for k in keys], axis=-1),
+                          (n * positions, c * len(keys)))
         W2 = xp.reshape(self.weight.value, (self.out_channels, c * len(keys)))
         y = ops(xp).linear(xp, cols, W2, None if self.bias is None else self.bias.value)
         y = xp.permute_dims(xp.reshape(y, (n, *outs, self.out_channels)),
                             (0, d + 1, *range(1, d + 1)))         # (N, O, *out)
-        self._cache = (cols, tuple(xpad.shape), outs, keys) if train else None
+        self._cache = (cols, tuple(xl.shape), outs, keys) if train else None
         return y
 
     def _param_grads(self, delta: Any) -> Any:
@@ -101,11 +102,14 @@ class _ConvND(Layer):
         d, n, c, o = self.dims, delta.shape[0], self.in_channels, self.out_channels
         d2 = self._param_grads(delta)
         W2 = xp.reshape(self.weight.value, (o, c * len(keys)))
-        dcols = xp.reshape(d2 @ W2, (n, *outs, c, len(keys)))
-        dwin = xp.permute_dims(dcols, (0, d + 1, *range(1, d + 1), d + 2))  # (N, C, *out, K)
-        dxpad = _windows.scatter(xp, dwin, padded_shape, keys)
+        dcols = xp.reshape(d2 @ W2, (n, *outs, c, len(keys)))    # (N, *out, C, K)
+        parts = [dcols[..., i] for i in range(len(keys))]
+        dxl = _windows.scatter(xp, parts, padded_shape, keys,
+                               _windows.overlapping(self.kernel_size, self.stride))
+        dxpad = xp.permute_dims(dxl, (0, d + 1, *range(1, d + 1)))  # back to (N, C, ...)
         inner = (slice(None), slice(None)) + tuple(
-            slice(p, n_pad - p) for p, n_pad in zip(self.padding, padded_shape[2:], strict=True))
+            slice(p, n_pad - p) for p, n_pad in zip(self.padding, padded_shape[1:1 + d],
+                                                    strict=True))
         return dxpad[inner] if any(self.padding) else dxpad
 
     def get_config(self) -> dict[str, Any]:

@@ -1,15 +1,18 @@
 """Pooling: summarise each window of neighbouring positions by its max or its mean.
 
-``MaxPool`` sends the gradient of a window to the element that won it (the first one
-on ties, as PyTorch); ``AvgPool`` shares it equally. Windows overlap when
-``stride < kernel_size``, and their gradients then add up.
+The windows are strided slices of the input, one per kernel offset (see
+``_windows``), so the max is a running ``maximum`` over those slices and the mean
+their sum over K: element-wise work on whole arrays, no reduction over a short axis.
+``MaxPool`` sends each window's gradient to the element that won it (the first one
+on ties, as PyTorch); ``AvgPool`` shares it equally. Where windows overlap
+(``stride < kernel_size``) their gradients add up.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._compat import device, namespace
+from .._compat import namespace
 from . import _windows
 from .base import Layer
 
@@ -34,30 +37,32 @@ class _PoolND(Layer):
             layout = "(N, C, L)" if self.dims == 1 else "(N, C, H, W)"
             raise ValueError(f"{self.label}: expected input {layout}, got shape {tuple(x.shape)}")
         xp = namespace(x)
-        _, keys = _windows.plan(tuple(x.shape[2:]), self.kernel_size, self.stride, self.label)
-        win = _windows.gather(xp, x, keys)                       # (N, C, *out, K)
-        if self.mode == "max":
-            winner = xp.argmax(win, axis=-1)
-            y = xp.max(win, axis=-1)
-            if train:
-                k = xp.arange(len(keys), dtype=winner.dtype, device=device(winner))
-                self._cache = (xp.astype(winner[..., None] == k, x.dtype), tuple(x.shape), keys)
-        else:
-            y = xp.mean(win, axis=-1)
-            if train:
-                self._cache = (None, tuple(x.shape), keys)
-        if not train:
-            self._cache = None
+        _, keys = _windows.plan(tuple(x.shape[2:]), self.kernel_size, self.stride, self)
+        y = x[keys[0]]
+        for key in keys[1:]:
+            y = xp.maximum(y, x[key]) if self.mode == "max" else y + x[key]
+        if self.mode == "avg":
+            y = y / len(keys)
+        self._cache = (x, y, keys) if train else None
         return y
 
     def backward(self, dy: Any) -> Any:
-        onehot, shape, keys = self._require_cache(self._cache)
+        x, y, keys = self._require_cache(self._cache)
         xp = namespace(dy)
-        if onehot is not None:
-            dwin = onehot * dy[..., None]
+        if self.mode == "avg":
+            share = dy / len(keys)
+            parts = [share] * len(keys)
         else:
-            dwin = xp.broadcast_to(dy[..., None] / len(keys), (*dy.shape, len(keys)))
-        return _windows.scatter(xp, dwin, shape, keys)
+            parts, free = [], None
+            for i, key in enumerate(keys):
+                won = x[key] == y
+                if free is not None:
+                    won = won & free
+                if i < len(keys) - 1:
+                    free = ~won if free is None else free & ~won
+                parts.append(dy * xp.astype(won, dy.dtype))
+        return _windows.scatter(xp, parts, tuple(x.shape), keys,
+                                _windows.overlapping(self.kernel_size, self.stride))
 
     def get_config(self) -> dict[str, Any]:
         if self.dims == 1:
