@@ -89,6 +89,14 @@ def test_meta_device_has_no_host_sync():
                 assert dx.device.type == "meta" and tuple(dx.shape) == (5, 6)
         assert all(p.value.device.type == "meta" for p in model.parameters())
         assert be.device_name == "meta"
+        cnn = xn.Sequential(xn.Conv2D(2, 4, 3, padding=1), xn.ReLU(), xn.MaxPool2D(2),
+                            xn.BatchNorm2D(4), xn.Dropout(0.2), xn.Conv2D(4, 3, 2),
+                            xn.AvgPool2D(2), xn.Flatten(), xn.Linear(3, 2))
+        images = torch.empty((5, 2, 6, 6), device="meta")
+        out = cnn.forward(images)
+        dx = cnn.backward(torch.empty_like(out))
+        assert out.device.type == "meta" and tuple(out.shape) == (5, 2)
+        assert dx.device.type == "meta" and tuple(dx.shape) == (5, 2, 6, 6)
 
 
 def test_chain_of_single_neurons_matches_hand_written_chain_rule(be):

@@ -93,9 +93,14 @@ def check_same_place(who: Any, x: Any, ref: Any, what: str = "input") -> None:
 
 def sum_rows(xp: Any, a: Any) -> Any:
     """``sum(a, axis=0)``: NumPy's ``add.reduce`` skips ``np.sum``'s Python wrapper."""
+    return sum_axes(xp, a, 0)
+
+
+def sum_axes(xp: Any, a: Any, axes: int | tuple[int, ...]) -> Any:
+    """``sum(a, axis=axes)``, through ``add.reduce`` on NumPy."""
     if xp is np:
-        return np.add.reduce(a, axis=0)
-    return xp.sum(a, axis=0)
+        return np.add.reduce(a, axis=axes)
+    return xp.sum(a, axis=axes)
 
 
 def sub_(xp: Any, value: Any, delta: Any) -> Any:
@@ -231,6 +236,9 @@ class StandardOps:
         """``value - lr * g``, in place where the library allows; returns what to keep."""
         return sub_(xp, value, lr * g)
 
+    #: A library's own convolution (forward, backward) or None: im2col in conv.py
+    conv: Any = None
+
     def softmax_xent(self, xp: Any, z: Any, y: Any) -> tuple[Any, Any]:
         """``(-sum(y * log softmax(z)) per row, softmax(z))`` for logits ``z`` (n, k)."""
         shifted = z - xp.max(z, axis=1, keepdims=True)
@@ -297,6 +305,23 @@ class TorchOps(StandardOps):
     def softmax_xent(self, xp, z, y):
         logp = self.torch.log_softmax(z, dim=1)
         return -(y * logp).sum(dim=1), logp.exp()
+
+    @property
+    def conv(self):
+        return self
+
+    def conv_forward(self, x, W, b, stride, padding):
+        """``aten.convolution``: PyTorch's own kernels, same layout and math."""
+        d = len(stride)
+        return self.aten.convolution(x, W, b, list(stride), list(padding), [1] * d, False,
+                                     [0] * d, 1)
+
+    def conv_backward(self, dy, x, W, stride, padding, need_input, has_bias):
+        """``(dx or None, dW, db or None)`` from ``aten.convolution_backward``."""
+        d = len(stride)
+        return self.aten.convolution_backward(
+            dy, x, W, [W.shape[0]] if has_bias else None, list(stride), list(padding),
+            [1] * d, False, [0] * d, 1, [need_input, True, has_bias])
 
 
 _ops: dict[Any, StandardOps] = {}
