@@ -7,7 +7,8 @@
 Implementations run interleaved (A B C A B C ...) for several rounds, with a pause
 between timed phases so OpenBLAS's spinning worker threads from one phase do not
 slow the next. Each row reports the median samples/s with its range, the median of
-the per-round ratios to PyTorch, and the fraction of the GEMM roofline: the rate if
+the per-round ratios to PyTorch and to the hand-written NumPy loop, and the fraction
+of the GEMM roofline: the rate if
 every step cost only its 6 x batch x weights FLOPs at the float32 GEMM rate measured
 in the same run.
 """
@@ -17,8 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -98,28 +97,40 @@ def bench_workload(w: W.Workload, impls: list[str], rounds: int) -> dict:
            "results": {}}
     for impl, rs in rates.items():
         entry = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
-        if "torch" in rates:
-            entry["vs_torch"] = statistics.median(a / b for a, b in zip(rs, rates["torch"],
-                                                                        strict=True))
+        for ref, key in (("torch", "vs_torch"), ("numpy", "vs_numpy")):
+            if ref in rates:  # ratios within a round, then their median
+                entry[key] = statistics.median(a / b for a, b in zip(rs, rates[ref],
+                                                                     strict=True))
         out["results"][impl] = entry
     return out
 
 
 def memory_child(key: str, impl: str) -> None:
-    """Run one implementation in this fresh process; print peak RSS figures (MiB)."""
+    """Run one implementation in this fresh process; print RSS figures (MiB).
+
+    ``training`` is the peak during two passes over the data minus the resident size
+    just before the first (libraries imported, data and model built): what training
+    costs. (jax compiles its step while its runner is built, before that point.)
+    """
     w = W.WORKLOADS[key]
     x, y = W.data(w)
     run = make(impl, w, x, y)
-    before = _rss()
+    before = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current resident size
     run()
     run()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status("VmHWM")
     print(json.dumps({"before": before, "peak": peak, "training": max(peak - before, 0.0)}))
 
 
-def _rss() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+def _status(field: str) -> float:
+    """A memory figure of this process from /proc/self/status, in MiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def memory(keys: list[str], impls: list[str]) -> dict:
@@ -135,22 +146,29 @@ def memory(keys: list[str], impls: list[str]) -> dict:
 
 def report(results: list[dict], rate: float, mem: dict) -> str:
     lines = [f"float32 GEMM rate: {rate / 1e9:.0f} GFLOP/s (best of NumPy and torch, n=2048)", ""]
-    head = f"{'implementation':<14}{'samples/s':>12}{'range':>22}{'vs torch':>10}{'roofline':>10}"
+    head = (f"{'implementation':<14}{'samples/s':>12}{'range':>22}{'vs torch':>10}"
+            f"{'vs numpy':>10}{'roofline':>10}")
     for r in results:
         w = next(v for v in W.WORKLOADS.values() if v.name == r["workload"])
         ceiling = rate / (6 * W.macs(w))
         lines += [r["workload"] + f"  ({r['steps']} steps)", head]
         for impl, e in r["results"].items():
             ratio = f"{e['vs_torch']:.2f}x" if "vs_torch" in e else "-"
+            vs_np = f"{e['vs_numpy']:.2f}x" if "vs_numpy" in e else "-"
             lines.append(f"{impl:<14}{e['median']:>12,.0f}{e['min']:>11,.0f} - {e['max']:<8,.0f}"
-                         f"{ratio:>10}{e['median'] / ceiling:>10.1%}")
+                         f"{ratio:>10}{vs_np:>10}{e['median'] / ceiling:>10.1%}")
         for impl, why in r["skipped"].items():
             lines.append(f"{impl:<14}{'skipped: ' + why:>12}")
         lines.append("")
     if mem:
-        lines.append("peak memory (MiB): process peak, and growth during training")
+        lines.append("memory (MiB): resident before training, peak while training, and the "
+                     "growth (peak - before)")
+        base = {k.split("/")[0]: v["training"] for k, v in mem.items() if k.endswith("/torch")}
         for k, v in mem.items():
-            lines.append(f"  {k:<22} peak {v['peak']:8.1f}   training {v['training']:8.1f}")
+            ratio = (f"{v['training'] / base[k.split('/')[0]]:.2f}x torch"
+                     if base.get(k.split("/")[0]) else "")
+            lines.append(f"  {k:<20} before {v['before']:7.1f}  peak {v['peak']:7.1f}  "
+                         f"growth {v['training']:7.1f}  {ratio}")
     return "\n".join(lines)
 
 

@@ -97,10 +97,11 @@ def initial_weights(w: Workload) -> list[np.ndarray]:
         return [p.value.copy() for p in xpnet_model(w).parameters()]
 
 
-def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str) -> Callable[[], Any]:
+def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str,
+               device: str | None = None) -> Callable[[], Any]:
     import xpnet as xn
 
-    be = xn.use(backend)
+    be = xn.use(backend, device=device)
     model = xpnet_model(w)
     for p, v in zip(model.parameters(), initial_weights(w), strict=True):
         p.value = be.asarray(v)
@@ -188,19 +189,20 @@ def torch_model(w: Workload):
                          nn.Flatten(), nn.Linear(784, w.classes))
 
 
-def make_torch(w: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], Any]:
+def make_torch(w: Workload, x: np.ndarray, y: np.ndarray,
+               device: str = "cpu") -> Callable[[], Any]:
     import torch
 
-    model = torch_model(w)
+    model = torch_model(w).to(device)
     with torch.no_grad():
         for p, v in zip(model.parameters(), initial_weights(w), strict=True):
             p.copy_(torch.from_numpy(v))
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     onehot = torch.nn.functional.one_hot(yt, w.classes).float()
     opt = torch.optim.SGD(model.parameters(), lr=w.lr)
 
     def run():
-        total = torch.zeros(())
+        total = torch.zeros((), device=device)
         for s in range(0, len(xt), w.batch):
             xb = xt[s:s + w.batch]
             out = model(xb)

@@ -1,0 +1,110 @@
+"""The benchmark workloads on a CUDA GPU: xpnet on CuPy and on torch, and PyTorch eager.
+
+    python -m bench.gpu                       # every workload, when a GPU is present
+    python -m bench.gpu --workloads b1024,d128 --rounds 7
+
+GPU calls return before the work is done, so every timed phase synchronises the
+device before it starts and before it reads the clock. Without a usable GPU this
+prints why it did nothing and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from . import workloads as W
+
+#: (label, backend, device, kind): kind "xpnet" trains through xn.fit, "torch" is eager
+CASES = [
+    ("xpnet-cupy", "cupy", "cuda:0", "xpnet"),
+    ("xpnet-torch-cuda", "torch", "cuda", "xpnet"),
+    ("torch-cuda", "torch", "cuda", "torch"),
+]
+
+
+def synchronizer(be: Any) -> Callable[[], None]:
+    """A function that waits until ``be``'s device has finished its queued work."""
+    if be.name == "cupy":
+        return be.device.synchronize  # cupy.cuda.Device.synchronize
+    if be.name == "torch" and be.device_name.startswith("cuda"):
+        import torch
+
+        return lambda: torch.cuda.synchronize(be.device)
+    return lambda: None  # host backends: the work is done when the call returns
+
+
+def usable(cases: list[tuple[str, str, str, str]]) -> tuple[list, dict[str, str]]:
+    """The cases this machine can run, and why the others cannot."""
+    from xpnet.backend import BackendUnavailableError, make
+
+    ok, why = [], {}
+    for label, name, device, kind in cases:
+        try:
+            ok.append((label, make(name, device), kind))
+        except (BackendUnavailableError, ValueError) as e:
+            why[label] = str(e)
+    return ok, why
+
+
+def timed(run: Callable[[], Any], sync: Callable[[], None]) -> float:
+    sync()
+    start = time.perf_counter()
+    run()
+    sync()
+    return time.perf_counter() - start
+
+
+def bench(cases: list[tuple[str, str, str, str]], keys: list[str], rounds: int,
+          steps_scale: float = 1.0) -> dict[str, Any]:
+    """Median samples/s of each usable case on each workload, interleaved per round."""
+    ok, skipped = usable(cases)
+    results: dict[str, dict[str, float]] = {}
+    for key in keys:
+        w = W.WORKLOADS[key]
+        if steps_scale != 1.0:
+            w = W.Workload(**{**w.__dict__, "steps": max(2, int(w.steps * steps_scale))})
+        x, y = W.data(w)
+        runners = {}
+        for label, be, kind in ok:
+            run = (W.make_xpnet(w, x, y, be.name, be.device_name) if kind == "xpnet"
+                   else W.make_torch(w, x, y, be.device_name))
+            sync = synchronizer(be)
+            timed(run, sync)  # warm-up
+            runners[label] = (run, sync)
+        rates: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(rounds):
+            for label, (run, sync) in runners.items():
+                rates[label].append(len(x) / timed(run, sync))
+        results[key] = {k: statistics.median(v) for k, v in rates.items()}
+    return {"results": results, "skipped": skipped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.gpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", default=",".join(W.WORKLOADS))
+    p.add_argument("--rounds", type=int, default=5)
+    args = p.parse_args(argv)
+    ok, why = usable(CASES)
+    if not ok:
+        print("bench/gpu.py: no GPU case can run here, so nothing was measured:")
+        for label, reason in why.items():
+            print(f"  {label}: {reason}")
+        return 0
+    out = bench(CASES, [k for k in args.workloads.split(",") if k], args.rounds)
+    for key, rates in out["results"].items():
+        print(W.WORKLOADS[key].name)
+        base = rates.get("torch-cuda")
+        for label, rate in rates.items():
+            ratio = f"{rate / base:.2f}x torch" if base else ""
+            print(f"  {label:<18}{rate:>14,.0f} samples/s  {ratio}")
+    for label, reason in out["skipped"].items():
+        print(f"  {label}: skipped: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
