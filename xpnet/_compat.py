@@ -57,7 +57,19 @@ def is_host(xp: Any) -> bool:
 
 
 def is_jax(xp: Any) -> bool:
-    return xp.__name__.startswith("jax")
+    return xp is not np and xp.__name__.startswith("jax")
+
+
+_integral: dict[Any, bool] = {}
+
+
+def is_integral(xp: Any, dtype: Any) -> bool:
+    """``xp.isdtype(dtype, "integral")``, remembered (NumPy's takes ~5 us a call)."""
+    key = (xp, dtype)
+    found = _integral.get(key)
+    if found is None:
+        found = _integral[key] = bool(xp.isdtype(dtype, "integral"))
+    return found
 
 
 def library(x: Any) -> str:
@@ -271,6 +283,10 @@ class NumpyOps(StandardOps):
         g *= y
         g *= dy
         return g
+
+    def sub_scaled_(self, xp, value, lr, g):
+        value -= lr * g
+        return value
 
 
 class TorchOps(StandardOps):

@@ -10,7 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._compat import check_labels_on_host, check_same_place, device, is_host, namespace, ops
+from ._compat import (
+    check_labels_on_host,
+    check_same_place,
+    device,
+    is_host,
+    is_integral,
+    namespace,
+    ops,
+    sum_axes,
+)
 
 
 class Loss:
@@ -65,7 +74,7 @@ def _target_matrix(who: str, pred: Any, target: Any) -> tuple[Any, Any]:
     """The target as a float matrix shaped like ``pred`` (one-hot for integer labels)."""
     xp = namespace(pred)
     check_same_place(who, target, pred, what="target")
-    if xp.isdtype(target.dtype, "integral"):
+    if is_integral(xp, target.dtype):
         if pred.ndim != 2 or target.ndim != 1 or target.shape[0] != pred.shape[0]:
             raise ValueError(
                 f"{who}: integer labels must have shape ({pred.shape[0]},) for predictions "
@@ -95,7 +104,7 @@ class QuadraticCost(Loss):
         n = pred.shape[0]
         diff = pred - y
         self._grad_parts = (diff, n)
-        cost = xp.sum(diff * diff) / (2 * n)
+        cost = sum_axes(xp, diff * diff, None) / (2 * n)
         if valid is not None:
             cost = cost / xp.astype(xp.all(valid), pred.dtype)  # inf/NaN on bad labels
         return cost

@@ -235,6 +235,8 @@ class Sequential(Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
             layer._where = f"{name or 'Sequential'}[{i}]"
         self._layers = list(layers)
+        self._first_with_params = next(
+            (i for i, layer in enumerate(self._layers) if layer.named_state()), None)
         for layer, nxt in zip(self._layers, self._layers[1:]):
             hint = nxt.init_hint
             if hint and getattr(layer, "init", None) == "auto" and hasattr(layer, "reset"):
@@ -264,7 +266,7 @@ class Sequential(Layer):
 
     def backward_params(self, dy: Any) -> None:
         """Backward down to the first layer with parameters, without its input gradient."""
-        first = next((i for i, layer in enumerate(self._layers) if layer.named_state()), None)
+        first = self._first_with_params
         if first is None:
             return
         for layer in reversed(self._layers[first + 1:]):

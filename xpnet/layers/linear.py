@@ -73,8 +73,8 @@ class Linear(Layer):
             )
         check_same_place(self, x, W)
         self._x = x if train else None
-        return ops(namespace(x)).linear(namespace(x), x, W,
-                                        None if self.bias is None else self.bias.value)
+        xp = namespace(x)
+        return ops(xp).linear(xp, x, W, None if self.bias is None else self.bias.value)
 
     def backward(self, delta: Any) -> Any:
         self.backward_params(delta)
