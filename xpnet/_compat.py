@@ -138,12 +138,13 @@ def add_into(xp: Any, target: Any, key: tuple, value: Any) -> Any:
     return target
 
 
-def pad_axes(xp: Any, x: Any, pads: tuple[int, ...]) -> Any:
-    """Zero-pad the trailing ``len(pads)`` axes of ``x`` by ``pads[i]`` on both sides.
+def pad_axes(xp: Any, x: Any, pads: tuple[int, ...], first: int | None = None) -> Any:
+    """Zero-pad ``len(pads)`` consecutive axes of ``x``, from axis ``first`` (default: the
+    trailing ones), by ``pads[i]`` on both sides.
 
     The standard has no ``pad``; concatenating zero blocks works on every backend.
     """
-    first = x.ndim - len(pads)
+    first = x.ndim - len(pads) if first is None else first
     for i, p in enumerate(pads):
         if p == 0:
             continue

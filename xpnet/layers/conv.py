@@ -14,6 +14,7 @@ Weights use PyTorch's layout: ``(out_channels, in_channels, *kernel)``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -75,20 +76,29 @@ class _ConvND(Layer):
                                      None if self.bias is None else self.bias.value,
                                      self.stride, self.padding)
         d, n, c = self.dims, x.shape[0], self.in_channels
-        # channels last, so each offset's slice is (N, *out, C) and the stacked windows
-        # (N, *out, C, K) are already the rows of im2col: the reshape copies nothing
-        xl = xp.permute_dims(pad_axes(xp, x, self.padding), (0, *range(2, 2 + d), 1))
+        # Channels last, padded by concatenation (which also makes it contiguous): each
+        # offset's slice is then (N, *out, C) with C innermost, and the windows stacked
+        # as (N, *out, K, C) are already the rows of im2col, so the reshape is free.
+        xl = pad_axes(xp, xp.permute_dims(x, (0, *range(2, 2 + d), 1)), self.padding, 1)
         outs, keys = _windows.plan(tuple(xl.shape[1:1 + d]), self.kernel_size, self.stride,
                                    self, self.padding, channels_last=True)
         positions = math.prod(outs)
-        cols = xp.reshape(xp.stack([xl[k] for k in keys], axis=-1),
-                          (n * positions, c * len(keys)))
-        W2 = xp.reshape(self.weight.value, (self.out_channels, c * len(keys)))
-        y = ops(xp).linear(xp, cols, W2, None if self.bias is None else self.bias.value)
-        y = xp.permute_dims(xp.reshape(y, (n, *outs, self.out_channels)),
-                            (0, d + 1, *range(1, d + 1)))         # (N, O, *out)
+        cols = xp.reshape(xp.stack([xl[k] for k in keys], axis=-2),
+                          (n * positions, len(keys) * c))
+        y = ops(xp).linear(xp, cols, self._w_rows(xp),
+                           None if self.bias is None else self.bias.value)
+        # back to (N, O, *out), copied so later layers see the usual contiguous layout
+        y = xp.reshape(xp.permute_dims(xp.reshape(y, (n, *outs, self.out_channels)),
+                                       (0, d + 1, *range(1, d + 1))),
+                       (n, self.out_channels, *outs), copy=True)
         self._cache = (cols, tuple(xl.shape), outs, keys) if train else None
         return y
+
+    def _w_rows(self, xp: Any) -> Any:
+        """The weight as ``(O, K * C)``, columns in the (offset, channel) order of ``cols``."""
+        d = self.dims
+        W = xp.permute_dims(self.weight.value, (0, *range(2, 2 + d), 1))
+        return xp.reshape(W, (self.out_channels, -1))
 
     def _param_grads(self, delta: Any) -> Any:
         """Accumulate dC/dW and dC/db; return delta as rows ``(N * P, O)``."""
@@ -96,7 +106,9 @@ class _ConvND(Layer):
         xp = namespace(delta)
         d2 = xp.reshape(xp.permute_dims(delta, (0, *range(2, 2 + self.dims), 1)),
                         (delta.shape[0] * math.prod(outs), self.out_channels))
-        self.weight.accumulate(xp.reshape(d2.T @ cols, tuple(self.weight.value.shape)))
+        k = self.kernel_size
+        dW = xp.reshape(d2.T @ cols, (self.out_channels, *k, self.in_channels))
+        self.weight.accumulate(xp.permute_dims(dW, (0, self.dims + 1, *range(1, self.dims + 1))))
         if self.bias is not None:  # in delta's own layout: far faster than over d2's rows
             self.bias.accumulate(sum_axes(xp, delta, (0, *range(2, 2 + self.dims))))
         return d2
@@ -122,11 +134,14 @@ class _ConvND(Layer):
             return self._fast_backward(delta, need_input=True)
         _, padded_shape, outs, keys = self._require_cache(self._cache)
         xp = namespace(delta)
-        d, n, c, o = self.dims, delta.shape[0], self.in_channels, self.out_channels
+        d, n, c = self.dims, delta.shape[0], self.in_channels
         d2 = self._param_grads(delta)
-        W2 = xp.reshape(self.weight.value, (o, c * len(keys)))
-        dcols = xp.reshape(d2 @ W2, (n, *outs, c, len(keys)))    # (N, *out, C, K)
-        parts = [dcols[..., i] for i in range(len(keys))]
+        # One small matmul per kernel offset gives that offset's input gradient as a
+        # contiguous (N, *out, C) block; slicing one big (N, *out, K, C) product instead
+        # leaves strided blocks that are several times slower to add back.
+        w = self.weight.value
+        parts = [xp.reshape(d2 @ w[(slice(None), slice(None), *offsets)], (n, *outs, c))
+                 for offsets in itertools.product(*(range(k) for k in self.kernel_size))]
         dxl = _windows.scatter(xp, parts, padded_shape, keys,
                                _windows.overlapping(self.kernel_size, self.stride))
         dxpad = xp.permute_dims(dxl, (0, d + 1, *range(1, d + 1)))  # back to (N, C, ...)
