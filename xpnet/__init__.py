@@ -9,7 +9,7 @@ The same layers run on NumPy, CuPy, PyTorch, JAX and array-api-strict::
 Importing xpnet imports no optional array library and touches no GPU.
 """
 
-from . import datasets, models
+from . import datasets, distributed, models
 from .backend import (
     Backend,
     BackendUnavailableError,
@@ -58,5 +58,6 @@ __all__ = [
     "Loss", "QuadraticCost", "SoftmaxCrossEntropy", "BinaryCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
-    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "datasets", "models",
+    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+    "datasets", "distributed", "models",
 ]

@@ -117,6 +117,22 @@ def _use(args) -> Any:
 
 
 def cmd_train(args) -> int:
+    import contextlib
+
+
+    comm = None
+    if args.distributed:
+        from .distributed import MPICommunicator, local_device
+
+        comm = MPICommunicator()
+        args.device = local_device(args.backend, args.device, comm.local_rank)
+    if comm is not None and comm.rank != 0:  # one voice and one writer: rank 0
+        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+            return _train(args, comm)
+    return _train(args, comm)
+
+
+def _train(args, comm) -> int:
     import xpnet as xn
 
     _use(args)
@@ -132,14 +148,21 @@ def cmd_train(args) -> int:
     steps = args.epochs * -(-len(x_tr) // args.batch_size)
     opt = _optimizer(args.optimizer, model.parameters(), args.lr, steps, args.schedule)
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}")
+    writer = comm is None or comm.rank == 0
+    if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
+        out = Path(comm.bcast_object(str(out)))
+    if writer:
+        out.mkdir(parents=True, exist_ok=True)
+    ranks = f"  ranks {comm.size}" if comm is not None else ""
+    print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}{ranks}")
     model.summary(input_shape=tuple(x_tr.shape[1:]))
     history = xn.fit(model, x_tr, y_tr, loss=losses[args.loss](), optimizer=opt,
                      epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=(x_te, y_te), progress=None if args.progress else False,
-                     seed=args.seed)
+                     seed=args.seed, distributed=comm if comm is not None else False)
     result = xn.evaluate(model, x_te, y_te)
+    if not writer:
+        return 0
     xn.save(out / "model.xpnet", model, optimizer=opt, epoch=args.epochs, data=args.data,
             test_accuracy=result["accuracy"])
     history.to_json(out / "history.json")
@@ -240,6 +263,8 @@ def make_parser() -> _Parser:
     t.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar or per-epoch lines")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over MPI ranks: mpiexec -n R xpnet train --distributed")
     backend_flags(t)
     t.set_defaults(func=cmd_train)
 

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import data as data_mod
+from . import distributed as distributed_mod
 from .backend import Backend, dtype_name, host_rng, to_numpy
 from .layers.base import Layer
 from .losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
@@ -170,7 +171,7 @@ class ModelCheckpoint(_Monitor):
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         from .checkpoint import save
 
-        if self._improved(logs) or not self.save_best_only:
+        if (self._improved(logs) or not self.save_best_only) and getattr(self, "rank", 0) == 0:
             save(self.path, self.model, optimizer=self.optimizer if self.save_optimizer else None,
                  epoch=epoch + 1, **{k: v for k, v in logs.items() if isinstance(v, float)})
 
@@ -266,7 +267,8 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
         shuffle: bool = True, progress: Any = None, callbacks: list[Callback] | None = None,
         seed: int | None = None, initial_epoch: int = 0, reports_per_epoch: int = 10,
-        metrics: tuple[str, ...] = ("accuracy",)) -> History:
+        metrics: tuple[str, ...] = ("accuracy",),
+        distributed: bool | Any = False) -> History:
     """Train ``model`` with mini-batch gradient descent and return its History.
 
     Parameters
@@ -291,6 +293,12 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         How often per epoch the progress bar reads the running loss from the device.
     metrics : tuple of str
         ``("accuracy",)`` (default) also counts correct predictions; ``()`` only the loss.
+    distributed : bool or Communicator
+        ``True``: data-parallel over the MPI ranks of this job (``mpiexec -n R``).
+        ``batch_size`` stays the global batch: each rank takes its share of every batch
+        and gradients are summed across ranks before each step, so the steps are those
+        of one process. Only rank 0 shows progress and writes checkpoints. Statistics
+        that layers keep (BatchNorm) come from each rank's share, then rank 0's.
     """
     be = model.backend
     dtype = _param_dtype(model, be)
@@ -309,62 +317,115 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         _check_labels(validation_data[1], n_out, "fit (validation_data)")
     if seed is None:
         seed = int(host_rng().integers(2**31))
+    comm = distributed_mod.resolve(distributed)
+    if comm.size > 1:  # every rank starts from rank 0's parameters and shuffling seed
+        _set_state(model, comm.broadcast([p.value for _, p in model.named_state()]))
+        seed = comm.bcast_object(seed)
     model._fit_loss = loss  # evaluate() reports this loss by default
     xp, n = be.xp, int(x_dev.shape[0])
     steps = math.ceil(n / batch_size)
     every = max(1, steps // max(1, reports_per_epoch))
     callbacks = list(callbacks or [])
     for cb in callbacks:
+        cb.rank = comm.rank
         cb.on_train_begin(model, optimizer)
     history = History()
-    reporter = _Reporter(progress, epochs, steps)
+    reporter = _Reporter(progress if comm.rank == 0 else False, epochs, steps)
     count_hits = "accuracy" in metrics
-
-    for epoch in range(initial_epoch, epochs):
-        start = time.perf_counter()
-        reporter.start(epoch)
-        order = data_mod.epoch_order(n, seed, epoch) if shuffle else None
-        xs, ys = data_mod.shuffled(be, [x_dev, y_enc], order)
-        loss_sum = hits = None
-        seen = 0
-        for step, (size, (xb, yb)) in enumerate(data_mod.batches([xs, ys], batch_size), 1):
-            optimizer.zero_grad()
-            pred = model.forward(xb, train=True)
-            c = loss.forward(pred, yb)
-            model.backward_params(loss.backward())  # no gradient for the data itself
-            optimizer.step()
-            c = c * size
-            loss_sum = c if loss_sum is None else loss_sum + c
-            if count_hits:
-                h = _hits(xp, pred, yb, loss, one_hot)
-                if h is not None:
-                    hits = h if hits is None else hits + h
-            seen += size
-            # the one host read inside the loop, at the reporting interval
-            postfix = None
-            if reporter.bar is not None and step % every == 0:
-                postfix = {"loss": float(to_numpy(loss_sum)) / seen}
-                if hits is not None:
-                    postfix["accuracy"] = float(to_numpy(hits)) / seen
-            reporter.step(1, postfix)
-        logs = {"loss": float(to_numpy(loss_sum)) / n}
-        if hits is not None:
-            logs["accuracy"] = float(to_numpy(hits)) / n
-        if validation_data is not None:
-            val = evaluate(model, *validation_data, loss=loss, batch_size=max(batch_size, 1024))
-            logs.update({"val_" + k: v for k, v in val.items()})
-        elapsed = time.perf_counter() - start
-        logs["time"] = elapsed
-        logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
-        history.append(epoch, logs)
-        reporter.end(epoch, logs)
+    try:
+        for epoch in range(initial_epoch, epochs):
+            start = time.perf_counter()
+            reporter.start(epoch)
+            order = data_mod.epoch_order(n, seed, epoch) if shuffle else None
+            xs, ys = data_mod.shuffled(be, [x_dev, y_enc], order)
+            loss_sum = hits = None
+            seen = 0
+            for step, (size, (xb, yb)) in enumerate(data_mod.batches([xs, ys], batch_size), 1):
+                if comm.size > 1:  # this rank's share of the global batch
+                    lo, hi = size * comm.rank // comm.size, size * (comm.rank + 1) // comm.size
+                    xb, yb = xb[lo:hi, ...], yb[lo:hi, ...]
+                local = int(xb.shape[0])
+                optimizer.zero_grad()
+                if local:
+                    pred = model.forward(xb, train=True)
+                    c = loss.forward(pred, yb)
+                    model.backward_params(loss.backward())  # no gradient for the data itself
+                if comm.size > 1:
+                    _average_gradients(comm, optimizer.params, local, size)
+                optimizer.step()
+                if local:
+                    c = c * local
+                    loss_sum = c if loss_sum is None else loss_sum + c
+                    if count_hits:
+                        h = _hits(xp, pred, yb, loss, one_hot)
+                        if h is not None:
+                            hits = h if hits is None else hits + h
+                seen += local
+                # the one host read inside the loop, at the reporting interval
+                postfix = None
+                if reporter.bar is not None and step % every == 0 and loss_sum is not None:
+                    postfix = {"loss": float(to_numpy(loss_sum)) / seen}
+                    if hits is not None:
+                        postfix["accuracy"] = float(to_numpy(hits)) / seen
+                reporter.step(1, postfix)
+            total_loss, total_hits = _epoch_sums(comm, loss_sum, hits)
+            logs = {"loss": total_loss / n}
+            if total_hits is not None:
+                logs["accuracy"] = total_hits / n
+            if validation_data is not None:
+                val = evaluate(model, *validation_data, loss=loss,
+                               batch_size=max(batch_size, 1024))
+                logs.update({"val_" + k: v for k, v in val.items()})
+            elapsed = time.perf_counter() - start
+            logs["time"] = elapsed
+            logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
+            history.append(epoch, logs)
+            reporter.end(epoch, logs)
+            for cb in callbacks:
+                cb.on_epoch_end(epoch, logs)
+            if any(cb.stop_training for cb in callbacks):
+                break
         for cb in callbacks:
-            cb.on_epoch_end(epoch, logs)
-        if any(cb.stop_training for cb in callbacks):
-            break
-    for cb in callbacks:
-        cb.on_train_end()
+            cb.on_train_end()
+        if comm.size > 1:  # statistics such as BatchNorm's: rank 0's copy everywhere
+            frozen = [(k, p) for k, p in model.named_state() if not p.trainable]
+            for (_, p), v in zip(frozen, comm.broadcast([p.value for _, p in frozen]),
+                                 strict=True):
+                p.value = v
+    except Exception as error:
+        if comm.size == 1:
+            raise
+        distributed_mod.fail(comm, error)  # show it, and end every rank: none may hang
     return history
+
+
+def _set_state(model: Layer, values: list[Any]) -> None:
+    for (_, p), v in zip(model.named_state(), values, strict=True):
+        p.value = v
+
+
+def _average_gradients(comm: Any, params: list[Any], local: int, size: int) -> None:
+    """Replace each rank's mean gradient over its ``local`` examples by the mean over
+    all ``size`` examples of the global batch: sum of (local mean * local) / size."""
+    grads = []
+    for p in params:
+        if p.grad is None or not local:
+            grads.append(p.value * 0.0)
+        else:
+            grads.append(p.grad * float(local))
+    for p, g in zip(params, comm.allreduce_sum(grads), strict=True):
+        p.grad = g / float(size)
+
+
+def _epoch_sums(comm: Any, loss_sum: Any, hits: Any) -> tuple[float, float | None]:
+    """The epoch's summed loss and correct count over every rank, read to the host."""
+    loss_host = float(to_numpy(loss_sum)) if loss_sum is not None else 0.0
+    hits_host = float(to_numpy(hits)) if hits is not None else None
+    if comm.size == 1:
+        return loss_host, hits_host
+    both = np.array([loss_host, hits_host if hits_host is not None else 0.0])
+    total = comm.allreduce_sum([both])[0]
+    return float(total[0]), (float(total[1]) if hits_host is not None else None)
 
 
 def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,

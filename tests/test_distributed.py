@@ -1,0 +1,136 @@
+"""Data-parallel training under ``mpiexec -n 2``: equal to one process on the global batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import xpnet as xn
+from xpnet import distributed
+
+WORKER = Path(__file__).resolve().parent / "mpi_worker.py"
+ROOT = WORKER.parent.parent
+
+
+def _mpiexec() -> str:
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        pytest.skip('mpi4py is not installed (pip install "xpnet[mpi]")')
+    exe = shutil.which("mpiexec")
+    if exe is None:
+        pytest.skip("no mpiexec on PATH (the mpich wheel provides one)")
+    return exe
+
+
+def _run(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), *args],
+                          capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def mpi_ok():
+    exe = _mpiexec()
+    done = subprocess.run([exe, "-n", "2", sys.executable, "-c",
+                           "from mpi4py import MPI; print(MPI.COMM_WORLD.Get_size())"],
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 or done.stdout.split() != ["2", "2"]:
+        pytest.skip(f"MPI cannot start 2 ranks here: {done.stderr.strip()[:300]}")
+
+
+def _single_process(backend, device):
+    sys.path.insert(0, str(WORKER.parent))
+    import mpi_worker
+
+    with xn.use(backend, device=device):
+        net = mpi_worker.model()
+        x, y = mpi_worker.data()
+        h = xn.fit(net, x, y, loss=xn.SoftmaxCrossEntropy(),
+                   optimizer=xn.SGD(net, lr=0.1, momentum=0.9), epochs=1, batch_size=32,
+                   seed=3, progress=False)
+        return h, {n: xn.to_numpy(p.value) for n, p in net.named_parameters()}
+
+
+@pytest.mark.parametrize("backend, device", [("numpy", None), ("array_api_strict", "device1")],
+                         ids=["numpy", "strict-device1"])
+def test_two_ranks_equal_one_process(mpi_ok, tmp_path, backend, device):
+    if backend == "array_api_strict":
+        pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
+    out = tmp_path / "ranks.npz"
+    done = _run("train", backend, device or "-", str(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = np.load(out)
+    h, want = _single_process(backend, device)
+    for name, value in want.items():
+        np.testing.assert_allclose(got[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    assert float(got["loss"]) == pytest.approx(h["loss"][0], rel=1e-5)
+    assert float(got["accuracy"]) == pytest.approx(h["accuracy"][0])
+
+
+def test_a_failing_rank_ends_the_job_with_its_error(mpi_ok):
+    done = _run("fail", timeout=90)  # a hang would hit the timeout and fail the test
+    assert done.returncode != 0
+    assert "rank 1 broke on purpose at step 3" in done.stderr
+    assert "[rank 1] RuntimeError" in done.stderr
+
+
+def test_single_process_communicator_is_a_no_op():
+    comm = distributed.resolve(False)
+    a = [np.ones(3)]
+    assert comm.size == 1 and comm.allreduce_sum(a) is a and comm.broadcast(a) is a
+    with pytest.raises(TypeError, match="distributed must be a bool or a Communicator"):
+        distributed.resolve("yes")
+
+
+def test_staging_keeps_device_arrays_on_their_device():
+    """The host staging path of MPICommunicator, with a one-rank stand-in for MPI."""
+    strict = pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
+
+    class OneRank:
+        def __init__(self):
+            self.buffers = []
+
+        def Allreduce(self, where, buf, op):
+            self.buffers.append(type(buf))
+            buf *= 2  # as if a second rank had sent the same values
+
+        def Bcast(self, buf, root):
+            self.buffers.append(type(buf))
+
+    comm = distributed.MPICommunicator.__new__(distributed.MPICommunicator)
+    comm.MPI = type("MPI", (), {"IN_PLACE": None, "SUM": None})
+    comm.comm, comm.rank, comm.size, comm.local_rank = OneRank(), 0, 2, 0
+    comm.direct_cuda = False
+    with xn.use("array_api_strict", device="device1") as be:
+        arrays = [be.asarray(np.arange(6.0).reshape(2, 3), dtype="float32"),
+                  be.asarray(np.ones(4), dtype="float32")]
+        out = comm.allreduce_sum(arrays)
+    assert comm.comm.buffers == [np.ndarray]  # one host buffer for all arrays
+    assert [o.device for o in out] == [strict.Device("device1")] * 2
+    np.testing.assert_array_equal(xn.to_numpy(out[0]), 2 * np.arange(6.0).reshape(2, 3))
+    np.testing.assert_array_equal(xn.to_numpy(out[1]), 2 * np.ones(4))
+    host = comm.allreduce_sum([np.ones(2, dtype=np.float32)])
+    assert isinstance(host[0], np.ndarray)
+
+
+def test_cuda_awareness_is_asked_not_guessed(monkeypatch):
+    monkeypatch.setenv("XPNET_MPI_CUDA_AWARE", "1")
+    assert distributed.cuda_aware() is True
+    monkeypatch.setenv("XPNET_MPI_CUDA_AWARE", "0")
+    assert distributed.cuda_aware() is False
+    monkeypatch.delenv("XPNET_MPI_CUDA_AWARE")
+    assert isinstance(distributed.cuda_aware(), bool)
+
+
+def test_local_device_follows_local_rank():
+    assert distributed.local_device("numpy", None, 3) is None
+    assert distributed.local_device("torch", "cuda:1", 3) == "cuda:1"  # an index wins
+    pytest.importorskip("torch", reason="torch is not installed")
+    assert distributed.local_device("torch", "cuda", 3) == "cuda:0"  # one (or no) GPU here
