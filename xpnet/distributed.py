@@ -88,7 +88,10 @@ def cuda_aware() -> bool:
 class MPICommunicator(Communicator):
     """Ranks of an MPI communicator (``MPI.COMM_WORLD`` by default)."""
 
-    def __init__(self, comm: Any = None):
+    def __init__(self, comm: Any = None, *, share_cores: bool = True):
+        """``share_cores``: limit BLAS and torch threads of each rank to its share of
+        this machine's cores (as ``torchrun`` does). Ranks that each start one thread
+        per core fight for the cores: on 2 cores, 2 ranks ran 100x slower that way."""
         try:
             from mpi4py import MPI
         except ImportError:
@@ -98,8 +101,11 @@ class MPICommunicator(Communicator):
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         self.direct_cuda = cuda_aware()
+        if share_cores and self.local_size > 1:
+            limit_threads(max(1, (os.cpu_count() or 1) // self.local_size))
 
     def _direct(self, a: Any) -> bool:
         """Whether MPI can use ``a``'s memory as it is (host NumPy, or CUDA-aware CuPy)."""
@@ -157,6 +163,18 @@ class MPICommunicator(Communicator):
     def abort(self, code: int = 1) -> None:
         sys.stderr.flush()
         self.comm.Abort(code)
+
+
+def limit_threads(n: int) -> None:
+    """At most ``n`` threads for BLAS (through threadpoolctl, when installed) and torch."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pass
+    else:
+        threadpool_limits(limits=n)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def resolve(distributed: bool | Communicator | None) -> Communicator:
