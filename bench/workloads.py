@@ -71,15 +71,8 @@ def xpnet_model(w: Workload):
     import xpnet as xn
 
     if w.kind == "mlp":
-        acts = {"relu": xn.ReLU, "sigmoid": xn.Sigmoid}
-        layers, width = [], w.input_shape[0]
-        for h in w.hidden:
-            layers += [xn.Linear(width, h), acts[w.activation]()]
-            width = h
-        layers.append(xn.Linear(width, w.classes))
-        if w.loss == "quadratic":
-            layers.append(xn.Sigmoid())
-        return xn.Sequential(*layers)
+        model = xn.models.mlp(w.input_shape[0], list(w.hidden), w.classes, w.activation)
+        return xn.Sequential(model, xn.Sigmoid()) if w.loss == "quadratic" else model
     if w.kind == "cnn1d":
         return xn.models.mnist1d_cnn(w.input_shape[0], 25, w.classes)
     return xn.Sequential(

@@ -28,31 +28,22 @@ def _conv_reference(x, w, b, stride, padding):
     return y
 
 
-CONV1D = [dict(kernel_size=3), dict(kernel_size=5, stride=2, padding=1),
-          dict(kernel_size=2, stride=3, padding=2)]
+CONVS = [
+    ("Conv1D", dict(kernel_size=3), (2, 3, 11)),
+    ("Conv1D", dict(kernel_size=5, stride=2, padding=1), (2, 3, 11)),
+    ("Conv1D", dict(kernel_size=2, stride=3, padding=2), (2, 3, 11)),
+    ("Conv2D", dict(kernel_size=3, padding=1), (2, 3, 5, 6)),
+    ("Conv2D", dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0)), (2, 3, 5, 6)),
+]
 
 
-@pytest.mark.parametrize("cfg", CONV1D, ids=lambda c: "-".join(f"{k}{v}" for k, v in c.items()))
-def test_conv1d(be, rng, cfg):
-    layer = xn.Conv1D(3, 4, **cfg)
-    x_host = rng.standard_normal((2, 3, 11))
+@pytest.mark.parametrize("kind, cfg, shape", CONVS,
+                         ids=[f"{k}-" + "-".join(f"{a}{b}" for a, b in c.items())
+                              for k, c, _ in CONVS])
+def test_conv(be, rng, kind, cfg, shape):
+    layer = getattr(xn, kind)(3, 4, **cfg)
     layer.bias.value = be.asarray(rng.standard_normal(4), dtype="float32")
-    x = be.asarray(x_host, dtype="float32")
-    y = layer.forward(x)
-    assert_on(be, y)
-    ref = _conv_reference(x_host.astype(np.float32), xn.to_numpy(layer.weight.value),
-                          xn.to_numpy(layer.bias.value), cfg.get("stride", 1),
-                          cfg.get("padding", 0))
-    np.testing.assert_allclose(xn.to_numpy(y), ref, rtol=1e-5, atol=1e-5)
-    assert xn.gradcheck(layer, x)
-
-
-@pytest.mark.parametrize("cfg", [dict(kernel_size=3, padding=1),
-                                 dict(kernel_size=(2, 3), stride=(2, 1), padding=(1, 0))],
-                         ids=["k3p1", "k2x3s2x1"])
-def test_conv2d(be, rng, cfg):
-    layer = xn.Conv2D(2, 3, **cfg)
-    x_host = rng.standard_normal((2, 2, 5, 6))
+    x_host = rng.standard_normal(shape)
     x = be.asarray(x_host, dtype="float32")
     y = layer.forward(x)
     assert_on(be, y)
