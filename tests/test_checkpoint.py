@@ -49,23 +49,29 @@ def _train(model, opt, epochs, initial_epoch=0):
            initial_epoch=initial_epoch, batch_size=10, progress=False, seed=5)
 
 
-@pytest.mark.parametrize("kind", ["adam_cosine", "momentum"])
+@pytest.mark.parametrize("kind", ["adam_cosine", "momentum", "dropout"])
 def test_resume_is_exact_on_numpy(tmp_path, kind):
     def make_opt(model):
         if kind == "adam_cosine":
             return xn.Adam(model, lr=xn.CosineLR(0.01, total_steps=40))
         return xn.SGD(model, lr=0.05, momentum=0.9, nesterov=True)
 
+    def make_model():
+        if kind == "dropout":  # masks are keyed by (seed, epoch): resumed runs redraw them
+            return xn.Sequential(xn.Linear(5, 12), xn.Tanh(), xn.Dropout(0.3), xn.Linear(12, 3))
+        return _model()
+
     with xn.use("numpy"):
         xn.seed(0)
-        straight = _model()
+        straight = make_model()
         _train(straight, make_opt(straight), epochs=4)
 
         xn.seed(0)
-        first = _model()
+        first = make_model()
         opt = make_opt(first)
         _train(first, opt, epochs=2)
         xn.save(tmp_path / "half.xpnet", first, optimizer=opt, epoch=2)
+        xn.seed(0)  # as a new process would
         ck = xn.load_checkpoint(tmp_path / "half.xpnet")
         _train(ck.model, ck.optimizer, epochs=4, initial_epoch=ck.metadata["epoch"])
     for a, b in zip(straight.parameters(), ck.model.parameters(), strict=True):

@@ -169,11 +169,11 @@ def test_cupy_dropout_draws_on_the_device(monkeypatch):
     cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     like = types.SimpleNamespace(device=FakeDevice(), dtype=np.float32)
-    out = _compat._uniform_cupy(like, (2, 3), seed=7, n=5)
+    out = _compat._uniform_cupy(like, (2, 3), (7, 5))
     assert out.shape == (2, 3)
-    assert calls == ["enter", ("seed", _compat._mix(7, 5)), ("random", (2, 3), np.float32),
+    assert calls == ["enter", ("seed", _compat._mix((7, 5))), ("random", (2, 3), np.float32),
                      "exit"]
-    assert _compat._mix(7, 5) != _compat._mix(7, 6) and 0 <= _compat._mix(7, 5) < 2**63
+    assert _compat._mix((7, 5)) != _compat._mix((7, 6)) and 0 <= _compat._mix((7, 5)) < 2**63
 
 
 def test_conv_bad_input_is_named():

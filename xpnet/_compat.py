@@ -155,9 +155,9 @@ def pad_axes(xp: Any, x: Any, pads: tuple[int, ...], first: int | None = None) -
     return x
 
 
-def _mix(seed: int, n: int) -> int:
-    """One 63-bit integer seed from ``(seed, n)`` for generators that take a single int."""
-    return int(np.random.SeedSequence([seed, n]).generate_state(1, np.uint64)[0] >> 1)
+def _mix(key: tuple[int, ...]) -> int:
+    """One 63-bit integer seed from a key, for generators that take a single int."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
 
 
 def uniform(like: Any, shape: tuple[int, ...]) -> Any:
@@ -169,43 +169,41 @@ def uniform(like: Any, shape: tuple[int, ...]) -> Any:
     """
     from .backend import next_random_key
 
-    seed, n = next_random_key()
+    key = next_random_key()
     lib = library(like)
     if lib == "torch":
-        return _uniform_torch(like, shape, seed, n)
+        return _uniform_torch(like, shape, key)
     if lib == "jax":
-        return _uniform_jax(like, shape, seed, n)
+        return _uniform_jax(like, shape, key)
     if lib == "cupy":
-        return _uniform_cupy(like, shape, seed, n)
-    host = np.random.default_rng([seed, n]).random(shape, dtype=np.float32)
+        return _uniform_cupy(like, shape, key)
+    host = np.random.default_rng(list(key)).random(shape, dtype=np.float32)
     xp = namespace(like)
     return xp.astype(xp.asarray(host, device=device(like)), like.dtype)
 
 
-def _uniform_torch(like: Any, shape: tuple[int, ...], seed: int, n: int) -> Any:
+def _uniform_torch(like: Any, shape: tuple[int, ...], key: tuple[int, ...]) -> Any:
     import torch
 
     if like.device.type == "meta":  # shapes only
         return torch.empty(shape, dtype=like.dtype, device=like.device)
     gen = torch.Generator(device=like.device)
-    gen.manual_seed(_mix(seed, n))
+    gen.manual_seed(_mix(key))
     return torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
 
 
-def _uniform_jax(like: Any, shape: tuple[int, ...], seed: int, n: int) -> Any:
+def _uniform_jax(like: Any, shape: tuple[int, ...], key: tuple[int, ...]) -> Any:
     import jax
 
-    dev = device(like)
-    with jax.default_device(dev):
-        key = jax.random.fold_in(jax.random.key(seed % 2**32), n)
-        return jax.random.uniform(key, shape, dtype=like.dtype)
+    with jax.default_device(device(like)):
+        return jax.random.uniform(jax.random.key(_mix(key) % 2**32), shape, dtype=like.dtype)
 
 
-def _uniform_cupy(like: Any, shape: tuple[int, ...], seed: int, n: int) -> Any:
+def _uniform_cupy(like: Any, shape: tuple[int, ...], key: tuple[int, ...]) -> Any:
     import cupy
 
     with like.device:
-        return cupy.random.default_rng(_mix(seed, n)).random(shape, dtype=like.dtype)
+        return cupy.random.default_rng(_mix(key)).random(shape, dtype=like.dtype)
 
 
 def check_labels_on_host(who: str, labels: Any, n_classes: int) -> None:

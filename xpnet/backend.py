@@ -51,26 +51,37 @@ class BackendUnavailableError(RuntimeError):
 # identical initial weights on every backend.
 _seed: int = int(np.random.SeedSequence().entropy % 2**63)  # until seed() is called
 _host_rng = np.random.default_rng(_seed)
-_draws = 0  # random arrays drawn on devices since the last seed()
+_stream: tuple[int, ...] = (_seed,)  # what device draws (dropout masks) are keyed by
+_draws = 0  # random arrays drawn in the current stream
 
 
 def seed(value: int) -> None:
     """Seed weight initialisation, shuffling and dropout on every backend."""
-    global _seed, _host_rng, _draws
+    global _seed, _host_rng, _draws, _stream
     _seed = int(value)
     _host_rng = np.random.default_rng(_seed)
-    _draws = 0
+    _stream, _draws = (_seed,), 0
 
 
-def next_random_key() -> tuple[int, int]:
-    """``(seed, n)`` for the n-th random array drawn since ``seed()`` (dropout masks).
+def set_random_stream(*key: int) -> None:
+    """Key the following device draws by ``key`` and restart their count.
+
+    ``fit`` starts a stream ``(seed, epoch)`` each epoch, so an epoch's dropout masks
+    do not depend on what ran before it and a resumed run draws the same ones.
+    """
+    global _stream, _draws
+    _stream, _draws = tuple(int(k) for k in key), 0
+
+
+def next_random_key() -> tuple[int, ...]:
+    """``(*stream, n)`` for the n-th random array drawn in the current stream.
 
     Each draw seeds its own generator from this key, on the array's device, so a
-    draw depends only on the seed and its position in the sequence.
+    draw depends only on the stream and its position in it.
     """
     global _draws
     _draws += 1
-    return _seed, _draws - 1
+    return (*_stream, _draws - 1)
 
 
 def random_position() -> int:

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import data as data_mod
 from . import distributed as distributed_mod
-from .backend import Backend, dtype_name, host_rng, to_numpy
+from .backend import Backend, dtype_name, host_rng, set_random_stream, to_numpy
 from .layers.base import Layer
 from .losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
 from .optim import Optimizer
@@ -336,6 +336,7 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()
             reporter.start(epoch)
+            set_random_stream(seed, epoch)  # dropout masks, like the order, per epoch
             order = data_mod.epoch_order(n, seed, epoch) if shuffle else None
             xs, ys = data_mod.shuffled(be, [x_dev, y_enc], order)
             loss_sum = hits = None
