@@ -41,7 +41,7 @@ def test_fast_ops_match_standard(xp):
     y = 1 / (1 + np.exp(-x))
     cases = [
         ("linear", (x, W, b)), ("linear", (x, W, None)), ("relu", (x,)),
-        ("relu_grad", (dy, np.maximum(x, 0))), ("sigmoid", (x * 50,)),
+        ("relu_grad", (dy, np.maximum(x, 0))), ("keep", (dy, x > 0)), ("sigmoid", (x * 50,)),
         ("sigmoid_grad", (dy, y.astype(np.float32))),
     ]
     for name, args in cases:

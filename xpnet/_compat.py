@@ -233,8 +233,12 @@ class StandardOps:
         return xp.maximum(x, 0.0)
 
     def relu_grad(self, xp: Any, dy: Any, y: Any) -> Any:
-        """``dy`` where ``y > 0``, else 0 (multiplying by the mask beats ``where``)."""
-        return dy * xp.astype(y > 0, dy.dtype)
+        """``dy`` where ``y > 0``, else 0."""
+        return self.keep(xp, dy, y > 0)
+
+    def keep(self, xp: Any, dy: Any, mask: Any) -> Any:
+        """``dy`` where ``mask``, else 0 (multiplying by the mask beats ``where``)."""
+        return dy * xp.astype(mask, dy.dtype)
 
     def sigmoid(self, xp: Any, x: Any) -> Any:
         """``1 / (1 + exp(-x))`` as ``0.5 tanh(x / 2) + 0.5``: no overflow anywhere."""
@@ -267,8 +271,8 @@ class NumpyOps(StandardOps):
             y += b
         return y
 
-    def relu_grad(self, xp, dy, y):
-        return dy * (y > 0)  # bool * float32 stays float32, with no astype pass
+    def keep(self, xp, dy, mask):
+        return dy * mask  # bool * float32 stays float32, with no astype pass
 
     def sigmoid(self, xp, x):
         y = np.multiply(x, 0.5)

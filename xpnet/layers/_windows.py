@@ -51,13 +51,15 @@ def overlapping(kernel: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return any(s < k for k, s in zip(kernel, stride, strict=True))
 
 
-def scatter(xp: Any, parts: list[Any], shape: tuple[int, ...], keys: list[tuple],
+def scatter(xp: Any, parts: Any, shape: tuple[int, ...], keys: list[tuple],
             overlap: bool) -> Any:
     """The adjoint of slicing: put ``parts[i]`` into ``keys[i]`` of zeros(``shape``),
-    summing where slices overlap."""
-    like = parts[0]
-    dx = xp.zeros(shape, dtype=like.dtype, device=device(like))
+    summing where slices overlap. ``parts`` may be a generator, so each part can be
+    made just before it is put and freed right after."""
+    dx = None
     for key, part in zip(keys, parts, strict=True):
+        if dx is None:
+            dx = xp.zeros(shape, dtype=part.dtype, device=device(part))
         if overlap:
             dx = add_into(xp, dx, key, part)
         elif is_jax(xp):

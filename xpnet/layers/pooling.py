@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._compat import namespace
+from .._compat import namespace, ops
 from . import _windows
 from .base import Layer
 
@@ -53,16 +53,21 @@ class _PoolND(Layer):
             share = dy / len(keys)
             parts = [share] * len(keys)
         else:
-            parts, free = [], None
-            for i, key in enumerate(keys):
-                won = x[key] == y
-                if free is not None:
-                    won = won & free
-                if i < len(keys) - 1:
-                    free = ~won if free is None else free & ~won
-                parts.append(dy * xp.astype(won, dy.dtype))
+            parts = self._winner_grads(xp, x, y, dy, keys)
         return _windows.scatter(xp, parts, tuple(x.shape), keys,
                                 _windows.overlapping(self.kernel_size, self.stride))
+
+    @staticmethod
+    def _winner_grads(xp: Any, x: Any, y: Any, dy: Any, keys: list[tuple]):
+        """Per offset, ``dy`` where that offset holds its window's first maximum, else 0."""
+        free = None  # windows whose winner is not found yet
+        for i, key in enumerate(keys):
+            won = x[key] == y
+            if free is not None:
+                won = won & free
+            if i < len(keys) - 1:
+                free = ~won if free is None else free ^ won  # won lies inside free
+            yield ops(xp).keep(xp, dy, won)
 
     def get_config(self) -> dict[str, Any]:
         if self.dims == 1:
