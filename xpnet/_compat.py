@@ -41,10 +41,17 @@ def namespace(x: Any) -> Any:
 
 
 def device(x: Any) -> Any:
-    """The device ``x`` lives on (``"cpu"`` for NumPy)."""
+    """The device ``x`` lives on (``"cpu"`` for NumPy).
+
+    The standard's ``x.device`` attribute first (torch, CuPy, JAX >= 0.4.27,
+    array-api-strict all have it); array-api-compat's helper only for the rest.
+    """
     if type(x) is np.ndarray:
         return "cpu"
-    return array_api_compat.device(x)
+    d = getattr(x, "device", None)
+    if d is None or callable(d):
+        return array_api_compat.device(x)
+    return d
 
 
 def is_host(xp: Any) -> bool:
