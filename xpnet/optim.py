@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._compat import is_jax, namespace, ops, sub_
+from ._compat import is_jax, namespace, ops
 from .layers.base import Layer, Parameter
 
 Schedule = Callable[[int], float]
@@ -155,7 +155,7 @@ class Adam(Optimizer):
         b1, b2 = self.betas
         g = p.grad
         if self.weight_decay and self.decoupled:
-            p.value = sub_(xp, p.value, (lr * self.weight_decay) * p.value)
+            p.value = ops(xp).sub_scaled_(xp, p.value, lr * self.weight_decay, p.value)
         elif self.weight_decay:
             g = g + self.weight_decay * p.value
         m, v = self.state["m"][i], self.state["v"][i]
@@ -173,7 +173,7 @@ class Adam(Optimizer):
         t = self.steps
         bc1, bc2 = 1 - b1**t, 1 - b2**t
         denom = xp.sqrt(v) * (1.0 / math.sqrt(bc2)) + self.eps
-        p.value = sub_(xp, p.value, (lr / bc1) * (m / denom))
+        p.value = ops(xp).sub_scaled_(xp, p.value, lr / bc1, m / denom)
 
     def get_config(self) -> dict[str, Any]:
         return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}

@@ -23,13 +23,9 @@ def as_tuple(value: int | tuple[int, ...], dims: int, what: str, who: str) -> tu
     return t
 
 
-def plan(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
-         who: Any, padding: tuple[int, ...] | None = None, channels_last: bool = False,
-         ) -> tuple[tuple[int, ...], list[tuple]]:
-    """Output sizes and, per kernel offset (row-major), the key of its input slice.
-
-    Keys index ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
-    """
+def check_fits(spatial: tuple[int, ...], kernel: tuple[int, ...], who: Any,
+               padding: tuple[int, ...] | None = None) -> None:
+    """Raise when the kernel does not fit in the (padded) spatial size."""
     for n, k in zip(spatial, kernel, strict=True):
         if k > n:
             pad = f" (after padding {padding})" if padding and any(padding) else ""
@@ -37,6 +33,16 @@ def plan(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, .
                 f"{getattr(who, 'label', who)}: kernel {kernel} is larger than the input's "
                 f"spatial size {tuple(spatial)}{pad}"
             )
+
+
+def plan(spatial: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int, ...],
+         who: Any, padding: tuple[int, ...] | None = None, channels_last: bool = False,
+         ) -> tuple[tuple[int, ...], list[tuple]]:
+    """Output sizes and, per kernel offset (row-major), the key of its input slice.
+
+    Keys index ``(N, C, *spatial)``, or ``(N, *spatial, C)`` with ``channels_last``.
+    """
+    check_fits(spatial, kernel, who, padding)
     outs = tuple((n - k) // s + 1 for n, k, s in zip(spatial, kernel, stride, strict=True))
     keys = []
     for offsets in itertools.product(*(range(k) for k in kernel)):

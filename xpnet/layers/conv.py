@@ -70,7 +70,7 @@ class _ConvND(Layer):
         fast = ops(xp).conv
         if fast is not None:  # the library's own convolution (torch)
             spatial = tuple(s + 2 * p for s, p in zip(x.shape[2:], self.padding, strict=True))
-            _windows.plan(spatial, self.kernel_size, self.stride, self, self.padding)
+            _windows.check_fits(spatial, self.kernel_size, self, self.padding)
             self._cache = ("fast", x) if train else None
             return fast.conv_forward(x, self.weight.value,
                                      None if self.bias is None else self.bias.value,

@@ -60,6 +60,7 @@ class _PoolND(Layer):
     @staticmethod
     def _winner_grads(xp: Any, x: Any, y: Any, dy: Any, keys: list[tuple]):
         """Per offset, ``dy`` where that offset holds its window's first maximum, else 0."""
+        fast = ops(xp)
         free = None  # windows whose winner is not found yet
         for i, key in enumerate(keys):
             won = x[key] == y
@@ -67,7 +68,7 @@ class _PoolND(Layer):
                 won = won & free
             if i < len(keys) - 1:
                 free = ~won if free is None else free ^ won  # won lies inside free
-            yield ops(xp).keep(xp, dy, won)
+            yield fast.keep(xp, dy, won)
 
     def get_config(self) -> dict[str, Any]:
         if self.dims == 1:
