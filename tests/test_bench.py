@@ -6,6 +6,7 @@ import types
 
 import pytest
 
+import xpnet as xn
 from bench import gpu
 from bench import run as bench_run
 
@@ -46,21 +47,22 @@ def test_gpu_bench_logic_on_cpu_backends():
 
 
 def test_synchronizer_waits_on_the_right_device():
+    """Each adapter's synchronize, checked with stand-in devices (no GPU needed)."""
+    from xpnet.backends import ADAPTERS
+
     calls = []
-    cupy_be = types.SimpleNamespace(name="cupy", device_name="cuda:0",
-                                    device=types.SimpleNamespace(
-                                        synchronize=lambda: calls.append("cupy")))
-    gpu.synchronizer(cupy_be)()
+    ADAPTERS["cupy"].synchronize(types.SimpleNamespace(synchronize=lambda: calls.append("cupy")))
     assert calls == ["cupy"]
-    host = types.SimpleNamespace(name="numpy", device_name="cpu", device="cpu")
-    assert gpu.synchronizer(host)() is None
+    assert ADAPTERS["numpy"].synchronize("cpu") is None
+    host = xn.backend.make("numpy")
+    assert gpu.synchronizer(host) == host.synchronize
     torch = pytest.importorskip("torch", reason="torch is not installed")
     seen = []
     real = torch.cuda.synchronize
     torch.cuda.synchronize = lambda d=None: seen.append(d)
     try:
-        gpu.synchronizer(types.SimpleNamespace(name="torch", device_name="cuda:1",
-                                               device="cuda:1"))()
+        ADAPTERS["torch"].synchronize(torch.device("cuda", 1))
+        ADAPTERS["torch"].synchronize(torch.device("cpu"))  # nothing queued on the CPU
     finally:
         torch.cuda.synchronize = real
-    assert seen == ["cuda:1"]
+    assert seen == [torch.device("cuda", 1)]

@@ -9,28 +9,23 @@ The same layers run on NumPy, CuPy, PyTorch, JAX and array-api-strict::
 Importing xpnet imports no optional array library and touches no GPU.
 """
 
-from . import datasets, distributed, models
-from .backend import (
-    Backend,
-    BackendUnavailableError,
-    available,
-    current,
-    seed,
-    to_numpy,
-    use,
-)
+from . import backends, datasets, distributed, models, random
+from .backend import Backend, BackendUnavailableError, available, current, to_numpy, use
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .gradcheck import GradcheckError, gradcheck
-from .graph import Add, Concat, Graph, Input
+from .graph import Graph
 from .layers import (
+    Add,
     AvgPool1D,
     AvgPool2D,
     BatchNorm1D,
     BatchNorm2D,
+    Concat,
     Conv1D,
     Conv2D,
     Dropout,
     Flatten,
+    Input,
     Layer,
     Linear,
     MaxPool1D,
@@ -45,12 +40,14 @@ from .layers import (
 )
 from .losses import BinaryCrossEntropy, Loss, QuadraticCost, SoftmaxCrossEntropy
 from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR
+from .random import RandomStream, seed
 from .train import Callback, EarlyStopping, History, ModelCheckpoint, evaluate, fit, predict
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
+    "RandomStream",
     "GradcheckError", "gradcheck",
     "Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
     "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "Flatten",
@@ -59,5 +56,5 @@ __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
     "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
-    "datasets", "distributed", "models",
+    "backends", "datasets", "distributed", "models", "random",
 ]

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from .backend import Backend, backend_of, current, dtype_name, host_rng, make, to_numpy
+from . import random
+from .backend import Backend, backend_of, current, dtype_name, resolve, to_numpy
 from .layers import Layer, build_layer, layer_config
 from .optim import OPTIMIZERS, SCHEDULES, Optimizer
 
@@ -154,19 +155,14 @@ def load_checkpoint(path: str | Path, *, backend: str | Backend | None = None,
     """
     path = Path(path)
     meta, arrays = _read(path)
-    be = (backend if isinstance(backend, Backend) else
-          make(backend, device) if backend is not None else current())
-    rng_state = host_rng().bit_generator.state  # building draws weights; don't consume
-    try:
-        from .backend import use
-
-        with use(be.name, be.device_name):
-            try:
-                model = build_layer(meta["model"])
-            except (KeyError, TypeError, ValueError) as e:
-                raise CheckpointError(f"{path}: cannot rebuild the model ({e})") from None
-    finally:
-        host_rng().bit_generator.state = rng_state
+    be = resolve(backend, device)
+    # Building draws initial weights, which the file's replace at once: draw them from
+    # a stream of their own, so loading leaves the seeded stream where it was.
+    with random.RandomStream(0).active():
+        try:
+            model = build_layer(meta["model"], backend=be)
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path}: cannot rebuild the model ({e})") from None
     state = dict(model.named_state())
     if sorted(state) != sorted(meta.get("params", [])):
         raise CheckpointError(f"{path}: the parameter list does not match the architecture")

@@ -19,14 +19,14 @@ from .backend import Backend, backend_of
 def on_backend(be: Backend, a: Any, dtype: Any, who: str) -> Any:
     """``a`` on ``be``: host data is copied there once; arrays already there pass.
 
-    Floating host data is converted to ``dtype``; integer labels keep int64.
+    Floating host data is converted to ``dtype``; integer labels keep int64. Where the
+    backend can use host memory as it is (NumPy, torch on the CPU) nothing is copied:
+    training never writes into its data.
     """
     if isinstance(a, (np.ndarray, list, tuple)):
         a = np.asarray(a)
         keep = np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_
-        if be.name == "numpy":  # already in place: training never writes into data
-            return np.asarray(a, dtype=None if keep else dtype)
-        return be.asarray(a, dtype=None if keep else dtype)
+        return be.asarray(a, dtype=None if keep else dtype, copy=False)
     where = backend_of(a)
     if where != be:
         raise TypeError(

@@ -17,9 +17,10 @@ import numpy as np
 
 from ._compat import device as device_of
 from ._compat import namespace
-from .backend import backend_of, random_position, set_random_position, to_numpy
+from .backend import backend_of, to_numpy
 from .layers.base import Layer
 from .losses import Loss
+from .random import RandomStream
 
 
 class GradcheckError(AssertionError):
@@ -28,7 +29,8 @@ class GradcheckError(AssertionError):
 
 def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None, *,
               eps: float | None = None, rtol: float | None = None,
-              atol: float | None = None, seed: int = 0) -> bool:
+              atol: float | None = None, seed: int = 0,
+              stream: RandomStream | None = None) -> bool:
     """Check ``layer.backward`` against central finite differences.
 
     Parameters
@@ -44,6 +46,11 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
         Step and tolerances; defaults depend on the dtype (float64: 1e-6, 1e-5, 1e-7;
         float32 fallback: 1e-2, 5e-2, 1e-3). An element passes when
         ``|analytic - numeric| <= atol + rtol * |numeric|``.
+    seed : int
+        Seeds the random projection ``R``.
+    stream : RandomStream, optional
+        What random layers (Dropout) draw from; it is restarted before every forward
+        pass, so each pass draws the same masks. Default: ``RandomStream(seed)``.
 
     Returns
     -------
@@ -70,21 +77,25 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     if target is not None and xp.isdtype(target.dtype, "real floating"):
         target = be.xp.astype(target, dt)
 
-    # Every forward pass rewinds the random sequence, so dropout draws the same mask.
-    start = random_position()
-    y = model.forward(x_dev, train=True)
+    stream = stream if stream is not None else RandomStream(seed)
+    key = stream.key
+
+    def forward(inp: Any) -> Any:
+        """A training forward pass that draws the same random masks every time."""
+        with stream.restart(*key).active():
+            return model.forward(inp, train=True)
+
+    y = forward(x_dev)
     proj = put(np.random.default_rng(seed).standard_normal(tuple(y.shape)))
 
     def cost(inp: Any) -> float:
-        set_random_position(start)
-        out = model.forward(inp, train=True)
+        out = forward(inp)
         c = loss.forward(out, target) if loss is not None else namespace(out).sum(out * proj)
         return float(to_numpy(c))
 
     # analytic
     model.zero_grad()
-    set_random_position(start)
-    out = model.forward(x_dev, train=True)
+    out = forward(x_dev)
     if loss is not None:
         loss.forward(out, target)
         dy = loss.backward()
@@ -122,7 +133,6 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
         if p is not None:
             p.value = put(base)
         _compare(layer, name, analytic, numeric, rtol, atol)
-    set_random_position(start + 1)  # as if the layer had run forward once
     return True
 
 

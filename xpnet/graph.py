@@ -8,146 +8,18 @@
 Forward visits the nodes in topological order. Backward visits them in reverse: a
 node's gradient is complete once every consumer has added its share, so a value used
 along several paths receives the sum of their gradients (the chain rule over a DAG).
-Shapes are checked while the graph is built, by running each new layer once on a
-small zero batch, so mismatches name the nodes involved before any training.
+Building the nodes is ``xpnet.layers.symbolic``'s part; shapes are checked there,
+as the graph grows.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
-from ._compat import namespace
-from .backend import current
-from .layers.base import Layer, _count, _shape_text, layer_config
-
-
-class SymbolicTensor:
-    """The output of a node while a graph is being built: its node and per-example shape."""
-
-    def __init__(self, node: Node):
-        self.node = node
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return self.node.shape
-
-    def __repr__(self) -> str:
-        return f"SymbolicTensor({self.node.name}, shape=(N, {', '.join(map(str, self.shape))}))"
-
-
-class Node:
-    """One layer application: ``layer`` applied to the outputs of ``inputs``."""
-
-    def __init__(self, layer: Layer | None, inputs: list[Node], shape: tuple[int, ...],
-                 name: str):
-        self.layer, self.inputs, self.shape, self.name = layer, inputs, shape, name
-
-    def __repr__(self) -> str:
-        return f"Node({self.name})"
-
-
-_counter = [0]
-
-
-def _node_name(layer: Layer | None) -> str:
-    _counter[0] += 1
-    kind = "input" if layer is None else type(layer).__name__.lower()
-    return f"{kind}_{_counter[0]}"
-
-
-def Input(shape: tuple[int, ...], *, name: str | None = None) -> SymbolicTensor:
-    """A graph input of per-example ``shape`` (the batch axis is not included)."""
-    shape = (int(shape),) if isinstance(shape, int) else tuple(int(s) for s in shape)
-    return SymbolicTensor(Node(None, [], shape, name or _node_name(None)))
-
-
-def connect(layer: Layer, inputs: tuple[Any, ...]) -> SymbolicTensor:
-    """Apply ``layer`` to symbolic tensors (what ``layer(tensor)`` does while building)."""
-    if not all(isinstance(t, SymbolicTensor) for t in inputs):
-        raise TypeError(f"{layer.label}: cannot mix symbolic tensors and arrays in one call")
-    if getattr(layer, "_node", None) is not None:
-        raise ValueError(
-            f"{layer.label} is already used at node {layer._node.name}; a layer object can "
-            f"appear once in a graph (create another layer to repeat it)"
-        )
-    merge = isinstance(layer, Merge)
-    if not merge and len(inputs) != 1:
-        raise TypeError(f"{layer.label} takes one input, got {len(inputs)}")
-    if merge and len(inputs) < 2:
-        raise TypeError(f"{layer.label} merges two or more inputs, got {len(inputs)}")
-    nodes = [t.node for t in inputs]
-    state = layer.named_state()
-    be = layer.backend if state else current()
-    dtype = state[0][1].value.dtype if state else "float32"
-    probes = [be.asarray(np.zeros((2, *n.shape)), dtype=dtype) for n in nodes]
-    try:
-        out = layer.forward(probes if merge else probes[0], train=False)
-    except (ValueError, TypeError) as e:
-        names = ", ".join(f"{n.name} (N, {', '.join(map(str, n.shape))})" for n in nodes)
-        raise ValueError(f"cannot apply {layer.label} to {names}: {e}") from None
-    producer = nodes[0].layer
-    if (layer.init_hint and len(nodes) == 1 and getattr(producer, "init", None) == "auto"
-            and hasattr(producer, "reset")):
-        producer.reset(layer.init_hint)  # as Sequential does: He before a ReLU
-    node = Node(layer, nodes, tuple(out.shape[1:]), layer.name or _node_name(layer))
-    layer._node = node
-    return SymbolicTensor(node)
-
-
-class Merge(Layer):
-    """A layer of several inputs: ``forward([x1, x2, ...])``, ``backward(dy) -> [dx1, ...]``."""
-
-
-class Add(Merge):
-    """Element-wise sum of inputs of equal shape (a residual connection)."""
-
-    def forward(self, xs: list[Any], *, train: bool = True) -> Any:
-        shapes = [tuple(x.shape) for x in xs]
-        if len(set(shapes)) != 1:
-            raise ValueError(f"{self.label}: inputs must have equal shapes, got {shapes}")
-        self._n = len(xs)
-        out = xs[0]
-        for x in xs[1:]:
-            out = out + x
-        return out
-
-    def backward(self, dy: Any) -> list[Any]:
-        return [dy] * self._n
-
-
-class Concat(Merge):
-    """Join inputs along ``axis`` (1: features of ``(N, F)`` or channels of ``(N, C, ...)``)."""
-
-    def __init__(self, axis: int = 1, *, name: str | None = None):
-        super().__init__(name=name)
-        if axis == 0:
-            raise ValueError("Concat: axis 0 is the batch axis; join along axis >= 1")
-        self.axis = axis
-        self._sizes: list[int] = []
-
-    def forward(self, xs: list[Any], *, train: bool = True) -> Any:
-        ax = self.axis % xs[0].ndim
-        rest = [tuple(s for i, s in enumerate(x.shape) if i != ax) for x in xs]
-        if len(set(rest)) != 1 or len({x.ndim for x in xs}) != 1:
-            raise ValueError(f"{self.label}: inputs must agree on every axis but {self.axis}, "
-                             f"got shapes {[tuple(x.shape) for x in xs]}")
-        self._sizes = [int(x.shape[ax]) for x in xs]
-        return namespace(xs[0]).concat(xs, axis=ax)
-
-    def backward(self, dy: Any) -> list[Any]:
-        ax = self.axis % dy.ndim
-        out, start = [], 0
-        for size in self._sizes:
-            key = tuple(slice(start, start + size) if i == ax else slice(None)
-                        for i in range(dy.ndim))
-            out.append(dy[key])
-            start += size
-        return out
-
-    def get_config(self) -> dict[str, Any]:
-        return {"axis": self.axis}
+from .backend import Backend
+from .layers.base import Layer, build_layer, layer_config
+from .layers.symbolic import Input, Node, SymbolicTensor
+from .summary import count_parameters, shape_text
 
 
 class Graph(Layer):
@@ -203,7 +75,7 @@ class Graph(Layer):
                 continue
             args = [values[id(n)] for n in node.inputs]
             values[id(node)] = node.layer.forward(
-                args if isinstance(node.layer, Merge) else args[0], train=train)
+                args if node.layer.multi_input else args[0], train=train)
         return values[id(self._output)]
 
     def backward(self, dy: Any) -> Any:
@@ -215,7 +87,7 @@ class Graph(Layer):
                     grads[id(node)] = g  # an input: kept for the caller
                 continue
             dxs = node.layer.backward(g)
-            if not isinstance(node.layer, Merge):
+            if not node.layer.multi_input:
                 dxs = [dxs]
             for src, dx in zip(node.inputs, dxs, strict=True):
                 # sum over every path: add this consumer's share to what others sent
@@ -223,15 +95,16 @@ class Graph(Layer):
         out = [grads.get(id(n)) for n in self._inputs]
         return out if self._multi else out[0]
 
-    def _summary_rows(self, input_shape: tuple[int, ...] | None) -> list[tuple[str, str, int]]:
+    def summary_rows(self) -> list[tuple[str, str, int]]:
+        """One row per node, with the nodes it reads (for ``summary``)."""
         rows = []
         for n in self._order:
             if n.layer is None:
-                rows.append((f"{n.name}: Input", _shape_text(n.shape), 0))
+                rows.append((f"{n.name}: Input", shape_text(n.shape), 0))
             else:
                 src = ", ".join(i.name for i in n.inputs)
-                rows.append((f"{n.name}: {n.layer!r} <- {src}", _shape_text(n.shape),
-                             _count(n.layer)))
+                rows.append((f"{n.name}: {n.layer!r} <- {src}", shape_text(n.shape),
+                             count_parameters(n.layer)))
         return rows
 
     def get_config(self) -> dict[str, Any]:
@@ -248,13 +121,13 @@ class Graph(Layer):
                 "output": self._index[id(self._output)], "multi": self._multi}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any], build) -> Graph:
+    def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Graph:
         tensors: list[SymbolicTensor] = []
         for spec in config["nodes"]:
             if "input_shape" in spec:
                 tensors.append(Input(tuple(spec["input_shape"]), name=spec["name"]))
             else:
-                layer = build(spec["layer"])
+                layer = build_layer(spec["layer"], backend=backend)
                 tensors.append(layer(*[tensors[i] for i in spec["inputs"]]))
                 tensors[-1].node.name = spec["name"]
         ins = [tensors[i] for i in config["inputs"]]

@@ -10,16 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._compat import (
-    check_labels_on_host,
-    check_same_place,
-    device,
-    is_host,
-    is_integral,
-    namespace,
-    ops,
-    sum_axes,
-)
+import numpy as np
+
+from ._compat import device, is_integral, namespace
+from .backend import check_same_place
+from .backends import ops
 
 
 class Loss:
@@ -49,11 +44,29 @@ class Loss:
 
     one_hot_labels = False
 
+
+
     def get_config(self) -> dict[str, Any]:
         return {}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+def check_labels(who: str, labels: np.ndarray, n_classes: int) -> None:
+    """Raise for integer labels outside ``[0, n_classes)`` (host arrays only: free there).
+
+    ``n_classes`` 1 means one output column and binary labels, so the range is [0, 1].
+    """
+    if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
+        return
+    limit = max(n_classes, 2)
+    lo, hi = int(labels.min()), int(labels.max())
+    if lo < 0 or hi >= limit:
+        raise ValueError(
+            f"{who}: labels must lie in [0, {limit - 1}] for {n_classes} output(s), "
+            f"got values from {lo} to {hi}"
+        )
 
 
 def _one_hot(who: str, xp: Any, labels: Any, k: int, dtype: Any) -> tuple[Any, Any]:
@@ -62,8 +75,8 @@ def _one_hot(who: str, xp: Any, labels: Any, k: int, dtype: Any) -> tuple[Any, A
     Labels in host memory are checked at once; on a device the check would stall the
     stream, so invalid rows are returned for the caller to poison with NaN instead.
     """
-    if is_host(xp):
-        check_labels_on_host(who, labels, k)
+    if ops(xp).on_host:
+        check_labels(who, labels, k)
     classes = xp.arange(k, dtype=labels.dtype, device=device(labels))
     onehot = xp.astype(labels[:, None] == classes[None, :], dtype)
     valid = (labels >= 0) & (labels < k)
@@ -104,7 +117,7 @@ class QuadraticCost(Loss):
         n = pred.shape[0]
         diff = pred - y
         self._grad_parts = (diff, n)
-        cost = sum_axes(xp, diff * diff, None) / (2 * n)
+        cost = ops(xp).sum_axes(xp, diff * diff, None) / (2 * n)
         if valid is not None:
             cost = cost / xp.astype(xp.all(valid), pred.dtype)  # inf/NaN on bad labels
         return cost
@@ -174,6 +187,7 @@ class BinaryCrossEntropy(Loss):
         z, y, size = self._cached()
         sig = 0.5 * namespace(z).tanh(0.5 * z) + 0.5
         return (sig - y) / size
+
 
 
 LOSSES = {

@@ -1,15 +1,30 @@
 """Ready-made models: the MLPs of the digits example and MNIST-1D's reference models.
 
 The MNIST-1D models follow the paper (Greydanus, 2020) and its reference code:
-logistic regression, a residual MLP, and a three-layer 1-D CNN.
+logistic regression, a residual MLP, and a three-layer 1-D CNN. Each weighted layer
+is initialised for what follows it: He before a ReLU, Glorot otherwise.
 """
 
 from __future__ import annotations
 
-from .graph import Add, Graph, Input
-from .layers import Conv1D, Flatten, Layer, Linear, ReLU, Reshape, Sequential, Sigmoid, Tanh
+from .graph import Graph
+from .layers import (
+    Add,
+    Conv1D,
+    Flatten,
+    Input,
+    Layer,
+    Linear,
+    ReLU,
+    Reshape,
+    Sequential,
+    Sigmoid,
+    Tanh,
+)
 
 ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+#: The initialisation for a layer that this activation follows.
+INIT_BEFORE = {"relu": "he", "sigmoid": "glorot", "tanh": "glorot"}
 
 
 def mlp(n_in: int, hidden: list[int], n_out: int, activation: str = "relu") -> Sequential:
@@ -20,22 +35,22 @@ def mlp(n_in: int, hidden: list[int], n_out: int, activation: str = "relu") -> S
     layers: list[Layer] = []
     width = n_in
     for h in hidden:
-        layers += [Linear(width, h), ACTIVATIONS[activation]()]
+        layers += [Linear(width, h, init=INIT_BEFORE[activation]), ACTIVATIONS[activation]()]
         width = h
-    return Sequential(*layers, Linear(width, n_out))
+    return Sequential(*layers, Linear(width, n_out, init="glorot"))
 
 
 def logistic(n_in: int, n_out: int) -> Sequential:
     """Multinomial logistic regression: one Linear layer to logits."""
-    return Sequential(Linear(n_in, n_out))
+    return Sequential(Linear(n_in, n_out, init="glorot"))
 
 
 def residual_mlp(n_in: int = 40, hidden: int = 100, n_out: int = 10) -> Graph:
     """``h = relu(W1 x); h = h + relu(W2 h); W3 h``: a graph where ``h`` feeds two paths."""
     x = Input(shape=(n_in,))
-    h = ReLU()(Linear(n_in, hidden)(x))
-    h = Add()(h, ReLU()(Linear(hidden, hidden)(h)))
-    return Graph(inputs=x, outputs=Linear(hidden, n_out)(h))
+    h = ReLU()(Linear(n_in, hidden, init="he")(x))
+    h = Add()(h, ReLU()(Linear(hidden, hidden, init="he")(h)))
+    return Graph(inputs=x, outputs=Linear(hidden, n_out, init="glorot")(h))
 
 
 def mnist1d_cnn(length: int = 40, channels: int = 25, n_out: int = 10) -> Sequential:
@@ -48,9 +63,9 @@ def mnist1d_cnn(length: int = 40, channels: int = 25, n_out: int = 10) -> Sequen
         size = (size + 2 - k) // 2 + 1
     return Sequential(
         Reshape((1, length)),
-        Conv1D(1, channels, 5, stride=2, padding=1), ReLU(),
-        Conv1D(channels, channels, 3, stride=2, padding=1), ReLU(),
-        Conv1D(channels, channels, 3, stride=2, padding=1), ReLU(),
+        Conv1D(1, channels, 5, stride=2, padding=1, init="he"), ReLU(),
+        Conv1D(channels, channels, 3, stride=2, padding=1, init="he"), ReLU(),
+        Conv1D(channels, channels, 3, stride=2, padding=1, init="he"), ReLU(),
         Flatten(),
-        Linear(channels * size, n_out),
+        Linear(channels * size, n_out, init="glorot"),
     )

@@ -11,7 +11,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from ._compat import is_jax, namespace, ops
+from ._compat import namespace
+from .backends import ops
 from .layers.base import Layer, Parameter
 
 Schedule = Callable[[int], float]
@@ -119,11 +120,8 @@ class SGD(Optimizer):
             buf = self.state["momentum"][i]
             if buf is None:
                 buf = xp.asarray(g, copy=True)
-            elif is_jax(xp):
-                buf = self.momentum * buf + g
             else:
-                buf *= self.momentum
-                buf += g
+                buf = ops(xp).scale_add_(xp, buf, self.momentum, g)
             self.state["momentum"][i] = buf
             g = g + self.momentum * buf if self.nesterov else buf
         p.value = ops(xp).sub_scaled_(xp, p.value, lr, g)
@@ -161,14 +159,9 @@ class Adam(Optimizer):
         m, v = self.state["m"][i], self.state["v"][i]
         if m is None:
             m, v = (1 - b1) * g, (1 - b2) * (g * g)
-        elif is_jax(xp):
-            m = b1 * m + (1 - b1) * g
-            v = b2 * v + (1 - b2) * (g * g)
         else:
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
+            m = ops(xp).scale_add_(xp, m, b1, g, 1 - b1)
+            v = ops(xp).scale_add_(xp, v, b2, g * g, 1 - b2)
         self.state["m"][i], self.state["v"][i] = m, v
         t = self.steps
         bc1, bc2 = 1 - b1**t, 1 - b2**t

@@ -20,7 +20,9 @@ import numpy as np
 
 from . import data as data_mod
 from . import distributed as distributed_mod
-from .backend import Backend, dtype_name, host_rng, set_random_stream, to_numpy
+from . import random
+from ._compat import namespace
+from .backend import Backend, dtype_name, to_numpy
 from .layers.base import Layer
 from .losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
 from .optim import Optimizer
@@ -154,8 +156,6 @@ class EarlyStopping(_Monitor):
 
 
 def _copy(a: Any) -> Any:
-    from ._compat import namespace
-
     return namespace(a).asarray(a, copy=True)
 
 
@@ -316,7 +316,7 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
     if validation_data is not None:
         _check_labels(validation_data[1], n_out, "fit (validation_data)")
     if seed is None:
-        seed = int(host_rng().integers(2**31))
+        seed = int(random.current().host.integers(2**31))
     comm = distributed_mod.resolve(distributed)
     if comm.size > 1:  # every rank starts from rank 0's parameters and shuffling seed
         _set_state(model, comm.broadcast([p.value for _, p in model.named_state()]))
@@ -332,43 +332,45 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
     history = History()
     reporter = _Reporter(progress if comm.rank == 0 else False, epochs, steps)
     count_hits = "accuracy" in metrics
+    stream = random.RandomStream(seed)
     try:
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()
             reporter.start(epoch)
-            set_random_stream(seed, epoch)  # dropout masks, like the order, per epoch
+            stream.restart(seed, epoch)  # dropout masks, like the order, per epoch
             order = data_mod.epoch_order(n, seed, epoch) if shuffle else None
             xs, ys = data_mod.shuffled(be, [x_dev, y_enc], order)
             loss_sum = hits = None
             seen = 0
-            for step, (size, (xb, yb)) in enumerate(data_mod.batches([xs, ys], batch_size), 1):
-                if comm.size > 1:  # this rank's share of the global batch
-                    lo, hi = size * comm.rank // comm.size, size * (comm.rank + 1) // comm.size
-                    xb, yb = xb[lo:hi, ...], yb[lo:hi, ...]
-                local = int(xb.shape[0])
-                optimizer.zero_grad()
-                if local:
-                    pred = model.forward(xb, train=True)
-                    c = loss.forward(pred, yb)
-                    model.backward_params(loss.backward())  # no gradient for the data itself
-                if comm.size > 1:
-                    _average_gradients(comm, optimizer.params, local, size)
-                optimizer.step()
-                if local:
-                    c = c * local
-                    loss_sum = c if loss_sum is None else loss_sum + c
-                    if count_hits:
-                        h = _hits(xp, pred, yb, loss, one_hot)
-                        if h is not None:
-                            hits = h if hits is None else hits + h
-                seen += local
-                # the one host read inside the loop, at the reporting interval
-                postfix = None
-                if reporter.bar is not None and step % every == 0 and loss_sum is not None:
-                    postfix = {"loss": float(to_numpy(loss_sum)) / seen}
-                    if hits is not None:
-                        postfix["accuracy"] = float(to_numpy(hits)) / seen
-                reporter.step(1, postfix)
+            with stream.active():  # what Dropout draws from
+                for step, (size, (xb, yb)) in enumerate(data_mod.batches([xs, ys], batch_size), 1):
+                    if comm.size > 1:  # this rank's share of the global batch
+                        lo, hi = size * comm.rank // comm.size, size * (comm.rank + 1) // comm.size
+                        xb, yb = xb[lo:hi, ...], yb[lo:hi, ...]
+                    local = int(xb.shape[0])
+                    optimizer.zero_grad()
+                    if local:
+                        pred = model.forward(xb, train=True)
+                        c = loss.forward(pred, yb)
+                        model.backward_params(loss.backward())  # no gradient for the data itself
+                    if comm.size > 1:
+                        _average_gradients(comm, optimizer.params, local, size)
+                    optimizer.step()
+                    if local:
+                        c = c * local
+                        loss_sum = c if loss_sum is None else loss_sum + c
+                        if count_hits:
+                            h = _hits(xp, pred, yb, loss, one_hot)
+                            if h is not None:
+                                hits = h if hits is None else hits + h
+                    seen += local
+                    # the one host read inside the loop, at the reporting interval
+                    postfix = None
+                    if reporter.bar is not None and step % every == 0 and loss_sum is not None:
+                        postfix = {"loss": float(to_numpy(loss_sum)) / seen}
+                        if hits is not None:
+                            postfix["accuracy"] = float(to_numpy(hits)) / seen
+                    reporter.step(1, postfix)
             total_loss, total_hits = _epoch_sums(comm, loss_sum, hits)
             logs = {"loss": total_loss / n}
             if total_hits is not None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._compat import namespace, ops
+from .._compat import namespace
+from ..backends import ops
 from .base import Layer
 
 
@@ -28,7 +29,6 @@ class Sigmoid(_Activation):
     overflows: at ``|z| = 1000`` it gives exactly 0 or 1, with no warning.
     """
 
-    init_hint = "glorot"
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xp = namespace(x)
@@ -45,7 +45,6 @@ class Sigmoid(_Activation):
 class Tanh(_Activation):
     """``tanh(z)``; ``tanh'(z) = 1 - tanh(z)^2``."""
 
-    init_hint = "glorot"
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         y = namespace(x).tanh(x)
@@ -60,7 +59,6 @@ class Tanh(_Activation):
 class ReLU(_Activation):
     """``max(z, 0)``; the derivative is 1 where ``z > 0`` and 0 elsewhere."""
 
-    init_hint = "he"
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xp = namespace(x)
@@ -82,7 +80,6 @@ class Softmax(_Activation):
     prefer ``SoftmaxCrossEntropy`` on logits, which fuses the two.
     """
 
-    init_hint = "glorot"
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xp = namespace(x)

@@ -4,17 +4,26 @@ A layer computes ``y = forward(x)`` and, given ``dy = dC/dy``, ``backward(dy)``
 returns ``dC/dx`` and ADDS ``dC/dparam`` into each parameter's ``.grad``. Forward
 keeps what backward needs only when ``train`` is true. Arrays stay where they are:
 a layer reads its namespace from its input and never moves data to the host.
+
+Every Layer subclass with a public name is registered as it is defined, so a
+checkpoint's description can name it; :func:`build_layer` rebuilds a layer from
+``layer_config(layer)`` through the class's ``from_config``.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from .. import init as initializers
-from ..backend import Backend, backend_of, current, dtype_name, make, to_numpy
+from .. import summary as summary_mod
+from ..backend import Backend, backend_of, current, dtype_name, resolve, to_numpy
+from .symbolic import connect, is_symbolic
+
+#: Every layer type a checkpoint may name: filled by ``Layer.__init_subclass__``.
+LAYER_TYPES: dict[str, type[Layer]] = {}
 
 
 class Parameter:
@@ -55,8 +64,13 @@ class Layer:
     rebuild them.
     """
 
-    #: What a following Linear/Conv should be initialised for ("he" after ReLU).
-    init_hint: str | None = None
+    #: Whether forward takes a list of inputs (merge layers such as Add and Concat).
+    multi_input = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            LAYER_TYPES[cls.__name__] = cls
 
     def __init__(self, *, name: str | None = None):
         self.name = name
@@ -78,11 +92,9 @@ class Layer:
     def __call__(self, *xs: Any) -> Any:
         """Inference: ``forward(x, train=False)``. On symbolic tensors from
         ``xn.Input``, adds this layer to the graph being built instead."""
-        from ..graph import Merge, SymbolicTensor, connect
-
-        if any(isinstance(x, SymbolicTensor) for x in xs):
+        if is_symbolic(xs):
             return connect(self, xs)
-        if isinstance(self, Merge):
+        if self.multi_input:
             return self.forward(list(xs), train=False)
         if len(xs) != 1:
             raise TypeError(f"{self.label} takes one input, got {len(xs)}")
@@ -103,11 +115,8 @@ class Layer:
         """Every array of the model, trainable or not, with dotted names."""
         out = [(prefix + p.name, p) for p in self._params]
         for i, child in enumerate(self.children()):
-            out += child.named_state(f"{prefix}{self._child_key(i)}.")
+            out += child.named_state(f"{prefix}{i}.")
         return out
-
-    def _child_key(self, i: int) -> str:
-        return str(i)
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [(n, p) for n, p in self.named_state() if p.trainable]
@@ -140,10 +149,9 @@ class Layer:
 
     def to(self, backend: str | Backend, device: str | None = None) -> Layer:
         """Move every parameter to another backend/device, keeping dtypes. Returns self."""
-        be = backend if isinstance(backend, Backend) else make(backend, device)
+        be = resolve(backend, device)
         for _, p in self.named_state():
-            src = backend_of(p.value)
-            name = dtype_name(src.xp, p.value.dtype)
+            name = dtype_name(backend_of(p.value).xp, p.value.dtype)
             p.value = be.asarray(to_numpy(p.value), dtype=name)
             p.grad = None
         return self
@@ -152,9 +160,9 @@ class Layer:
         """Convert every floating parameter to ``dtype`` ("float32" or "float64")."""
         for _, p in self.named_state():
             be = backend_of(p.value)
-            dt = be.dtype(dtype)
             if not be.xp.isdtype(p.value.dtype, "real floating"):
                 continue
+            dt = be.dtype(dtype)
             be.check_dtype(dt, who=self.label)
             p.value = be.xp.astype(p.value, dt)
             p.grad = None
@@ -163,55 +171,30 @@ class Layer:
                 layer.dtype = dtype
         return self
 
-    # -- construction helpers ------------------------------------------------------
-    def _new_parameter(self, name: str, host: np.ndarray, dtype: str,
+    def _new_parameter(self, name: str, host: np.ndarray, dtype: str, be: Backend,
                        trainable: bool = True) -> Parameter:
-        be = current()
+        """A parameter with ``host``'s values on ``be``, listed in ``self._params``."""
         p = Parameter(name, be.asarray(host, dtype=dtype), trainable=trainable)
         self._params.append(p)
         return p
 
-    @staticmethod
-    def _draw(init: str, shape: tuple[int, ...]) -> np.ndarray:
-        return initializers.get(init)(shape)
-
     # -- description -------------------------------------------------------------
     def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> str:
-        """Print (and return) a table of layers, output shapes and parameter counts.
-
-        Output shapes come from one inference pass on a zero input of shape
-        ``(1, *input_shape)``; ``input_shape`` defaults to the first Linear's width.
-        """
-        rows = self._summary_rows(input_shape)
-        w = max(len(r[0]) for r in rows) + 2
-        lines = [f"{'Layer':<{w}}{'Output shape':<18}{'Params':>10}", "-" * (w + 28)]
-        lines += [f"{name:<{w}}{shape:<18}{count:>10,}" for name, shape, count in rows]
-        lines += ["-" * (w + 28), f"Total trainable parameters: {sum(r[2] for r in rows):,}"]
-        text = "\n".join(lines)
-        if print_fn is not None:
-            print_fn(text)
-        return text
-
-    def _summary_rows(self, input_shape: tuple[int, ...] | None) -> list[tuple[str, str, int]]:
-        """(name, output shape, trainable count) per child, run in sequence."""
-        layers = self.children() or [self]
-        names = [f"{i}: {layer!r}" if self.children() else repr(layer)
-                 for i, layer in enumerate(layers)]
-        if input_shape is None:  # known when the first leaf layer is a Linear
-            first = next(l for l in self.layers() if not l.children())
-            input_shape = (first.in_features,) if hasattr(first, "in_features") else None
-        shapes = ["?"] * len(layers)
-        if input_shape is not None:
-            x = self.backend.asarray(np.zeros((1, *input_shape)), dtype="float32")
-            for i, layer in enumerate(layers):
-                x = layer.forward(x, train=False)
-                shapes[i] = _shape_text(tuple(x.shape)[1:])
-        return [(n, sh, _count(layer)) for n, sh, layer in zip(names, shapes, layers,
-                                                                 strict=True)]
+        """Print (and return) a table of layers, output shapes and parameter counts
+        (see :func:`xpnet.summary.summary`)."""
+        return summary_mod.summary(self, input_shape, print_fn)
 
     def get_config(self) -> dict[str, Any]:
         """Constructor arguments that rebuild this layer (without its weights)."""
         return {}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Layer:
+        """The layer ``get_config()`` describes, with its parameters on ``backend``
+        (default: the current backend) and freshly initialised."""
+        if backend is not None and _takes_backend(cls):
+            return cls(**config, backend=backend)
+        return cls(**config)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
@@ -219,11 +202,14 @@ class Layer:
         return f"{type(self).__name__}({args})"
 
 
+def _takes_backend(cls: type) -> bool:
+    return "backend" in inspect.signature(cls.__init__).parameters
+
+
 class Sequential(Layer):
     """Layers applied one after another; backward runs them in reverse.
 
-    A Linear or Conv layer created with ``init="auto"`` is re-initialised for the
-    activation right after it (He for ReLU, Glorot otherwise).
+    Composing never changes a layer's parameters: each was drawn when it was made.
     """
 
     def __init__(self, *layers: Layer, name: str | None = None):
@@ -237,10 +223,6 @@ class Sequential(Layer):
         self._layers = list(layers)
         self._first_with_params = next(
             (i for i, layer in enumerate(self._layers) if layer.named_state()), None)
-        for layer, nxt in zip(self._layers, self._layers[1:]):
-            hint = nxt.init_hint
-            if hint and getattr(layer, "init", None) == "auto" and hasattr(layer, "reset"):
-                layer.reset(hint)
 
     def children(self) -> list[Layer]:
         return self._layers
@@ -276,19 +258,28 @@ class Sequential(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"layers": [layer_config(layer) for layer in self._layers]}
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Layer:
+        config = dict(config)
+        layers = [build_layer(spec, backend=backend) for spec in config.pop("layers")]
+        return cls(*layers, **config)
+
     def __repr__(self) -> str:
         inner = ",\n".join("  " + repr(layer).replace("\n", "\n  ") for layer in self._layers)
         return f"Sequential(\n{inner}\n)"
 
 
-def _shape_text(shape: tuple[int, ...]) -> str:
-    return "(N" + "".join(f", {d}" for d in shape) + ")"
-
-
-def _count(layer: Layer) -> int:
-    return sum(int(np.prod(p.shape)) for _, p in layer.named_state() if p.trainable)
-
-
 def layer_config(layer: Layer) -> dict[str, Any]:
     """``{"type": ..., "config": ...}``: a JSON-able description of a layer."""
     return {"type": type(layer).__name__, "config": layer.get_config()}
+
+
+def build_layer(spec: dict[str, Any], *, backend: Backend | None = None) -> Layer:
+    """Rebuild a layer from ``layer_config(layer)`` (weights freshly initialised), its
+    parameters on ``backend`` (default: the current one). Only registered Layer types
+    are ever constructed."""
+    kind = spec.get("type")
+    cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(LAYER_TYPES)}")
+    return cls.from_config(dict(spec.get("config", {})), backend=backend)

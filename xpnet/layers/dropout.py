@@ -1,16 +1,17 @@
 """Dropout: zero each input with probability ``p`` while training.
 
 Kept inputs are scaled by ``1 / (1 - p)`` ("inverted dropout"), so inference is the
-identity. The mask is drawn on the input's device by the backend's own generator
-(see ``_compat.uniform``) and seeded by ``xn.seed``; backward multiplies by the same
-mask.
+identity. The mask is drawn on the input's device, by the library's own generator where it
+has one, from the random stream in force (``xpnet.random``: ``xn.seed``, or the
+``(seed, epoch)`` stream of ``fit``); backward multiplies by the same mask.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .._compat import namespace, uniform
+from .. import random
+from .._compat import namespace
 from .base import Layer
 
 
@@ -29,7 +30,7 @@ class Dropout(Layer):
             self._mask = None
             return x
         xp = namespace(x)
-        keep = uniform(x, tuple(x.shape)) >= self.p
+        keep = random.current().uniform(x, tuple(x.shape)) >= self.p
         self._mask = xp.astype(keep, x.dtype) * (1.0 / (1.0 - self.p))
         return x * self._mask
 

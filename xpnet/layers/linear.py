@@ -12,14 +12,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+from .._compat import namespace
+from ..backend import Backend, check_same_place
+from ..backends import ops
+from .weighted import _Weighted
 
-from .._compat import check_same_place, namespace, ops, sum_rows
-from ..backend import backend_of
-from .base import Layer
 
-
-class Linear(Layer):
+class Linear(_Weighted):
     """Fully connected layer with PyTorch's weight layout.
 
     Parameters
@@ -29,14 +28,17 @@ class Linear(Layer):
     bias : bool
         Whether to add a learned bias ``b`` of shape ``(out_features,)``.
     init : str
-        ``"auto"`` (Glorot, switched to He when a ReLU follows in a Sequential),
-        ``"glorot"``, ``"he"``, ``"lecun"`` or ``"normal"``.
+        ``"pytorch"`` (default), ``"he"``, ``"glorot"``, ``"lecun"`` or ``"normal"``.
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
+    backend, device : optional
+        Where the parameters live (default: the current backend).
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 init: str = "auto", dtype: str = "float32", name: str | None = None):
+                 init: str = "pytorch", dtype: str = "float32",
+                 backend: str | Backend | None = None, device: str | None = None,
+                 name: str | None = None):
         super().__init__(name=name)
         if in_features <= 0 or out_features <= 0:
             raise ValueError(
@@ -45,24 +47,9 @@ class Linear(Layer):
             )
         self.in_features = int(in_features)
         self.out_features = int(out_features)
-        self.use_bias = bool(bias)
-        self.init = init
-        self.dtype = dtype
-        self.weight = self._new_parameter("weight", self._weights(init), dtype)
-        self.bias = (
-            self._new_parameter("bias", np.zeros(self.out_features), dtype) if bias else None
-        )
+        self._make_weights((self.out_features, self.in_features), bias, init, dtype,
+                           backend, device)
         self._x: Any = None
-
-    def _weights(self, init: str) -> np.ndarray:
-        return self._draw("glorot" if init == "auto" else init, (self.out_features,
-                                                                 self.in_features))
-
-    def reset(self, init: str) -> None:
-        """Draw new weights with ``init`` on the weight's backend and device."""
-        w = self.weight.value
-        be = backend_of(w)
-        self.weight.value = be.asarray(self._weights(init), dtype=w.dtype)
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         W = self.weight.value
@@ -84,7 +71,8 @@ class Linear(Layer):
         x = self._require_cache(self._x)
         self.weight.accumulate(delta.T @ x)
         if self.bias is not None:
-            self.bias.accumulate(sum_rows(namespace(delta), delta))
+            xp = namespace(delta)
+            self.bias.accumulate(ops(xp).sum_axes(xp, delta, 0))
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .._compat import namespace
+from ..backend import Backend, resolve
 from .base import Layer
 
 
@@ -25,16 +26,18 @@ class _BatchNorm(Layer):
     layout = ""
 
     def __init__(self, num_features: int, *, eps: float = 1e-5, momentum: float = 0.1,
-                 dtype: str = "float32", name: str | None = None):
+                 dtype: str = "float32", backend: str | Backend | None = None,
+                 device: str | None = None, name: str | None = None):
         super().__init__(name=name)
         self.num_features, self.eps, self.momentum, self.dtype = (int(num_features), float(eps),
                                                                   float(momentum), dtype)
-        c = self.num_features
-        self.weight = self._new_parameter("weight", np.ones(c), dtype)
-        self.bias = self._new_parameter("bias", np.zeros(c), dtype)
-        self.running_mean = self._new_parameter("running_mean", np.zeros(c), dtype,
+        c, be = self.num_features, resolve(backend, device)
+        self.weight = self._new_parameter("weight", np.ones(c), dtype, be)
+        self.bias = self._new_parameter("bias", np.zeros(c), dtype, be)
+        self.running_mean = self._new_parameter("running_mean", np.zeros(c), dtype, be,
                                                 trainable=False)
-        self.running_var = self._new_parameter("running_var", np.ones(c), dtype, trainable=False)
+        self.running_var = self._new_parameter("running_var", np.ones(c), dtype, be,
+                                               trainable=False)
         self._cache: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._compat import namespace, ops
-from . import _windows
+from .. import _windows
+from .._compat import namespace
+from ..backends import ops
 from .base import Layer
 
 
@@ -54,7 +55,7 @@ class _PoolND(Layer):
             parts = [share] * len(keys)
         else:
             parts = self._winner_grads(xp, x, y, dy, keys)
-        return _windows.scatter(xp, parts, tuple(x.shape), keys,
+        return _windows.scatter(xp, ops(xp), parts, tuple(x.shape), keys,
                                 _windows.overlapping(self.kernel_size, self.stride))
 
     @staticmethod

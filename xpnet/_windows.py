@@ -13,7 +13,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from .._compat import add_into, device, is_jax
+from ._compat import device
 
 
 def as_tuple(value: int | tuple[int, ...], dims: int, what: str, who: str) -> tuple[int, ...]:
@@ -57,19 +57,15 @@ def overlapping(kernel: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return any(s < k for k, s in zip(kernel, stride, strict=True))
 
 
-def scatter(xp: Any, parts: Any, shape: tuple[int, ...], keys: list[tuple],
+def scatter(xp: Any, ops: Any, parts: Any, shape: tuple[int, ...], keys: list[tuple],
             overlap: bool) -> Any:
     """The adjoint of slicing: put ``parts[i]`` into ``keys[i]`` of zeros(``shape``),
     summing where slices overlap. ``parts`` may be a generator, so each part can be
-    made just before it is put and freed right after."""
+    made just before it is put and freed right after. ``ops`` writes into slices
+    (in place, or by rebinding where arrays are immutable)."""
     dx = None
     for key, part in zip(keys, parts, strict=True):
         if dx is None:
             dx = xp.zeros(shape, dtype=part.dtype, device=device(part))
-        if overlap:
-            dx = add_into(xp, dx, key, part)
-        elif is_jax(xp):
-            dx = dx.at[key].set(part)
-        else:
-            dx[key] = part
+        dx = ops.add_at(xp, dx, key, part) if overlap else ops.set_at(xp, dx, key, part)
     return dx

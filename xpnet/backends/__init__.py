@@ -1,0 +1,86 @@
+"""One adapter per array library, and the registry that finds them.
+
+Adding a library is one file here with an :class:`Adapter` subclass, plus one line
+below that registers it. Nothing outside this package imports an optional array
+library; everything else asks the registry: :func:`adapter` by name,
+:func:`adapter_of` for an array, :func:`ops` for a namespace.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import Adapter, BackendUnavailableError, Placement
+from .cupy import CupyAdapter
+from .jax import JaxAdapter
+from .numpy import NumpyAdapter
+from .standard import StandardOps
+from .strict import StrictAdapter
+from .torch import TorchAdapter
+
+ADAPTERS: dict[str, Adapter] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register(a: Adapter) -> Adapter:
+    """Make ``a`` usable by name (and its aliases) and for its arrays."""
+    ADAPTERS[a.name] = a
+    for alias in a.aliases:
+        _ALIASES[alias] = a.name
+    _by_type.clear()
+    _by_namespace.clear()
+    return a
+
+
+_by_type: dict[type, Adapter] = {}
+_by_namespace: dict[Any, StandardOps] = {}
+
+for _adapter in (NumpyAdapter(), CupyAdapter(), TorchAdapter(), JaxAdapter(), StrictAdapter()):
+    register(_adapter)
+
+
+def canonical(name: str) -> str:
+    """The registered name for ``name`` or one of its aliases (case and spaces ignored)."""
+    key = name.strip().lower()
+    key = _ALIASES.get(key, key)
+    if key != "auto" and key not in ADAPTERS:
+        raise ValueError(f"unknown backend {name!r}; expected one of: auto, "
+                         f"{', '.join(ADAPTERS)}")
+    return key
+
+
+def adapter(name: str) -> Adapter:
+    """The adapter registered as ``name`` (or an alias of it)."""
+    return ADAPTERS[canonical(name)]
+
+
+def adapter_of(x: Any) -> Adapter:
+    """The adapter of the library that made array ``x``; TypeError for anything else."""
+    t = type(x)
+    found = _by_type.get(t)
+    if found is None:
+        found = next((a for a in ADAPTERS.values() if a.owns(x)), None)
+        if found is None:
+            raise TypeError(f"not an array of a supported backend: {t.__name__}")
+        _by_type[t] = found
+    return found
+
+
+def ops(xp: Any) -> StandardOps:
+    """The fastest primitives for namespace ``xp`` (the standard ones by default)."""
+    found = _by_namespace.get(xp)
+    if found is None:
+        name = getattr(xp, "__name__", "")
+        owner = next((a for a in ADAPTERS.values() if name in a.namespaces), None)
+        found = _by_namespace[xp] = owner.ops if owner is not None else StandardOps()
+    return found
+
+
+def limit_threads(n: int) -> None:
+    """At most ``n`` CPU threads in every library's own pool (BLAS, torch)."""
+    for a in ADAPTERS.values():
+        a.limit_threads(n)
+
+
+__all__ = ["ADAPTERS", "Adapter", "BackendUnavailableError", "Placement", "StandardOps",
+           "adapter", "adapter_of", "canonical", "limit_threads", "ops", "register"]

@@ -1,0 +1,152 @@
+"""What an adapter for one array library provides.
+
+An :class:`Adapter` is everything xpnet knows about one library: how to open a device
+from a device string, how to recognise the library's arrays and find their device,
+host<->device copies, the devices there are, seeded uniform draws, the library's
+fast-path ops, synchronising, what MPI can read directly, and thread limits. The
+library itself is imported only inside these methods, so importing xpnet imports
+none of them. ``xpnet.backend`` turns an adapter's :class:`Placement` into a Backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from .standard import StandardOps
+
+
+class BackendUnavailableError(RuntimeError):
+    """An explicitly requested backend or device cannot be used on this machine."""
+
+
+class Placement(NamedTuple):
+    """A library's namespace and one of its devices: what a Backend is made of."""
+
+    xp: Any
+    device: Any
+    device_name: str
+
+
+def mix(key: tuple[int, ...]) -> int:
+    """One 63-bit integer seed from a key, for generators that take a single int."""
+    return int(np.random.SeedSequence(list(key)).generate_state(1, np.uint64)[0] >> 1)
+
+
+class Adapter:
+    """One array library. Subclasses set the class attributes and override what differs.
+
+    Attributes
+    ----------
+    name : str
+        The backend name users pass to ``xn.use``.
+    aliases : tuple of str
+        Other names accepted for it.
+    modules : tuple of str
+        Top-level module names of the library's array types (how arrays are recognised).
+    namespaces : tuple of str
+        ``__name__`` of the array API namespaces whose fast ops this adapter provides.
+    package : str
+        The module to import for the version number.
+    install : str
+        The command that installs the library, for error messages.
+    """
+
+    name = ""
+    aliases: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    package = ""
+    install = ""
+
+    def __init__(self) -> None:
+        self._ops: StandardOps | None = None
+
+    # -- devices ---------------------------------------------------------------------
+    def open(self, device: str | None) -> Placement:
+        """The namespace and device for a device string (``None``: the default device).
+
+        Raises BackendUnavailableError naming what is missing.
+        """
+        raise NotImplementedError
+
+    def devices(self) -> list[str]:
+        """The device strings this machine offers (the library is importable)."""
+        return ["cpu"]
+
+    def import_library(self, module: str | None = None) -> Any:
+        """Import the library, or raise BackendUnavailableError with the install command."""
+        module = module or self.package
+        try:
+            return importlib.import_module(module)
+        except ImportError as e:
+            raise BackendUnavailableError(
+                f"{self.name}: {module} is not installed ({e}); install it with: {self.install}"
+            ) from None
+
+    def version(self) -> str | None:
+        try:
+            return importlib.import_module(self.package).__version__
+        except ImportError:
+            return None
+
+    # -- arrays ----------------------------------------------------------------------
+    def owns(self, x: Any) -> bool:
+        """Whether ``x`` is an array of this library (read from its type; no import)."""
+        return type(x).__module__.partition(".")[0] in self.modules
+
+    def placement_of(self, x: Any) -> Placement:
+        """The namespace and device of one of this library's arrays."""
+        raise NotImplementedError
+
+    def to_device(self, place: Placement, host: np.ndarray, dtype: Any, copy: bool) -> Any:
+        """``host`` on ``place``'s device as ``dtype`` (None keeps the host dtype).
+
+        ``copy=False`` lets the result share the host memory where the library and
+        device allow it; otherwise, and always with ``copy=True``, it is a new array.
+        """
+        return place.xp.asarray(host, dtype=dtype, device=place.device, copy=True)
+
+    def to_host(self, x: Any) -> np.ndarray:
+        """A NumPy array with ``x``'s values (a copy unless ``x`` is already host memory)."""
+        return np.asarray(x)
+
+    # -- randomness ------------------------------------------------------------------
+    def uniform(self, like: Any, shape: tuple[int, ...], key: tuple[int, ...]) -> Any:
+        """Uniform [0, 1) samples of ``like``'s dtype and device, seeded by ``key`` alone.
+
+        By default drawn on the host and copied over; libraries with their own
+        generators draw on the device instead.
+        """
+        host = np.random.default_rng(list(key)).random(shape, dtype=np.float32)
+        xp = self.placement_of(like).xp
+        return xp.astype(xp.asarray(host, device=like.device), like.dtype)
+
+    # -- speed -----------------------------------------------------------------------
+    @property
+    def ops(self) -> StandardOps:
+        """The library's fast primitives (built once, on first use)."""
+        if self._ops is None:
+            self._ops = self.make_ops()
+        return self._ops
+
+    def make_ops(self) -> StandardOps:
+        return StandardOps()
+
+    def synchronize(self, device: Any) -> None:
+        """Wait until the device has finished the work queued on it (host: nothing)."""
+
+    def limit_threads(self, n: int) -> None:
+        """Use at most ``n`` CPU threads, where the library has a pool of its own."""
+
+    # -- MPI -------------------------------------------------------------------------
+    def mpi_direct(self, x: Any, cuda_aware: bool) -> bool:
+        """Whether MPI can read and write ``x``'s memory as it is."""
+        return False
+
+    def flat_buffer(self, arrays: list[Any]) -> Any:
+        """The arrays (all of this library, MPI-direct) as one contiguous 1-D buffer,
+        ready for MPI to read (queued device work finished)."""
+        raise NotImplementedError(f"{self.name}: arrays are not handed to MPI directly")

@@ -1,0 +1,146 @@
+"""PyTorch tensors, on the CPU, CUDA, Apple's MPS or the shape-only ``meta`` device."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from .base import Adapter, BackendUnavailableError, Placement, mix
+from .standard import StandardOps
+
+
+class TorchOps(StandardOps):
+    """PyTorch: fused kernels (addmm, threshold/sigmoid backward, add_ with alpha) and
+    PyTorch's own convolution."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.torch = torch
+        self.aten = torch.ops.aten
+
+    def linear(self, xp, x, W, b):
+        if b is None or x.ndim != 2:
+            return super().linear(xp, x, W, b)
+        return self.torch.addmm(b, x, W.T)
+
+    def relu(self, xp, x):
+        return self.torch.relu(x)
+
+    def relu_grad(self, xp, dy, y):
+        return self.aten.threshold_backward(dy, y, 0)
+
+    def sigmoid(self, xp, x):
+        return self.torch.sigmoid(x)
+
+    def sigmoid_grad(self, xp, dy, y):
+        return self.aten.sigmoid_backward(dy, y)
+
+    def sub_scaled_(self, xp, value, lr, g):
+        return value.add_(g, alpha=-lr)
+
+    def softmax_xent(self, xp, z, y):
+        logp = self.torch.log_softmax(z, dim=1)
+        return -(y * logp).sum(dim=1), logp.exp()
+
+    def conv_forward(self, xp, x, W, b, stride, padding):
+        """``aten.convolution``: PyTorch's own kernels, same layout and math."""
+        d = len(stride)
+        y = self.aten.convolution(x, W, b, list(stride), list(padding), [1] * d, False,
+                                  [0] * d, 1)
+        return y, (x, W, stride, padding, b is not None)
+
+    def conv_backward(self, xp, ctx, dy, need_input):
+        x, W, stride, padding, has_bias = ctx
+        d = len(stride)
+        return tuple(self.aten.convolution_backward(
+            dy, x, W, [W.shape[0]] if has_bias else None, list(stride), list(padding),
+            [1] * d, False, [0] * d, 1, [need_input, True, has_bias]))
+
+
+class TorchAdapter(Adapter):
+    name = "torch"
+    aliases = ("pytorch",)
+    modules = ("torch",)
+    namespaces = ("array_api_compat.torch", "torch")
+    package = "torch"
+    install = 'pip install "xpnet[torch]"'
+
+    def open(self, device: str | None) -> Placement:
+        torch = self.import_library()
+        spec = "cuda" if device == "gpu" else device or "cpu"
+        try:
+            dev = torch.device(spec)
+        except RuntimeError as e:
+            raise BackendUnavailableError(f"torch: unknown device {device!r} ({e})") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+                raise BackendUnavailableError(
+                    f"torch: no CUDA device (torch.cuda.is_available() is False; this torch "
+                    f"is {build})"
+                )
+            index = 0 if dev.index is None else dev.index
+            if index >= torch.cuda.device_count():
+                raise BackendUnavailableError(
+                    f"torch: no device cuda:{index}; this machine has "
+                    f"{torch.cuda.device_count()} CUDA device(s)"
+                )
+            dev = torch.device("cuda", index)
+        elif dev.type == "mps" and not torch.backends.mps.is_available():
+            raise BackendUnavailableError("torch: the MPS device is not available here")
+        import array_api_compat.torch as xp
+
+        return Placement(xp, dev, str(dev))
+
+    def devices(self) -> list[str]:
+        import torch
+
+        devs = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if torch.backends.mps.is_available():
+            devs.append("mps")
+        return devs
+
+    def placement_of(self, x: Any) -> Placement:
+        import array_api_compat.torch as xp
+
+        return Placement(xp, x.device, str(x.device))
+
+    def to_device(self, place, host, dtype, copy):
+        import torch
+
+        if not copy and place.device.type == "cpu" and host.flags.writeable:
+            t = torch.from_numpy(host)  # shares the host memory
+            return t if dtype is None or t.dtype == dtype else t.to(dtype)
+        # torch.tensor, not asarray: asarray refuses a 0-d array with a dtype change
+        # ("can't alias tensor with dtype 'Double' into dtype 'Float'")
+        return torch.tensor(host, dtype=dtype, device=place.device)
+
+    def to_host(self, x):
+        return x.detach().cpu().numpy()
+
+    def uniform(self, like, shape, key):
+        import torch
+
+        if like.device.type == "meta":  # shapes only
+            return torch.empty(shape, dtype=like.dtype, device=like.device)
+        gen = torch.Generator(device=like.device)
+        gen.manual_seed(mix(key))
+        return torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+
+    def make_ops(self) -> StandardOps:
+        return TorchOps()
+
+    def synchronize(self, device):
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.synchronize(device)
+
+    def limit_threads(self, n: int) -> None:
+        if "torch" in sys.modules:  # only a torch already in use has threads to limit
+            sys.modules["torch"].set_num_threads(n)
+
+    def mpi_direct(self, x, cuda_aware):
+        return False  # staged through host memory: torch.cuda tensors are not MPI buffers
+

@@ -1,0 +1,55 @@
+"""What Linear and the convolutions share: a weight, an optional bias, their
+initialisation, dtype and placement.
+
+The weights are drawn once, when the layer is made, from the seeded host generator
+of the random stream in force, and copied to the backend: one seed gives the same
+weights on every backend, and composing layers never redraws them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import init as initializers
+from .. import random
+from ..backend import Backend, backend_of, resolve
+from .base import Layer
+
+
+class _Weighted(Layer):
+    """A layer with ``weight`` of shape ``(out, in, *kernel)`` and an optional ``bias``.
+
+    ``init``: ``"pytorch"`` (default: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
+    weight and bias), ``"he"`` (before a ReLU), ``"glorot"`` (before sigmoid or tanh),
+    ``"lecun"`` or ``"normal"``; all but ``"pytorch"`` start the bias at zero.
+    ``dtype``: ``"float32"`` or ``"float64"``. ``backend``/``device``: where the
+    parameters live (default: the current backend).
+    """
+
+    def _make_weights(self, shape: tuple[int, ...], bias: bool, init: str, dtype: str,
+                      backend: str | Backend | None, device: str | None) -> None:
+        initializers.get(init)  # a bad name fails before anything is drawn
+        self.use_bias, self.init, self.dtype = bool(bias), init, dtype
+        be = resolve(backend, device)
+        w, b = initializers.draw(init, shape, bias, random.current().host)
+        self.weight = self._new_parameter("weight", w, dtype, be)
+        self.bias = self._new_parameter("bias", b, dtype, be) if b is not None else None
+
+    def reset(self, init: str | None = None) -> None:
+        """Draw new weights (and bias) with ``init`` (default: the layer's own), where
+        the parameters are now, keeping their dtype."""
+        init = self.init if init is None else init
+        w = self.weight.value
+        be = backend_of(w)
+        host_w, host_b = initializers.draw(init, tuple(w.shape), self.bias is not None,
+                                           random.current().host)
+        self.weight.value = be.asarray(host_w, dtype=w.dtype)
+        if self.bias is not None:
+            self.bias.value = be.asarray(host_b, dtype=self.bias.value.dtype)
+        self.init = init
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Layer:
+        if config.get("init") == "auto":  # written by xpnet 0.1; weights are loaded over
+            config = {**config, "init": "glorot"}
+        return super().from_config(config, backend=backend)
