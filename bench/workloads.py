@@ -29,10 +29,6 @@ class Workload:
     loss: str = "cross_entropy"
     lr: float = 0.01
 
-    def weights(self) -> int:
-        """Multiply-adds of one example's forward pass (the GEMM work per example)."""
-        return macs(self)
-
 
 WORKLOADS = {
     "a10": Workload("(a) 784-30-10 sigmoid/quadratic, batch 10", "mlp", 10, 600, (784,), 10,
@@ -49,6 +45,7 @@ WORKLOADS = {
 
 
 def macs(w: Workload) -> int:
+    """Multiply-adds of one example's forward pass (the GEMM work per example)."""
     if w.kind == "mlp":
         sizes = [int(np.prod(w.input_shape)), *w.hidden, w.classes]
         return sum(a * b for a, b in zip(sizes, sizes[1:]))

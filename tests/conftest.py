@@ -75,8 +75,3 @@ def assert_on(be: xn.Backend, y, dtype: str = "float32") -> None:
         f"result is on {where}, expected {be}"
     )
     assert y.dtype == be.dtype(dtype), f"result dtype {y.dtype}, expected {dtype}"
-
-
-def tolerance(be: xn.Backend) -> dict:
-    """Comparison tolerance for float32 results against float64 NumPy references."""
-    return {"rtol": 1e-5, "atol": 1e-6}

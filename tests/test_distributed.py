@@ -82,12 +82,38 @@ def test_a_failing_rank_ends_the_job_with_its_error(mpi_ok):
     assert "[rank 1] RuntimeError" in done.stderr
 
 
-def test_single_process_communicator_is_a_no_op():
-    comm = distributed.resolve(False)
+def test_single_process_strategy_is_a_no_op():
+    single = distributed.resolve(False)
+    assert type(single) is distributed.Strategy and single.size == 1
     a = [np.ones(3)]
-    assert comm.size == 1 and comm.allreduce_sum(a) is a and comm.broadcast(a) is a
+    assert single.shard(a, 3) is a and single.totals([2.0, 1.0]) == [2.0, 1.0]
+    comm = distributed.SingleProcess()
+    assert comm.allreduce_sum(a) is a and comm.broadcast(a) is a
+    assert type(distributed.resolve(comm)) is distributed.Strategy  # one rank: nothing to do
+    with pytest.raises(ValueError, match="boom"):
+        single.fail(ValueError("boom"))
     with pytest.raises(TypeError, match="distributed must be a bool or a Communicator"):
         distributed.resolve("yes")
+
+
+def test_data_parallel_shards_and_averages():
+    """DataParallel's arithmetic, with a two-rank stand-in communicator that echoes."""
+
+    class Echo(distributed.Communicator):
+        rank, size = 1, 2
+
+        def allreduce_sum(self, arrays):
+            return [a * 2 for a in arrays]  # as if rank 0 sent the same values
+
+    dp = distributed.resolve(Echo())
+    assert isinstance(dp, distributed.DataParallel) and dp.rank == 1
+    x = np.arange(10).reshape(5, 2)
+    np.testing.assert_array_equal(dp.shard([x], 5)[0], x[2:5])  # rank 1 of 2: rows 2..4
+    p = xn.Parameter("w", np.zeros(3))
+    p.grad = np.full(3, 0.5)  # mean over this rank's 3 examples
+    dp.reduce_gradients([p], local=3, size=6)
+    np.testing.assert_allclose(p.grad, np.full(3, 0.5))  # (0.5*3 + 0.5*3) / 6
+    assert dp.totals([1.5, 2.0]) == [3.0, 4.0]
 
 
 def test_staging_keeps_device_arrays_on_their_device():

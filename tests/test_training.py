@@ -198,3 +198,60 @@ def test_summary_lists_shapes_and_counts(be):
     assert "(N, 30)" in lines[2] and "1,950" in lines[2]
     assert "(N, 10)" in lines[4] and "310" in lines[4]
     assert lines[-1] == "Total trainable parameters: 2,260"
+
+
+def test_validation_data_is_uploaded_once(monkeypatch):
+    """fit moves the validation set to the device before the first epoch, not every epoch."""
+    pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
+    x, y = _blobs(60)
+    xv, yv = _blobs(30, seed=1)
+    uploads = []
+    real = xn.Backend.asarray
+
+    def counting(self, host, dtype=None, copy=True):
+        uploads.append(tuple(np.shape(host)))
+        return real(self, host, dtype=dtype, copy=copy)
+
+    with xn.use("array_api_strict", device="device1"):
+        model = _model()
+        monkeypatch.setattr(xn.Backend, "asarray", counting)
+        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
+                   epochs=3, batch_size=20, validation_data=(xv, yv), progress=False, seed=0)
+    assert len(h["val_accuracy"]) == 3
+    assert uploads.count((30, 4)) == 1 and uploads.count((30,)) == 1, uploads
+
+
+def test_loss_correct_counts_each_kind_of_target(be):
+    """Loss.correct against counts made by hand in NumPy."""
+    pred_host = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 2.0, 1.0]])
+    labels = np.array([0, 2, 2, 0])
+    pred = be.asarray(pred_host, dtype="float32")
+    y = be.asarray(labels)
+    onehot = be.asarray(np.eye(3)[labels], dtype="float32")
+    soft = be.asarray(np.eye(3)[labels] * 0.8 + 0.2 / 3, dtype="float32")
+    hand = float(np.sum(pred_host.argmax(axis=1) == labels))  # 3
+    for loss in (xn.SoftmaxCrossEntropy(), xn.QuadraticCost()):
+        assert float(xn.to_numpy(loss.correct(pred, y))) == hand
+        assert float(xn.to_numpy(loss.correct(pred, onehot, one_hot=True))) == hand
+    assert float(xn.to_numpy(xn.SoftmaxCrossEntropy().correct(pred, soft))) == hand
+    assert xn.QuadraticCost().correct(pred, soft) is None  # regression targets: no classes
+    logits_host = np.array([[0.3], [-1.0], [2.0], [-0.1]])
+    logits = be.asarray(logits_host, dtype="float32")
+    binary = np.array([1, 0, 0, 1])
+    want = float(np.sum((logits_host[:, 0] > 0) == (binary > 0.5)))  # 2
+    bce = xn.BinaryCrossEntropy()
+    assert float(xn.to_numpy(bce.correct(logits, be.asarray(binary)))) == want
+    assert float(xn.to_numpy(bce.correct(logits, be.asarray(binary, dtype="float32")))) == want
+
+
+def test_metrics_sum_on_the_device_and_read_once(be):
+    from xpnet.train import Metrics
+
+    m = Metrics(xn.SoftmaxCrossEntropy())
+    pred = be.asarray(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), dtype="float32")
+    y = be.asarray(np.array([0, 0, 0]))
+    m.add(pred[0:2, ...], y[0:2], be.asarray(np.array(0.5), dtype="float32"), 2)
+    m.add(pred[2:3, ...], y[2:3], be.asarray(np.array(2.0), dtype="float32"), 1)
+    assert_on(be, m.loss_sum)
+    assert_on(be, m.hits)
+    assert m.means() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})

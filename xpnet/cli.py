@@ -19,7 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from .losses import LOSSES
+
 EXIT_USAGE = 2
+#: The losses the command offers (names from xpnet.losses.LOSSES)
+CLI_LOSSES = ("cross_entropy", "quadratic")
 
 
 class UsageError(Exception):
@@ -119,7 +123,6 @@ def _use(args) -> Any:
 def cmd_train(args) -> int:
     import contextlib
 
-
     comm = None
     if args.distributed:
         from .distributed import MPICommunicator, local_device
@@ -139,9 +142,6 @@ def _train(args, comm) -> int:
     xn.seed(args.seed)
     x_tr, y_tr, x_te, y_te = _load_data(args.data)
     n_out = int(max(y_tr.max(), y_te.max())) + 1
-    losses = {"cross_entropy": xn.SoftmaxCrossEntropy, "quadratic": xn.QuadraticCost}
-    if args.loss not in losses:
-        raise UsageError(f"unknown loss {args.loss!r}; expected cross_entropy or quadratic")
     model = build_model(args.model, int(np.prod(x_tr.shape[1:])), n_out, _hidden(args.hidden),
                         args.activation, "sigmoid" if args.loss == "quadratic" else None)
     x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
@@ -156,7 +156,7 @@ def _train(args, comm) -> int:
     ranks = f"  ranks {comm.size}" if comm is not None else ""
     print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}{ranks}")
     model.summary(input_shape=tuple(x_tr.shape[1:]))
-    history = xn.fit(model, x_tr, y_tr, loss=losses[args.loss](), optimizer=opt,
+    history = xn.fit(model, x_tr, y_tr, loss=LOSSES[args.loss](), optimizer=opt,
                      epochs=args.epochs, batch_size=args.batch_size,
                      validation_data=(x_te, y_te), progress=None if args.progress else False,
                      seed=args.seed, distributed=comm if comm is not None else False)
@@ -194,8 +194,7 @@ def cmd_eval(args) -> int:
     import xpnet as xn
 
     model, x, y = _checkpoint_and_data(args)
-    losses = {"quadratic": xn.QuadraticCost, "cross_entropy": xn.SoftmaxCrossEntropy}
-    result = xn.evaluate(model, x, y, loss=losses[args.loss]())
+    result = xn.evaluate(model, x, y, loss=LOSSES[args.loss]())
     print("  ".join(f"{k}: {v:.4f}" for k, v in result.items()) + f"  ({len(y)} examples)")
     return 0
 
@@ -253,7 +252,8 @@ def make_parser() -> _Parser:
                    help="mlp (default), resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), logistic")
     t.add_argument("--hidden", default="256,128", help="hidden widths (default 256,128)")
     t.add_argument("--activation", default="relu", help="relu (default), sigmoid or tanh")
-    t.add_argument("--loss", default="cross_entropy", help="cross_entropy (default) or quadratic")
+    t.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES,
+                   help="cross_entropy (default) or quadratic")
     t.add_argument("--optimizer", default="adam", help="adam (default), adamw, sgd, momentum")
     t.add_argument("--lr", type=float, default=None, help="learning rate (optimizer default)")
     t.add_argument("--schedule", default="cosine", help="cosine (default), step or none")
@@ -275,8 +275,7 @@ def make_parser() -> _Parser:
         e.add_argument("--data", default="digits")
         e.add_argument("--split", default="test", choices=["test", "train"])
         if name == "eval":
-            e.add_argument("--loss", default="cross_entropy",
-                           choices=["cross_entropy", "quadratic"])
+            e.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES)
         else:
             e.add_argument("--input", default=None, help="a .npy file of inputs instead of --data")
             e.add_argument("--output", default=None, help="write labels to this .npy file")

@@ -4,14 +4,18 @@ Every rank holds the whole model. ``fit(..., distributed=True)`` gives each rank
 own slice of every global mini-batch, sums the ranks' gradients before each optimizer
 step, and so takes the same step a single process would take on the whole batch.
 
-A :class:`Communicator` is what ``fit`` talks to:
+``fit`` talks to a :class:`Strategy`: the plain one runs in one process and does
+nothing; :class:`DataParallel` broadcasts the starting state, takes this rank's share
+of each batch, sums gradients across ranks and ends every rank on an error. Its
+:class:`Communicator` moves the arrays:
 
 - :class:`SingleProcess`: one rank, every operation a no-op;
 - :class:`MPICommunicator`: ``Allreduce``/``Bcast`` on array buffers. NumPy arrays go
   directly. CuPy arrays go directly when the MPI library is CUDA-aware (checked, not
   guessed: :func:`cuda_aware`), otherwise they are staged through host memory, as
   are arrays of every other device (torch, JAX, array-api-strict's devices); results
-  always come back on the device they came from. Several GPUs in one machine could use
+  always come back on the device they came from. What MPI may read directly is each
+array library's adapter's answer (``xpnet.backends``). Several GPUs in one machine could use
   NCCL instead (``cupyx.distributed``): a communicator with the same methods is the
   seam for it.
 
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import backends
 from .backend import backend_of, to_numpy
 
 
@@ -107,19 +112,13 @@ class MPICommunicator(Communicator):
         if share_cores and self.local_size > 1:
             limit_threads(max(1, (os.cpu_count() or 1) // self.local_size))
 
-    def _direct(self, a: Any) -> bool:
-        """Whether MPI can use ``a``'s memory as it is (host NumPy, or CUDA-aware CuPy)."""
-        if isinstance(a, np.ndarray):
-            return True
-        return type(a).__module__.startswith("cupy") and self.direct_cuda
-
     def _flat(self, arrays: list[Any]) -> tuple[Any, bool]:
-        """One contiguous buffer of every array, and whether it stayed on the device."""
-        direct = all(self._direct(a) for a in arrays)
-        if direct:
-            xp = type(arrays[0]).__module__.split(".")[0]
-            mod = np if xp == "numpy" else __import__("cupy")
-            return mod.concatenate([a.reshape(-1) for a in arrays]), True
+        """One contiguous buffer of every array, and whether it stayed where the arrays
+        are (host NumPy, or CuPy with a CUDA-aware MPI) rather than staged on the host."""
+        owner = backends.adapter_of(arrays[0])
+        if all(backends.adapter_of(a) is owner and owner.mpi_direct(a, self.direct_cuda)
+               for a in arrays):
+            return owner.flat_buffer(arrays), True
         return np.concatenate([to_numpy(a).reshape(-1) for a in arrays]), False
 
     def _unflat(self, buf: Any, like: list[Any], direct: bool) -> list[Any]:
@@ -144,8 +143,6 @@ class MPICommunicator(Communicator):
             return arrays
         self._check_dtypes(arrays)
         buf, direct = self._flat(arrays)
-        if direct and not isinstance(buf, np.ndarray):
-            __import__("cupy").cuda.get_current_stream().synchronize()  # data ready for MPI
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return self._unflat(buf, arrays, direct)
 
@@ -166,48 +163,105 @@ class MPICommunicator(Communicator):
 
 
 def limit_threads(n: int) -> None:
-    """At most ``n`` threads for BLAS (through threadpoolctl, when installed) and torch."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass
-    else:
-        threadpool_limits(limits=n)
-    if "torch" in sys.modules:
-        sys.modules["torch"].set_num_threads(n)
+    """At most ``n`` CPU threads in every array library's own pool (BLAS, torch)."""
+    backends.limit_threads(n)
 
 
-def resolve(distributed: bool | Communicator | None) -> Communicator:
-    """The communicator ``fit(distributed=...)`` asks for."""
-    if distributed is None or distributed is False:
-        return SingleProcess()
-    if distributed is True:
-        return MPICommunicator()
-    if isinstance(distributed, Communicator):
-        return distributed
-    raise TypeError(f"fit: distributed must be a bool or a Communicator, got {distributed!r}")
+# -- what fit does with several processes ----------------------------------------------
+class Strategy:
+    """How ``fit`` spreads a run over processes. This one is a single process: every
+    step is a no-op, and an error is raised as it is."""
 
+    rank = 0
+    size = 1
 
-def fail(comm: Communicator, error: BaseException) -> None:
-    """Report this rank's error and end the whole job, so no other rank waits forever."""
-    if comm.size == 1:
+    def start(self, model: Any, seed: int) -> int:
+        """Make every rank start alike; returns the shuffling seed to use."""
+        return seed
+
+    def shard(self, arrays: list[Any], size: int) -> list[Any]:
+        """This rank's rows of a global batch of ``size`` examples."""
+        return arrays
+
+    def reduce_gradients(self, params: list[Any], local: int, size: int) -> None:
+        """Turn each rank's mean gradient over ``local`` examples into the global mean."""
+
+    def totals(self, values: list[float]) -> list[float]:
+        """Host numbers summed over ranks (the epoch's loss and correct counts)."""
+        return values
+
+    def finish(self, model: Any) -> None:
+        """Make the ranks' models agree at the end of training."""
+
+    def fail(self, error: BaseException) -> None:
+        """Deal with an error raised during training on this rank."""
         raise error
-    print(f"[rank {comm.rank}] {type(error).__name__}: {error}", file=sys.stderr)
-    traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
-    comm.abort(1)
+
+
+class DataParallel(Strategy):
+    """Every rank holds the whole model and takes its slice of every global batch; the
+    gradients are summed across ranks before each step (see the module docstring)."""
+
+    def __init__(self, comm: Communicator):
+        self.comm = comm
+        self.rank, self.size = comm.rank, comm.size
+
+    def start(self, model: Any, seed: int) -> int:
+        _set_state(model, self.comm.broadcast([p.value for _, p in model.named_state()]))
+        return self.comm.bcast_object(seed)
+
+    def shard(self, arrays: list[Any], size: int) -> list[Any]:
+        lo, hi = size * self.rank // self.size, size * (self.rank + 1) // self.size
+        return [a[lo:hi, ...] for a in arrays]
+
+    def reduce_gradients(self, params: list[Any], local: int, size: int) -> None:
+        # sum over ranks of (local mean * local), divided by the global batch size
+        grads = [p.value * 0.0 if p.grad is None or not local else p.grad * float(local)
+                 for p in params]
+        for p, g in zip(params, self.comm.allreduce_sum(grads), strict=True):
+            p.grad = g / float(size)
+
+    def totals(self, values: list[float]) -> list[float]:
+        return [float(v) for v in self.comm.allreduce_sum([np.array(values)])[0]]
+
+    def finish(self, model: Any) -> None:
+        # statistics such as BatchNorm's: rank 0's copy everywhere
+        frozen = [p for _, p in model.named_state() if not p.trainable]
+        for p, v in zip(frozen, self.comm.broadcast([p.value for p in frozen]), strict=True):
+            p.value = v
+
+    def fail(self, error: BaseException) -> None:
+        """Show this rank's error and end the whole job, so no other rank waits forever."""
+        print(f"[rank {self.rank}] {type(error).__name__}: {error}", file=sys.stderr)
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        self.comm.abort(1)
+
+
+def _set_state(model: Any, values: list[Any]) -> None:
+    for (_, p), v in zip(model.named_state(), values, strict=True):
+        p.value = v
+
+
+def resolve(distributed: bool | Communicator | None) -> Strategy:
+    """The strategy ``fit(distributed=...)`` asks for: ``True`` for this MPI job's ranks,
+    a Communicator for its ranks, ``False`` for one process."""
+    if distributed is None or distributed is False:
+        return Strategy()
+    if distributed is True:
+        distributed = MPICommunicator()
+    if isinstance(distributed, Communicator):
+        return DataParallel(distributed) if distributed.size > 1 else Strategy()
+    raise TypeError(f"fit: distributed must be a bool or a Communicator, got {distributed!r}")
 
 
 def local_device(backend: str, device: str | None, local_rank: int) -> str | None:
     """The device a rank uses: ``cuda:<local rank mod count>`` for a GPU backend when the
     user named no index, else what was asked."""
-    if backend not in ("cupy", "torch") or device not in ("cuda", "gpu"):
+    name = backends.canonical(backend)
+    if device not in ("cuda", "gpu") or name == "auto":
         return device
-    if backend == "cupy":
-        import cupy
-
-        count = cupy.cuda.runtime.getDeviceCount() if cupy.is_available() else 1
-    else:
-        import torch
-
-        count = max(torch.cuda.device_count(), 1)
-    return f"cuda:{local_rank % count}"
+    try:
+        count = sum(d.startswith("cuda") for d in backends.ADAPTERS[name].devices())
+    except ImportError:
+        count = 0
+    return f"cuda:{local_rank % max(count, 1)}"

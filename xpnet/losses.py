@@ -44,7 +44,31 @@ class Loss:
 
     one_hot_labels = False
 
+    def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
+        """How many predictions in the batch are right, as a 0-d device array, or None
+        where the targets have no classes (regression).
 
+        Integer labels ``(n,)`` are compared with the arg-max of ``(n, k)`` predictions,
+        or, for one output column, with ``pred > 0.5``. ``one_hot``: ``target`` holds
+        labels that ``encode_targets`` made one-hot rows.
+        """
+        xp = namespace(pred)
+        if pred.ndim == 2 and pred.shape[1] > 1:
+            if is_integral(xp, target.dtype):
+                right = xp.argmax(pred, axis=1) == target
+            elif one_hot:
+                right = xp.argmax(pred, axis=1) == xp.argmax(target, axis=1)
+            else:
+                return None
+        elif is_integral(xp, target.dtype):
+            right = self._above(xp, pred, 0.5) == (xp.reshape(target, (-1,)) > 0)
+        else:
+            return None
+        return xp.sum(xp.astype(right, pred.dtype))
+
+    @staticmethod
+    def _above(xp: Any, pred: Any, threshold: float) -> Any:
+        return xp.reshape(pred, (-1,)) > threshold
 
     def get_config(self) -> dict[str, Any]:
         return {}
@@ -158,6 +182,10 @@ class SoftmaxCrossEntropy(Loss):
         p, y, n = self._cached()
         return (p - y) / n
 
+    def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
+        # class-probability targets are classes too: compare the arg-maxes
+        return super().correct(pred, target, one_hot=True)
+
 
 class BinaryCrossEntropy(Loss):
     """Sigmoid of the logits followed by binary cross-entropy, fused and stable.
@@ -188,6 +216,14 @@ class BinaryCrossEntropy(Loss):
         sig = 0.5 * namespace(z).tanh(0.5 * z) + 0.5
         return (sig - y) / size
 
+    def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
+        """For one logit per example: logit above 0 against target above 0.5."""
+        xp = namespace(pred)
+        if pred.ndim == 2 and pred.shape[1] > 1:
+            return super().correct(pred, target, one_hot=one_hot)
+        y = xp.reshape(target, (-1,))
+        right = self._above(xp, pred, 0.0) == (y > 0 if is_integral(xp, y.dtype) else y > 0.5)
+        return xp.sum(xp.astype(right, pred.dtype))
 
 
 LOSSES = {
