@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     x_train, y_train, x_test, y_test = xn.datasets.digits()
 
     model = xn.Sequential(
-        xn.Linear(64, 256), xn.ReLU(),
-        xn.Linear(256, 128), xn.ReLU(),
+        xn.Linear(64, 256, init="he"), xn.ReLU(),     # He: keeps the variance through ReLU
+        xn.Linear(256, 128, init="he"), xn.ReLU(),
         xn.Linear(128, 10),             # logits; the loss applies softmax
     )
     model.summary()
