@@ -10,6 +10,7 @@ Importing xpnet imports no optional array library and touches no GPU.
 """
 
 from . import backends, datasets, distributed, models, random
+from ._version import __version__
 from .backend import Backend, BackendUnavailableError, available, current, to_numpy, use
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .gradcheck import GradcheckError, gradcheck
@@ -43,9 +44,8 @@ from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR
 from .random import RandomStream, seed
 from .train import Callback, EarlyStopping, History, ModelCheckpoint, evaluate, fit, predict
 
-__version__ = "0.1.0"
-
 __all__ = [
+    "__version__",
     "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
     "RandomStream",
     "GradcheckError", "gradcheck",

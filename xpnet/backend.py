@@ -78,9 +78,13 @@ class Backend:
         """
         if not isinstance(host, np.ndarray):
             host = to_numpy(host) if _is_array(host) else np.asarray(host)
-        dt = self.dtype(dtype if dtype is not None else str(host.dtype))
-        self.check_dtype(dt, who="asarray")
-        return self.adapter.to_device(self._place(), host, None if dtype is None else dt, copy)
+        if dtype is not None:
+            dt = self.dtype(dtype)
+            self.check_dtype(dt, who="asarray")
+            return self.adapter.to_device(self._place(), host, dt, copy)
+        if host.dtype.name in STANDARD_DTYPES:  # others: the library accepts them or says no
+            self.check_dtype(host.dtype.name, who="asarray")
+        return self.adapter.to_device(self._place(), host, None, copy)
 
     def _place(self) -> Placement:
         return Placement(self.xp, self.device, self.device_name)
@@ -134,11 +138,13 @@ class Backend:
         return hash((self.name, self.device_name))
 
 
+STANDARD_DTYPES = ("float32", "float64", "int64", "int32", "int16", "int8", "uint8", "uint16",
+                   "uint32", "uint64", "bool", "complex64", "complex128")
+
+
 def dtype_name(xp: Any, dtype: Any) -> str:
     """The standard name of a dtype (``"float32"``), for messages and checkpoints."""
-    for n in ("float32", "float64", "float16", "bfloat16", "int64", "int32", "int16",
-              "int8", "uint8", "uint16", "uint32", "uint64", "bool", "complex64",
-              "complex128"):
+    for n in (*STANDARD_DTYPES, "float16", "bfloat16"):
         if getattr(xp, n, None) is not None and dtype == getattr(xp, n):
             return n
     return str(dtype)
@@ -194,43 +200,61 @@ _selected: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
 # What each `with` block restores on exit, innermost last.
 _restore: contextvars.ContextVar[tuple[Backend | None, ...]] = contextvars.ContextVar(
     "xpnet_backend_restore", default=())
-# The backend the last use() selected and the selection it replaced: `with xn.use(...)`
-# restores the selection from before the use() call, not the one use() just made.
-_last_use: contextvars.ContextVar[tuple[Backend, Backend | None] | None] = \
-    contextvars.ContextVar("xpnet_last_use", default=None)
 _from_environment: Backend | None = None
+
+
+class _Used(Backend):
+    """What :func:`use` returns: equal to the backend it selected in every way, and
+    also the context manager of that ``use`` call. The first ``with`` on it ends that
+    use: the selection from before the call comes back when the block ends (as with
+    ``torch.set_grad_enabled``). Entered again, or once the selection has moved on, it
+    restores what was selected when the block began, like any Backend."""
+
+    __slots__ = ("_selected_backend", "_replaced")
+
+    def __init__(self, be: Backend, replaced: Backend | None):
+        super().__init__(be.adapter, be._place(), be.note)
+        object.__setattr__(self, "_selected_backend", be)
+        object.__setattr__(self, "_replaced", [replaced])
+
+    def __enter__(self) -> Backend:
+        be, pending = self._selected_backend, self._replaced
+        if pending and _selected.get() is be:
+            _push(be, pending.pop())
+        else:
+            _push(be, _selected.get())
+        return be
 
 
 def use(name: str | Backend = "auto", device: str | None = None) -> Backend:
     """Select the backend that new parameters and data go to, and return it.
 
     The selection holds in this thread (or asyncio task) until the next ``use``.
-    As a context manager it holds for the block and the previous one comes back::
+    As a context manager it holds for the block, and what was selected before the
+    ``use`` call comes back at the end::
 
         with xn.use("array_api_strict", device="device1") as be:
             x = be.asarray(host_array)
     """
     be = resolve(name, device) if isinstance(name, Backend) else make(name, device)
-    previous = _selected.get()
+    replaced = _selected.get()
     _selected.set(be)
-    _last_use.set((be, previous))
-    return be
+    return _Used(be, replaced)
+
+
+def _push(be: Backend, restore: Backend | None) -> None:
+    _restore.set(_restore.get() + (restore,))
+    _selected.set(be)
 
 
 def _enter(be: Backend) -> None:
-    last = _last_use.get()
-    restore = last[1] if last is not None and last[0] is be and _selected.get() is be \
-        else _selected.get()
-    _last_use.set(None)
-    _restore.set(_restore.get() + (restore,))
-    _selected.set(be)
+    _push(be, _selected.get())
 
 
 def _exit() -> None:
     stack = _restore.get()
     _restore.set(stack[:-1])
     _selected.set(stack[-1])
-    _last_use.set(None)
 
 
 def current() -> Backend:
@@ -278,8 +302,8 @@ def to_numpy(x: Any) -> np.ndarray:
     """
     if isinstance(x, np.ndarray):
         return x
-    if isinstance(x, np.generic):
-        return np.asarray(x)
+    if isinstance(x, np.generic) or not _is_array(x):
+        return np.asarray(x)  # Python numbers and lists too
     return backends.adapter_of(x).to_host(x)
 
 

@@ -14,6 +14,7 @@ as the graph grows.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .backend import Backend
@@ -33,6 +34,7 @@ class Graph(Layer):
                  *, name: str | None = None):
         super().__init__(name=name)
         self._multi = isinstance(inputs, (list, tuple))
+        self.multi_input = self._multi  # forward takes a list of arrays, as merges do
         ins = list(inputs) if self._multi else [inputs]
         if not isinstance(outputs, SymbolicTensor) or not all(
                 isinstance(t, SymbolicTensor) for t in ins):
@@ -58,6 +60,16 @@ class Graph(Layer):
 
     def children(self) -> list[Layer]:
         return self._layers
+
+    @property
+    def input_count(self) -> int:
+        """How many arrays ``forward`` takes."""
+        return len(self._inputs)
+
+    @property
+    def output_layer(self) -> Layer | None:
+        """The layer that makes the output (None when an input is the output)."""
+        return self._output.layer
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xs = list(x) if self._multi else [x]
@@ -122,6 +134,11 @@ class Graph(Layer):
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Graph:
+        with backend if backend is not None else contextlib.nullcontext():
+            return cls._from_nodes(config, backend)
+
+    @classmethod
+    def _from_nodes(cls, config: dict[str, Any], backend: Backend | None) -> Graph:
         tensors: list[SymbolicTensor] = []
         for spec in config["nodes"]:
             if "input_shape" in spec:

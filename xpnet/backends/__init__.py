@@ -41,6 +41,9 @@ for _adapter in (NumpyAdapter(), CupyAdapter(), TorchAdapter(), JaxAdapter(), St
 
 def canonical(name: str) -> str:
     """The registered name for ``name`` or one of its aliases (case and spaces ignored)."""
+    if not isinstance(name, str):
+        raise TypeError(f"backend name must be a string such as 'numpy' or 'auto' (or a "
+                        f"Backend), got {name!r}")
     key = name.strip().lower()
     key = _ALIASES.get(key, key)
     if key != "auto" and key not in ADAPTERS:
@@ -71,7 +74,8 @@ def ops(xp: Any) -> StandardOps:
     found = _by_namespace.get(xp)
     if found is None:
         name = getattr(xp, "__name__", "")
-        owner = next((a for a in ADAPTERS.values() if name in a.namespaces), None)
+        owner = next((a for a in ADAPTERS.values() if name in a.namespaces), None) or next(
+            (a for a in ADAPTERS.values() if name.partition(".")[0] in a.modules), None)
         found = _by_namespace[xp] = owner.ops if owner is not None else StandardOps()
     return found
 

@@ -121,8 +121,8 @@ class Adapter:
         generators draw on the device instead.
         """
         host = np.random.default_rng(list(key)).random(shape, dtype=np.float32)
-        xp = self.placement_of(like).xp
-        return xp.astype(xp.asarray(host, device=like.device), like.dtype)
+        place = self.placement_of(like)
+        return place.xp.astype(place.xp.asarray(host, device=place.device), like.dtype)
 
     # -- speed -----------------------------------------------------------------------
     @property

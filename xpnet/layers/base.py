@@ -69,8 +69,11 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
-            LAYER_TYPES[cls.__name__] = cls
+        if cls.__name__.startswith("_") or cls.forward is Layer.forward:
+            return  # private or abstract: nothing a checkpoint could name
+        LAYER_TYPES[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        # the short name belongs to the first class that takes it (xpnet's own are first)
+        LAYER_TYPES.setdefault(cls.__name__, cls)
 
     def __init__(self, *, name: str | None = None):
         self.name = name
@@ -94,8 +97,9 @@ class Layer:
         ``xn.Input``, adds this layer to the graph being built instead."""
         if is_symbolic(xs):
             return connect(self, xs)
-        if self.multi_input:
-            return self.forward(list(xs), train=False)
+        if self.multi_input:  # layer(a, b) or layer([a, b])
+            one_list = len(xs) == 1 and isinstance(xs[0], (list, tuple))
+            return self.forward(list(xs[0] if one_list else xs), train=False)
         if len(xs) != 1:
             raise TypeError(f"{self.label} takes one input, got {len(xs)}")
         return self.forward(xs[0], train=False)
@@ -171,9 +175,11 @@ class Layer:
                 layer.dtype = dtype
         return self
 
-    def _new_parameter(self, name: str, host: np.ndarray, dtype: str, be: Backend,
-                       trainable: bool = True) -> Parameter:
-        """A parameter with ``host``'s values on ``be``, listed in ``self._params``."""
+    def _new_parameter(self, name: str, host: np.ndarray, dtype: str, trainable: bool = True,
+                       *, backend: Backend | None = None) -> Parameter:
+        """A parameter with ``host``'s values on ``backend`` (default: the current one),
+        listed in ``self._params``."""
+        be = backend if backend is not None else current()
         p = Parameter(name, be.asarray(host, dtype=dtype), trainable=trainable)
         self._params.append(p)
         return p
@@ -270,8 +276,12 @@ class Sequential(Layer):
 
 
 def layer_config(layer: Layer) -> dict[str, Any]:
-    """``{"type": ..., "config": ...}``: a JSON-able description of a layer."""
-    return {"type": type(layer).__name__, "config": layer.get_config()}
+    """``{"type": ..., "config": ...}``: a JSON-able description of a layer. The type is
+    the class name, or its qualified name when another class holds the short one."""
+    cls = type(layer)
+    kind = cls.__name__ if LAYER_TYPES.get(cls.__name__) is cls else \
+        f"{cls.__module__}.{cls.__qualname__}"
+    return {"type": kind, "config": layer.get_config()}
 
 
 def build_layer(spec: dict[str, Any], *, backend: Backend | None = None) -> Layer:
@@ -281,5 +291,6 @@ def build_layer(spec: dict[str, Any], *, backend: Backend | None = None) -> Laye
     kind = spec.get("type")
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise ValueError(f"unknown layer type {kind!r}; known: {', '.join(LAYER_TYPES)}")
+        known = ", ".join(k for k in LAYER_TYPES if "." not in k)
+        raise ValueError(f"unknown layer type {kind!r}; known: {known}")
     return cls.from_config(dict(spec.get("config", {})), backend=backend)

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import _args
 from .._compat import namespace
-from ..backend import Backend, resolve
+from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
 from .base import Layer
 
 
@@ -29,28 +30,43 @@ class _BatchNorm(Layer):
                  dtype: str = "float32", backend: str | Backend | None = None,
                  device: str | None = None, name: str | None = None):
         super().__init__(name=name)
-        self.num_features, self.eps, self.momentum, self.dtype = (int(num_features), float(eps),
-                                                                  float(momentum), dtype)
+        who = type(self).__name__
+        self.num_features = _args.integer(num_features, "num_features", who, minimum=1)
+        self.eps = _args.real(eps, "eps", who, low=0.0, low_open=True)
+        self.momentum = _args.real(momentum, "momentum", who, low=0.0, high=1.0)
+        self.dtype = _args.float_dtype(dtype, who)
         c, be = self.num_features, resolve(backend, device)
-        self.weight = self._new_parameter("weight", np.ones(c), dtype, be)
-        self.bias = self._new_parameter("bias", np.zeros(c), dtype, be)
-        self.running_mean = self._new_parameter("running_mean", np.zeros(c), dtype, be,
-                                                trainable=False)
-        self.running_var = self._new_parameter("running_var", np.ones(c), dtype, be,
-                                               trainable=False)
+        self.weight = self._new_parameter("weight", np.ones(c), dtype, backend=be)
+        self.bias = self._new_parameter("bias", np.zeros(c), dtype, backend=be)
+        self.running_mean = self._new_parameter("running_mean", np.zeros(c), dtype, False,
+                                                backend=be)
+        self.running_var = self._new_parameter("running_var", np.ones(c), dtype, False,
+                                               backend=be)
         self._cache: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         if x.ndim not in self.ndims or x.shape[1] != self.num_features:
             raise ValueError(f"{self.label}: expected input {self.layout} with C = "
                              f"{self.num_features}, got shape {tuple(x.shape)}")
+        gamma_value = self.weight.value
+        check_same_place(self, x, gamma_value)
+        if x.dtype != gamma_value.dtype:
+            xp = backend_of(gamma_value).xp
+            raise TypeError(f"{self.label}: expected input of dtype "
+                            f"{dtype_name(xp, gamma_value.dtype)} (the parameters'), got "
+                            f"{dtype_name(xp, x.dtype)}")
+        m = math.prod(x.shape) // self.num_features
+        if train and m < 2:  # one value per channel: its variance is 0, running_var ruined
+            raise ValueError(
+                f"{self.label}: training needs more than one value per channel, got input "
+                f"of shape {tuple(x.shape)}; use a batch of 2 or more (or train=False)"
+            )
         xp = namespace(x)
         axes = (0, *range(2, x.ndim))
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         gamma = xp.reshape(self.weight.value, shape)
         beta = xp.reshape(self.bias.value, shape)
         if train:
-            m = math.prod(x.shape) // self.num_features
             mean = xp.mean(x, axis=axes, keepdims=True)
             centred = x - mean
             var = xp.mean(centred * centred, axis=axes, keepdims=True)
@@ -81,6 +97,13 @@ class _BatchNorm(Layer):
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                 "dtype": self.dtype}
+
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the arrays the layer ``config`` describes would hold, without
+        making it (checkpoints check them before allocating anything)."""
+        c = config["num_features"]
+        return {name: (c,) for name in ("weight", "bias", "running_mean", "running_var")}
 
 
 class BatchNorm1D(_BatchNorm):

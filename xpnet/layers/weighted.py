@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _args, random
 from .. import init as initializers
-from .. import random
-from ..backend import Backend, backend_of, resolve
+from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
 from .base import Layer
 
 
@@ -29,11 +29,24 @@ class _Weighted(Layer):
     def _make_weights(self, shape: tuple[int, ...], bias: bool, init: str, dtype: str,
                       backend: str | Backend | None, device: str | None) -> None:
         initializers.get(init)  # a bad name fails before anything is drawn
-        self.use_bias, self.init, self.dtype = bool(bias), init, dtype
+        self.use_bias, self.init = bool(bias), init
+        self.dtype = _args.float_dtype(dtype, type(self).__name__)
         be = resolve(backend, device)
         w, b = initializers.draw(init, shape, bias, random.current().host)
-        self.weight = self._new_parameter("weight", w, dtype, be)
-        self.bias = self._new_parameter("bias", b, dtype, be) if b is not None else None
+        self.weight = self._new_parameter("weight", w, dtype, backend=be)
+        self.bias = self._new_parameter("bias", b, dtype, backend=be) if b is not None else None
+
+    def _check_input(self, x: Any) -> None:
+        """Same library, device and dtype as the weight (metadata only, no host read)."""
+        W = self.weight.value
+        check_same_place(self, x, W)
+        if x.dtype != W.dtype:
+            xp = backend_of(W).xp
+            raise TypeError(
+                f"{self.label}: expected input of dtype {dtype_name(xp, W.dtype)} (the "
+                f"parameters'), got {dtype_name(xp, x.dtype)}; convert the data, e.g. "
+                f"xp.astype(x, xp.{dtype_name(xp, W.dtype)}), or the model with astype()"
+            )
 
     def reset(self, init: str | None = None) -> None:
         """Draw new weights (and bias) with ``init`` (default: the layer's own), where
@@ -53,3 +66,23 @@ class _Weighted(Layer):
         if config.get("init") == "auto":  # written by xpnet 0.1; weights are loaded over
             config = {**config, "init": "glorot"}
         return super().from_config(config, backend=backend)
+
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the parameters the layer ``config`` describes would hold,
+        without making it (checkpoints check them before allocating anything).
+
+        ``config`` is as ``get_config`` writes it: Linear's weight is
+        ``(out_features, in_features)``, a convolution's ``(out_channels, in_channels,
+        *kernel)``; the bias, if any, ``(out,)``.
+        """
+        if "in_features" in config:
+            shape = (config["out_features"], config["in_features"])
+        else:
+            k = config["kernel_size"]  # an int or one per spatial axis, as the constructor
+            kernel = tuple(k) if isinstance(k, (list, tuple)) else (k,) * cls.dims
+            shape = (config["out_channels"], config["in_channels"], *kernel)
+        shapes = {"weight": shape}
+        if config.get("bias", True):
+            shapes["bias"] = (shape[0],)
+        return shapes
