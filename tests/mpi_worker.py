@@ -2,6 +2,8 @@
 
     mpi_worker.py train BACKEND DEVICE OUT.npz   one data-parallel epoch; rank 0 writes
     mpi_worker.py fail                           rank 1 raises in the middle of an epoch
+    mpi_worker.py disagree                       the ranks are given different batch sizes
+    mpi_worker.py labels                         rank 1 has an out-of-range label
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import numpy as np
 
 import xpnet as xn
 from xpnet.backend import backend_of
-from xpnet.distributed import MPICommunicator
+from xpnet.distributed import DataParallel, MPICommunicator
 
 
 def data():
@@ -48,6 +50,8 @@ def train(backend: str, device: str, out: str) -> None:
         assert (where.name, where.device_name) == (be.name, be.device_name), where
         assert np.array_equal(xn.to_numpy(summed[0]), [3.0, 3.0, 3.0])
         assert all(backend_of(p.value) == be for p in net.parameters())
+        assert comm.allgather_object({"rank": comm.rank}) == [{"rank": 0}, {"rank": 1}]
+        DataParallel(comm).agree({"batch_size": 32, "shape": [8]})  # equal: no error
         if comm.rank == 0:
             np.savez(out, loss=h["loss"][0], accuracy=h["accuracy"][0],
                      direct=comm.direct_cuda,
@@ -77,8 +81,29 @@ def fail() -> None:
                epochs=5, batch_size=32, progress=False, distributed=True)
 
 
+def disagree() -> None:
+    comm = MPICommunicator()
+    with xn.use("numpy"):
+        net = model()
+        x, y = data()
+        xn.fit(net, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(net, lr=0.1),
+               epochs=1, batch_size=32 if comm.rank == 0 else 16, progress=False,
+               distributed=comm)
+
+
+def labels() -> None:
+    comm = MPICommunicator()
+    with xn.use("numpy"):
+        net = model()
+        x, y = data()
+        if comm.rank == 1:
+            y[5] = 7  # 3 classes: fit's host label check fails on this rank only
+        xn.fit(net, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(net, lr=0.1),
+               epochs=1, batch_size=32, progress=False, distributed=comm)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "train":
         train(*sys.argv[2:5])
     else:
-        fail()
+        {"fail": fail, "disagree": disagree, "labels": labels}[sys.argv[1]]()

@@ -29,10 +29,25 @@ def _mpiexec() -> str:
     return exe
 
 
-def _run(*args, timeout=120):
+def _run(*args, timeout=60):
+    """``mpiexec -n 2 mpi_worker.py ARGS``; a job still running after ``timeout`` seconds
+    (a hung rank) fails the test, and mpiexec is told to end its ranks."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
-    return subprocess.run([_mpiexec(), "-n", "2", sys.executable, str(WORKER), *args],
-                          capture_output=True, text=True, timeout=timeout, env=env)
+    cmd = [_mpiexec(), "-n", "2", sys.executable, str(WORKER), *args]
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          env=env) as proc:
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.terminate()  # SIGTERM: mpiexec then kills its ranks (SIGKILL would not)
+            try:
+                out, err = proc.communicate(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, err = proc.communicate()
+            pytest.fail(f"mpi_worker.py {' '.join(args)} still ran after {timeout} s "
+                        f"(a rank hung):\n{err[-2000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +91,26 @@ def test_two_ranks_equal_one_process(mpi_ok, tmp_path, backend, device):
 
 
 def test_a_failing_rank_ends_the_job_with_its_error(mpi_ok):
-    done = _run("fail", timeout=90)  # a hang would hit the timeout and fail the test
+    done = _run("fail")  # a hang would hit the timeout and fail the test
     assert done.returncode != 0
     assert "rank 1 broke on purpose at step 3" in done.stderr
     assert "[rank 1] RuntimeError" in done.stderr
+
+
+def test_ranks_given_different_batch_sizes_stop_before_training(mpi_ok):
+    """fit's ``strategy.agree`` finds the difference and every rank raises it."""
+    done = _run("disagree")
+    assert done.returncode != 0
+    assert "the ranks disagree on batch_size" in done.stderr, done.stderr[-2000:]
+    assert "rank 0 has 32" in done.stderr and "rank 1 has 16" in done.stderr
+
+
+def test_a_bad_label_on_one_rank_ends_the_job_before_training(mpi_ok):
+    """An error before training (fit's host label check) ends the other rank too."""
+    done = _run("labels")
+    assert done.returncode != 0
+    assert "[rank 1] ValueError: fit: labels must lie in [0, 2]" in done.stderr, \
+        done.stderr[-2000:]
 
 
 def test_single_process_strategy_is_a_no_op():
@@ -87,8 +118,10 @@ def test_single_process_strategy_is_a_no_op():
     assert type(single) is distributed.Strategy and single.size == 1
     a = [np.ones(3)]
     assert single.shard(a, 3) is a and single.totals([2.0, 1.0]) == [2.0, 1.0]
+    single.agree({"batch_size": 32})  # nothing to compare with
     comm = distributed.SingleProcess()
     assert comm.allreduce_sum(a) is a and comm.broadcast(a) is a
+    assert comm.allgather_object({"epochs": 2}) == [{"epochs": 2}]
     assert type(distributed.resolve(comm)) is distributed.Strategy  # one rank: nothing to do
     with pytest.raises(ValueError, match="boom"):
         single.fail(ValueError("boom"))
@@ -114,6 +147,63 @@ def test_data_parallel_shards_and_averages():
     dp.reduce_gradients([p], local=3, size=6)
     np.testing.assert_allclose(p.grad, np.full(3, 0.5))  # (0.5*3 + 0.5*3) / 6
     assert dp.totals([1.5, 2.0]) == [3.0, 4.0]
+
+
+class Gathered(distributed.Communicator):
+    """Rank 1 of a stand-in job whose ranks' ``allgather_object`` results are given."""
+
+    rank = 1
+
+    def __init__(self, *others):
+        self.others, self.size = others, len(others) + 1
+
+    def allgather_object(self, value):
+        return [*self.others, value]
+
+
+def test_agree_names_every_difference_and_every_rank():
+    facts = {"model": "{...}", "examples": 203, "batch_size": 32, "epochs": 2}
+    dp = distributed.DataParallel(Gathered(dict(facts)))
+    dp.agree(dict(facts))  # equal: no error
+    dp.agree({**facts, "examples": np.int64(203)})  # equal values of other types
+    with pytest.raises(ValueError) as caught:
+        dp.agree({**facts, "batch_size": 16, "epochs": 3})
+    assert str(caught.value) == ("fit: the ranks disagree on batch_size: rank 0 has 32, "
+                                 "rank 1 has 16; epochs: rank 0 has 2, rank 1 has 3")
+    with pytest.raises(ValueError, match="on dtype: rank 0 has nothing, rank 1 has 'float32'"):
+        dp.agree({**facts, "dtype": "float32"})
+    three = distributed.DataParallel(Gathered(dict(facts), {**facts, "batch_size": 16}))
+    with pytest.raises(ValueError, match="batch_size: ranks 0, 2 have 32, rank 1 has 16$"):
+        three.agree(dict(facts))
+
+
+def test_agree_keeps_long_differences_apart():
+    """Two model descriptions that differ only far in: cut, but told apart by hash."""
+    head = '{"layers": [' + '"Linear", ' * 20
+    dp = distributed.DataParallel(Gathered({"model": head + '"Tanh"]}'}))
+    with pytest.raises(ValueError) as caught:
+        dp.agree({"model": head + '"ReLU"]}'})
+    message = str(caught.value)
+    assert "Tanh" not in message and "ReLU" not in message and len(message) < 400
+    hashes = [part.split(")")[0] for part in message.split("(sha256 ")[1:]]
+    assert len(hashes) == 2 and hashes[0] != hashes[1]
+
+
+def test_fail_raises_when_abort_returns(capsys):
+    """Some MPICH builds return from MPI_Abort; fit must not then return as if trained."""
+
+    class ReturningAbort(distributed.Communicator):
+        rank, size, aborts = 1, 2, []
+
+        def abort(self, code=1):
+            self.aborts.append(code)
+
+    comm = ReturningAbort()
+    error = RuntimeError("out of memory")
+    with pytest.raises(RuntimeError) as caught:
+        distributed.DataParallel(comm).fail(error)
+    assert caught.value is error and comm.aborts == [1]
+    assert "[rank 1] RuntimeError: out of memory" in capsys.readouterr().err
 
 
 def test_staging_keeps_device_arrays_on_their_device():

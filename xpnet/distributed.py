@@ -5,9 +5,9 @@ own slice of every global mini-batch, sums the ranks' gradients before each opti
 step, and so takes the same step a single process would take on the whole batch.
 
 ``fit`` talks to a :class:`Strategy`: the plain one runs in one process and does
-nothing; :class:`DataParallel` broadcasts the starting state, takes this rank's share
-of each batch, sums gradients across ranks and ends every rank on an error. Its
-:class:`Communicator` moves the arrays:
+nothing; :class:`DataParallel` checks that the ranks were given the same run, broadcasts
+the starting state, takes this rank's share of each batch, sums gradients across ranks
+and ends every rank on an error. Its :class:`Communicator` moves the arrays:
 
 - :class:`SingleProcess`: one rank, every operation a no-op;
 - :class:`MPICommunicator`: ``Allreduce``/``Bcast`` on array buffers. NumPy arrays go
@@ -25,6 +25,7 @@ Run ``mpiexec -n 2 xpnet train --distributed`` or a script calling ``fit`` likew
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import os
 import sys
 import traceback
@@ -54,6 +55,10 @@ class Communicator:
     def bcast_object(self, value: Any, root: int = 0) -> Any:
         """A small JSON-like Python value from ``root`` on every rank."""
         return value
+
+    def allgather_object(self, value: Any) -> list[Any]:
+        """Every rank's small JSON-like value, in rank order, on every rank."""
+        return [value]
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job (after an error on this one)."""
@@ -157,6 +162,9 @@ class MPICommunicator(Communicator):
     def bcast_object(self, value: Any, root: int = 0) -> Any:
         return self.comm.bcast(value, root=root)
 
+    def allgather_object(self, value: Any) -> list[Any]:
+        return self.comm.allgather(value)
+
     def abort(self, code: int = 1) -> None:
         sys.stderr.flush()
         self.comm.Abort(code)
@@ -174,6 +182,10 @@ class Strategy:
 
     rank = 0
     size = 1
+
+    def agree(self, facts: dict[str, Any]) -> None:
+        """Raise ValueError on every rank unless all ranks passed equal ``facts`` (a small
+        JSON-like dict: model description, data size, batch size, epochs...)."""
 
     def start(self, model: Any, seed: int) -> int:
         """Make every rank start alike; returns the shuffling seed to use."""
@@ -194,7 +206,7 @@ class Strategy:
         """Make the ranks' models agree at the end of training."""
 
     def fail(self, error: BaseException) -> None:
-        """Deal with an error raised during training on this rank."""
+        """Deal with an error raised in ``fit`` on this rank (never returns)."""
         raise error
 
 
@@ -205,6 +217,17 @@ class DataParallel(Strategy):
     def __init__(self, comm: Communicator):
         self.comm = comm
         self.rank, self.size = comm.rank, comm.size
+
+    def agree(self, facts: dict[str, Any]) -> None:
+        # Ranks that disagree would run different numbers of collective calls and hang
+        # or mix up buffers mid-training; every rank sees all facts, so all raise alike.
+        every = self.comm.allgather_object(facts)
+        keys = list(dict.fromkeys(k for f in every for k in f))
+        differ = [k for k in keys if any(f.get(k, _MISSING) != every[0].get(k, _MISSING)
+                                         for f in every[1:])]
+        if differ:
+            raise ValueError("fit: the ranks disagree on " + "; ".join(
+                f"{k}: " + _by_rank([f.get(k, _MISSING) for f in every]) for k in differ))
 
     def start(self, model: Any, seed: int) -> int:
         _set_state(model, self.comm.broadcast([p.value for _, p in model.named_state()]))
@@ -235,6 +258,38 @@ class DataParallel(Strategy):
         print(f"[rank {self.rank}] {type(error).__name__}: {error}", file=sys.stderr)
         traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
         self.comm.abort(1)
+        # Some MPICH builds return from MPI_Abort: fit must not go on as if it had trained.
+        raise error
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "nothing"
+
+
+_MISSING = _Missing()
+
+
+def _by_rank(values: list[Any], width: int = 80) -> str:
+    """``rank 0 has 32, ranks 1, 2 have 16``: ranks grouped by value; a long value is cut
+    and tagged with its hash, as two model descriptions may differ only past the cut."""
+    groups: list[tuple[Any, list[int]]] = []
+    for rank, v in enumerate(values):
+        for seen, ranks in groups:
+            if seen == v:
+                ranks.append(rank)
+                break
+        else:
+            groups.append((v, [rank]))
+    parts = []
+    for v, ranks in groups:
+        text = repr(v)
+        if len(text) > width:
+            text = f"{text[:width]}... (sha256 {hashlib.sha256(text.encode()).hexdigest()[:12]})"
+        who = (f"rank {ranks[0]} has" if len(ranks) == 1
+               else f"ranks {', '.join(map(str, ranks))} have")
+        parts.append(f"{who} {text}")
+    return ", ".join(parts)
 
 
 def _set_state(model: Any, values: list[Any]) -> None:
