@@ -13,14 +13,16 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from . import _args
 from ._compat import device
 
 
 def as_tuple(value: int | tuple[int, ...], dims: int, what: str, who: str) -> tuple[int, ...]:
-    t = (value,) * dims if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(t) != dims:
+    """``value`` as ``dims`` integers (one int means the same along every axis)."""
+    items = (value,) * dims if not isinstance(value, (tuple, list)) else tuple(value)
+    if len(items) != dims:
         raise ValueError(f"{who}: {what} needs {dims} value(s), got {value!r}")
-    return t
+    return tuple(_args.integer(v, what, who) for v in items)
 
 
 def check_fits(spatial: tuple[int, ...], kernel: tuple[int, ...], who: Any,

@@ -16,16 +16,17 @@ import numpy as np
 from .backend import Backend, backend_of
 
 
-def on_backend(be: Backend, a: Any, dtype: Any, who: str) -> Any:
+def on_backend(be: Backend, a: Any, dtype: Any, who: str, labels: bool = False) -> Any:
     """``a`` on ``be``: host data is copied there once; arrays already there pass.
 
-    Floating host data is converted to ``dtype``; integer labels keep int64. Where the
-    backend can use host memory as it is (NumPy, torch on the CPU) nothing is copied:
-    training never writes into its data.
+    Inputs (``labels=False``) become ``dtype``, the model's float dtype, whatever they
+    were (integers and bools too). Labels keep an integer or bool dtype; float targets
+    become ``dtype``. Where the backend can use host memory as it is (NumPy, torch on
+    the CPU) nothing is copied: training never writes into its data.
     """
     if isinstance(a, (np.ndarray, list, tuple)):
         a = np.asarray(a)
-        keep = np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_
+        keep = labels and (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_)
         return be.asarray(a, dtype=None if keep else dtype, copy=False)
     where = backend_of(a)
     if where != be:
@@ -33,7 +34,8 @@ def on_backend(be: Backend, a: Any, dtype: Any, who: str) -> Any:
             f"{who}: data is on {where} but the model's parameters are on {be}; pass host "
             f"(NumPy) arrays or move the model with model.to(...)"
         )
-    if be.xp.isdtype(a.dtype, "real floating") and a.dtype != be.dtype(dtype):
+    keep = labels and be.xp.isdtype(a.dtype, ("integral", "bool"))
+    if not keep and a.dtype != be.dtype(dtype):
         a = be.xp.astype(a, be.dtype(dtype))
     return a
 

@@ -37,7 +37,7 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     ----------
     layer : Layer
         Any layer or model; it is copied, never changed.
-    x : array, shape as the layer expects
+    x : array, shape as the layer expects, or a list of arrays for several inputs
         The input, on the layer's backend and device.
     loss, target : Loss and its target, optional
         The scalar to differentiate. Without them, ``C = sum(y * R)`` for a fixed
@@ -49,15 +49,18 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     seed : int
         Seeds the random projection ``R``.
     stream : RandomStream, optional
-        What random layers (Dropout) draw from; it is restarted before every forward
-        pass, so each pass draws the same masks. Default: ``RandomStream(seed)``.
+        What random layers (Dropout) draw from. Every forward pass starts from where it
+        stood when gradcheck was called, so each pass draws the same masks; it is left
+        as one forward pass leaves it. Default: ``RandomStream(seed)``.
 
     Returns
     -------
     True, or raises GradcheckError naming the parameter, the worst relative error
     and the index where it occurs.
     """
-    be = backend_of(x)
+    multi = isinstance(x, (list, tuple))
+    xs = list(x) if multi else [x]
+    be = backend_of(xs[0])
     xp = be.xp
     wide = be.supports("float64")
     dt = xp.float64 if wide else xp.float32
@@ -66,73 +69,83 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     atol = atol if atol is not None else (1e-7 if wide else 1e-3)
 
     model = copy.deepcopy(layer).astype("float64" if wide else "float32")
-    dev = device_of(x)
+    dev = device_of(xs[0])
 
     def put(host: np.ndarray) -> Any:
         return be.asarray(host, dtype=dt)
 
-    x_host = to_numpy(x).astype(np.float64)
-    is_float_input = xp.isdtype(x.dtype, "real floating")
-    x_dev = put(x_host) if is_float_input else x
+    hosts = [to_numpy(a).astype(np.float64) for a in xs]
+    floats = [xp.isdtype(a.dtype, "real floating") for a in xs]
+    inputs = [put(h) if f else a for h, f, a in zip(hosts, floats, xs, strict=True)]
     if target is not None and xp.isdtype(target.dtype, "real floating"):
         target = be.xp.astype(target, dt)
 
     stream = stream if stream is not None else RandomStream(seed)
-    key = stream.key
+    key, start = stream.key, stream.position
 
-    def forward(inp: Any) -> Any:
-        """A training forward pass that draws the same random masks every time."""
-        with stream.restart(*key).active():
-            return model.forward(inp, train=True)
+    def forward(args: list[Any]) -> Any:
+        """A training forward pass that draws the same random masks every time: each
+        starts where the stream stood when gradcheck was called."""
+        stream.key, stream.position = key, start
+        with stream.active():
+            return model.forward(args if multi else args[0], train=True)
 
-    y = forward(x_dev)
+    y = forward(inputs)
+    after = stream.position  # where one forward pass leaves the stream
     proj = put(np.random.default_rng(seed).standard_normal(tuple(y.shape)))
 
-    def cost(inp: Any) -> float:
-        out = forward(inp)
+    def cost(args: list[Any]) -> float:
+        out = forward(args)
         c = loss.forward(out, target) if loss is not None else namespace(out).sum(out * proj)
         return float(to_numpy(c))
 
     # analytic
     model.zero_grad()
-    out = forward(x_dev)
+    out = forward(inputs)
     if loss is not None:
         loss.forward(out, target)
         dy = loss.backward()
     else:
         dy = proj
     dx = model.backward(dy)
-    if dx is not None and device_of(dx) != dev:
-        raise GradcheckError(f"{layer.label}: input gradient is on {device_of(dx)}, "
-                             f"input on {dev}")
+    dxs = (list(dx) if multi else [dx]) if dx is not None else [None] * len(xs)
+    for d in dxs:
+        if d is not None and device_of(d) != dev:
+            raise GradcheckError(f"{layer.label}: input gradient is on {device_of(d)}, "
+                                 f"input on {dev}")
 
     checks: list[tuple[str, np.ndarray, Any]] = []
     for name, p in model.named_parameters():
         grad = np.zeros(p.shape) if p.grad is None else to_numpy(p.grad).astype(np.float64)
         checks.append((name, grad, p))
-    if is_float_input and dx is not None:
-        checks.append(("input", to_numpy(dx).astype(np.float64), None))
+    for i, (d, is_float) in enumerate(zip(dxs, floats, strict=True)):
+        if is_float and d is not None:
+            checks.append((f"input[{i}]" if multi else "input",
+                           to_numpy(d).astype(np.float64), i))
 
     for name, analytic, p in checks:
-        base = to_numpy(p.value).astype(np.float64) if p is not None else x_host
+        param = not isinstance(p, int)
+        base = to_numpy(p.value).astype(np.float64) if param else hosts[p]
         numeric = np.zeros_like(base)
         flat = base.reshape(-1)
         for j in range(flat.size):
             saved = flat[j]
+            step = eps
             vals = []
             for sign in (1.0, -1.0):
-                flat[j] = saved + sign * eps
-                arr = put(base)
-                if p is not None:
-                    p.value = arr
-                    vals.append(cost(x_dev))
+                flat[j] = saved + sign * step
+                if param:
+                    p.value = put(base)
+                    vals.append(cost(inputs))
                 else:
-                    vals.append(cost(arr))
+                    vals.append(cost([put(base) if k == p else a
+                                      for k, a in enumerate(inputs)]))
             flat[j] = saved
-            numeric.reshape(-1)[j] = (vals[0] - vals[1]) / (2 * eps)
-        if p is not None:
+            numeric.reshape(-1)[j] = (vals[0] - vals[1]) / (2 * step)
+        if param:
             p.value = put(base)
         _compare(layer, name, analytic, numeric, rtol, atol)
+    stream.key, stream.position = key, after  # as if the layer had run forward once
     return True
 
 

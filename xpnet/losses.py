@@ -34,12 +34,15 @@ class Loss:
     def encode_targets(self, y: Any, n_out: int, dtype: Any) -> Any:
         """Targets as this loss wants them per step; ``fit`` calls it once per run.
 
-        Integer labels become one-hot rows here, so no step builds them again.
+        Integer labels become one-hot rows here, so no step builds them again. A label
+        outside ``[0, n_out)`` (on a device, where it cannot be checked without a host
+        read) becomes a row of NaN, so the loss turns NaN instead of training on zeros.
         """
         xp = namespace(y)
         if (self.one_hot_labels and y.ndim == 1 and n_out > 1
                 and xp.isdtype(y.dtype, "integral")):
-            return _one_hot(type(self).__name__, xp, y, n_out, dtype)[0]
+            onehot, valid = _one_hot(type(self).__name__, xp, y, n_out, dtype)
+            return xp.where(valid[:, None], onehot, xp.full_like(onehot, math.nan))
         return y
 
     one_hot_labels = False
@@ -77,18 +80,20 @@ class Loss:
         return f"{type(self).__name__}()"
 
 
-def check_labels(who: str, labels: np.ndarray, n_classes: int) -> None:
+def check_labels(who: str, labels: np.ndarray, n_classes: int, outputs: int | None = None
+                 ) -> None:
     """Raise for integer labels outside ``[0, n_classes)`` (host arrays only: free there).
 
-    ``n_classes`` 1 means one output column and binary labels, so the range is [0, 1].
+    ``outputs``: the model's output width, for the message (a model with one output
+    column takes binary labels, so ``fit`` passes ``n_classes = 2`` for it).
     """
     if labels.size == 0 or not np.issubdtype(labels.dtype, np.integer):
         return
-    limit = max(n_classes, 2)
     lo, hi = int(labels.min()), int(labels.max())
-    if lo < 0 or hi >= limit:
+    if lo < 0 or hi >= n_classes:
+        width = n_classes if outputs is None else outputs
         raise ValueError(
-            f"{who}: labels must lie in [0, {limit - 1}] for {n_classes} output(s), "
+            f"{who}: labels must lie in [0, {n_classes - 1}] for {width} output(s), "
             f"got values from {lo} to {hi}"
         )
 
@@ -188,12 +193,25 @@ class SoftmaxCrossEntropy(Loss):
 
 
 class BinaryCrossEntropy(Loss):
-    """Sigmoid of the logits followed by binary cross-entropy, fused and stable.
+    """Binary cross-entropy, from logits (default) or from probabilities.
 
-    ``C = mean(max(z, 0) - z y + log(1 + exp(-|z|)))`` over every element, and
-    ``dC/dz = (sigmoid(z) - y) / size``. ``pred`` are logits of any shape; ``target``
-    has the same shape with values in [0, 1] (a ``(n,)`` target fits ``(n, 1)`` logits).
+    ``from_logits=True``: sigmoid and cross-entropy fused and stable,
+    ``C = mean(max(z, 0) - z y + log(1 + exp(-|z|)))`` over every element and
+    ``dC/dz = (sigmoid(z) - y) / size``. ``from_logits=False`` (after a Sigmoid layer):
+    ``C = -mean(y log p + (1 - y) log(1 - p))`` with ``p`` clipped to ``[1e-7, 1 - 1e-7]``,
+    ``dC/dp = (p - y) / (p (1 - p) size)``. ``target`` has ``pred``'s shape with values in
+    [0, 1] (a ``(n,)`` target fits ``(n, 1)`` predictions).
     """
+
+    #: How far probabilities are kept from 0 and 1 (Keras's epsilon).
+    clip = 1e-7
+
+    def __init__(self, from_logits: bool = True):
+        super().__init__()
+        if not isinstance(from_logits, bool):
+            raise TypeError(f"BinaryCrossEntropy: from_logits must be True or False, "
+                            f"got {from_logits!r}")
+        self.from_logits = from_logits
 
     def forward(self, pred: Any, target: Any) -> Any:
         xp = namespace(pred)
@@ -207,23 +225,37 @@ class BinaryCrossEntropy(Loss):
             )
         y = xp.astype(target, pred.dtype)
         size = math.prod(pred.shape)
+        if not self.from_logits:
+            p = xp.clip(pred, self.clip, 1.0 - self.clip)
+            self._grad_parts = (p, y, size)
+            return -xp.sum(y * xp.log(p) + (1.0 - y) * xp.log(1.0 - p)) / size
         self._grad_parts = (pred, y, size)
         per = xp.maximum(pred, 0.0) - pred * y + xp.log1p(xp.exp(-xp.abs(pred)))
         return xp.sum(per) / size
 
     def backward(self) -> Any:
         z, y, size = self._cached()
+        if not self.from_logits:  # z is the clipped probability
+            return (z - y) / (z * (1.0 - z) * size)
         sig = 0.5 * namespace(z).tanh(0.5 * z) + 0.5
         return (sig - y) / size
 
     def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
-        """For one logit per example: logit above 0 against target above 0.5."""
+        """For one output per example: logit above 0 (probability above 0.5) against
+        target above 0.5."""
         xp = namespace(pred)
         if pred.ndim == 2 and pred.shape[1] > 1:
             return super().correct(pred, target, one_hot=one_hot)
         y = xp.reshape(target, (-1,))
-        right = self._above(xp, pred, 0.0) == (y > 0 if is_integral(xp, y.dtype) else y > 0.5)
+        cut = 0.0 if self.from_logits else 0.5
+        right = self._above(xp, pred, cut) == (y > 0 if is_integral(xp, y.dtype) else y > 0.5)
         return xp.sum(xp.astype(right, pred.dtype))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"from_logits": self.from_logits}
+
+    def __repr__(self) -> str:
+        return f"BinaryCrossEntropy(from_logits={self.from_logits})"
 
 
 LOSSES = {

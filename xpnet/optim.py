@@ -11,6 +11,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from . import _args
 from ._compat import namespace
 from .backends import ops
 from .layers.base import Layer, Parameter
@@ -23,7 +24,9 @@ class StepLR:
     """``lr * gamma ** (step // step_size)``."""
 
     def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
-        self.lr, self.step_size, self.gamma = float(lr), int(step_size), float(gamma)
+        self.lr = _args.real(lr, "lr", "StepLR", low=0.0, low_open=True)
+        self.step_size = _args.integer(step_size, "step_size", "StepLR", minimum=1)
+        self.gamma = _args.real(gamma, "gamma", "StepLR", low=0.0, low_open=True)
 
     def __call__(self, step: int) -> float:
         return self.lr * self.gamma ** (step // self.step_size)
@@ -36,7 +39,9 @@ class CosineLR:
     """Cosine decay from ``lr`` to ``min_lr`` over ``total_steps``, then ``min_lr``."""
 
     def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0):
-        self.lr, self.total_steps, self.min_lr = float(lr), int(total_steps), float(min_lr)
+        self.lr = _args.real(lr, "lr", "CosineLR", low=0.0, low_open=True)
+        self.total_steps = _args.integer(total_steps, "total_steps", "CosineLR", minimum=1)
+        self.min_lr = _args.real(min_lr, "min_lr", "CosineLR", low=0.0, high=self.lr)
 
     def __call__(self, step: int) -> float:
         t = min(step, self.total_steps) / max(self.total_steps, 1)
@@ -61,8 +66,8 @@ class Optimizer:
         self.params = list(params)
         if not self.params:
             raise ValueError(f"{type(self).__name__}: got no parameters to optimise")
-        if not callable(lr) and not lr > 0:
-            raise ValueError(f"{type(self).__name__}: lr must be positive, got {lr}")
+        if not callable(lr):
+            lr = _args.real(lr, "lr", type(self).__name__, low=0.0, low_open=True)
         self.lr = lr
         self.steps = 0
         # state[slot][i] is the slot's array for params[i] (None until first step)
@@ -107,9 +112,11 @@ class SGD(Optimizer):
     def __init__(self, params: Iterable[Parameter] | Layer, lr: float | Schedule = 0.01, *,
                  momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
         super().__init__(params, lr)
+        momentum = _args.real(momentum, "momentum", "SGD", low=0.0, high=1.0, high_open=True)
         if nesterov and momentum <= 0:
             raise ValueError("SGD: nesterov=True needs momentum > 0")
-        self.momentum, self.nesterov, self.weight_decay = momentum, nesterov, weight_decay
+        self.momentum, self.nesterov = momentum, bool(nesterov)
+        self.weight_decay = _args.real(weight_decay, "weight_decay", "SGD", low=0.0)
 
     def _update(self, i: int, p: Parameter, lr: float) -> None:
         xp = namespace(p.value)
@@ -146,7 +153,13 @@ class Adam(Optimizer):
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
         super().__init__(params, lr)
-        self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
+        who = type(self).__name__
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise ValueError(f"{who}: betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = tuple(_args.real(b, f"betas[{i}]", who, low=0.0, high=1.0, high_open=True)
+                           for i, b in enumerate(betas))
+        self.eps = _args.real(eps, "eps", who, low=0.0, low_open=True)
+        self.weight_decay = _args.real(weight_decay, "weight_decay", who, low=0.0)
 
     def _update(self, i: int, p: Parameter, lr: float) -> None:
         xp = namespace(p.value)

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import _windows
+from .. import _args, _windows
 from .._compat import namespace
-from ..backend import Backend, check_same_place
+from ..backend import Backend
 from ..backends import ops
 from .weighted import _Weighted
 
@@ -35,7 +35,8 @@ class _ConvND(_Weighted):
                  name: str | None = None):
         super().__init__(name=name)
         who = type(self).__name__
-        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.in_channels = _args.integer(in_channels, "in_channels", who, minimum=1)
+        self.out_channels = _args.integer(out_channels, "out_channels", who, minimum=1)
         self.kernel_size = _windows.as_tuple(kernel_size, self.dims, "kernel_size", who)
         self.stride = _windows.as_tuple(stride, self.dims, "stride", who)
         self.padding = _windows.as_tuple(padding, self.dims, "padding", who)
@@ -52,7 +53,7 @@ class _ConvND(_Weighted):
                 f"{self.label}: expected input {layout} with C = {self.in_channels} channels, "
                 f"got shape {tuple(x.shape)}"
             )
-        check_same_place(self, x, self.weight.value)
+        self._check_input(x)
         padded = tuple(s + 2 * p for s, p in zip(x.shape[2:], self.padding, strict=True))
         _windows.check_fits(padded, self.kernel_size, self, self.padding)
         xp = namespace(x)

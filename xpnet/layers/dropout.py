@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import random
+from .. import _args, random
 from .._compat import namespace
 from .base import Layer
 
@@ -20,9 +20,7 @@ class Dropout(Layer):
 
     def __init__(self, p: float = 0.5, *, name: str | None = None):
         super().__init__(name=name)
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"Dropout: p must be in [0, 1), got {p}")
-        self.p = float(p)
+        self.p = _args.real(p, "p", "Dropout", low=0.0, high=1.0, high_open=True)
         self._mask: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _args
 from .._compat import namespace
-from ..backend import Backend, check_same_place
+from ..backend import Backend
 from ..backends import ops
 from .weighted import _Weighted
 
@@ -40,13 +41,8 @@ class Linear(_Weighted):
                  backend: str | Backend | None = None, device: str | None = None,
                  name: str | None = None):
         super().__init__(name=name)
-        if in_features <= 0 or out_features <= 0:
-            raise ValueError(
-                f"Linear: in_features and out_features must be positive, got "
-                f"({in_features}, {out_features})"
-            )
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        self.in_features = _args.integer(in_features, "in_features", "Linear", minimum=1)
+        self.out_features = _args.integer(out_features, "out_features", "Linear", minimum=1)
         self._make_weights((self.out_features, self.in_features), bias, init, dtype,
                            backend, device)
         self._x: Any = None
@@ -58,7 +54,7 @@ class Linear(_Weighted):
                 f"{self.label}: expected input of shape (batch, {self.in_features}), "
                 f"got {tuple(x.shape)}"
             )
-        check_same_place(self, x, W)
+        self._check_input(x)
         self._x = x if train else None
         xp = namespace(x)
         return ops(xp).linear(xp, x, W, None if self.bias is None else self.bias.value)

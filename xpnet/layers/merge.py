@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import _args
 from .._compat import namespace
 from .base import Layer
 
@@ -42,6 +43,7 @@ class Concat(Merge):
 
     def __init__(self, axis: int = 1, *, name: str | None = None):
         super().__init__(name=name)
+        axis = _args.integer(axis, "axis", "Concat")
         if axis == 0:
             raise ValueError("Concat: axis 0 is the batch axis; join along axis >= 1")
         self.axis = axis

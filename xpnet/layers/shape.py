@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .. import _args
 from .._compat import namespace
 from .base import Layer
 
@@ -29,7 +30,7 @@ class Reshape(Layer):
 
     def __init__(self, shape: tuple[int, ...], *, name: str | None = None):
         super().__init__(name=name)
-        self.shape = tuple(int(s) for s in shape)
+        self.shape = tuple(_args.integer(d, "shape", "Reshape", minimum=1) for d in shape)
         self._shape: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:

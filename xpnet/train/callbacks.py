@@ -16,6 +16,10 @@ class Callback:
 
     stop_training = False
 
+    def check(self, logged: set[str]) -> None:
+        """Called by ``fit`` before the first step with the metric names it will log:
+        raise here for a mistake that would otherwise surface only after an epoch."""
+
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
 
@@ -34,6 +38,13 @@ class _Monitor(Callback):
             raise ValueError(f"{type(self).__name__}: mode must be auto, min or max, not {mode!r}")
         self.monitor, self.mode, self.min_delta = monitor, mode, min_delta
         self.best: float | None = None
+
+    def check(self, logged: set[str]) -> None:
+        if self.monitor not in logged:
+            raise KeyError(
+                f"{type(self).__name__}: metric {self.monitor!r} is never logged by this fit; "
+                f"it logs: {', '.join(sorted(logged))} (val_* needs validation_data)"
+            )
 
     def _improved(self, logs: dict[str, float]) -> bool:
         if self.monitor not in logs:
@@ -91,6 +102,13 @@ class ModelCheckpoint(_Monitor):
                  save_best_only: bool = True, save_optimizer: bool = True):
         super().__init__(monitor, mode)
         self.path, self.save_best_only, self.save_optimizer = path, save_best_only, save_optimizer
+
+    def check(self, logged: set[str]) -> None:
+        super().check(logged)
+        folder = Path(self.path).parent
+        if not folder.is_dir():
+            raise FileNotFoundError(f"ModelCheckpoint: folder {str(folder)!r} of "
+                                    f"{str(self.path)!r} does not exist; create it first")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if (self._improved(logs) or not self.save_best_only) and getattr(self, "rank", 0) == 0:
