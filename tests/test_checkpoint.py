@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
+import subprocess
+import sys
+import threading
+import tracemalloc
 import zipfile
 
 import numpy as np
 import pytest
 
 import xpnet as xn
+import xpnet.checkpoint
 
 
 def _data(n=96, seed=0):
@@ -189,3 +196,397 @@ def test_architecture_and_arrays_must_agree(tmp_path):
     np.savez(bad, **arrays)
     with pytest.raises(xn.CheckpointError, match="unknown layer type 'Lineaz'"):
         xn.load(bad)
+
+
+# -- helpers to damage or craft a checkpoint -------------------------------------------
+def _arrays(path):
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _meta(arrays):
+    return json.loads(arrays["__meta__"].tobytes())
+
+
+def _write(path, arrays, meta=None):
+    arrays = dict(arrays)
+    if meta is not None:
+        arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with open(path, "wb") as f:  # np.savez would append ".npz" to a path
+        np.savez(f, **arrays)
+    return path
+
+
+def _with_adam(tmp_path):
+    """A checkpoint of _model() with Adam's state (m and v) after a few steps."""
+    path = tmp_path / "adam.xpnet"
+    with xn.use("numpy"):
+        model = _model()
+        opt = xn.Adam(model, lr=0.01)
+        _train(model, opt, epochs=1)
+        xn.save(path, model, optimizer=opt, epoch=1)
+    return path
+
+
+def _never_build(monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("the model was built before the checkpoint was refused")
+
+    monkeypatch.setattr(xpnet.checkpoint, "build_layer", fail)
+
+
+# -- 1: concurrent saves and stale temporary files ---------------------------------------
+def test_concurrent_saves_to_one_path_never_mix(tmp_path):
+    path = tmp_path / "m.xpnet"
+    with xn.use("numpy"):
+        models = [xn.Sequential(xn.Linear(64, 64), xn.Tanh(), xn.Linear(64, 8))
+                  for _ in range(2)]
+    expected = [[xn.to_numpy(p.value) for p in m.parameters()] for m in models]
+    errors = []
+
+    def save(model, barrier):
+        try:
+            barrier.wait()
+            xn.save(path, model)
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+
+    for _ in range(25):
+        barrier = threading.Barrier(2)
+        threads = [threading.Thread(target=save, args=(m, barrier)) for m in models]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        loaded = [xn.to_numpy(p.value) for p in xn.load(path, backend="numpy").parameters()]
+        assert any(all(np.array_equal(a, b) for a, b in zip(loaded, want, strict=True))
+                   for want in expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.xpnet"]
+
+
+def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    dead, live = child.pid, os.getpid()
+    names = [f".m.xpnet.{dead}.140.0a1b.tmp", f".m.xpnet.{dead}.tmp",  # this and 0.2's form
+             f".m.xpnet.{live}.140.0a1b.tmp", f".other.xpnet.{dead}.1.2.tmp", "m.xpnet.tmp"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"partial")
+    with xn.use("numpy"):
+        xn.save(tmp_path / "m.xpnet", _model())
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".m.xpnet.{live}.140.0a1b.tmp", f".other.xpnet.{dead}.1.2.tmp", "m.xpnet",
+         "m.xpnet.tmp"])
+
+
+# -- 2: damage raises CheckpointError and nothing else -----------------------------------
+def test_bit_flips_load_identical_weights_or_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "small.xpnet"
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(2, 2))
+        opt = xn.SGD(model, lr=0.1, momentum=0.9)
+        x, y = _data(8)
+        xn.fit(model, x[:, :2], y % 2, loss=xn.SoftmaxCrossEntropy(), optimizer=opt,
+               epochs=1, batch_size=8, progress=False)
+        xn.save(path, model, optimizer=opt, epoch=1)
+    data = path.read_bytes()
+    want = xn.load_checkpoint(path, backend="numpy")
+    bad = tmp_path / "flipped.xpnet"
+    loaded = refused = 0
+    for i in range(len(data)):
+        for bit in {i % 8, (i * 5 + 3) % 8}:
+            flipped = bytearray(data)
+            flipped[i] ^= 1 << bit
+            bad.write_bytes(bytes(flipped))
+            try:
+                ck = xn.load_checkpoint(bad, backend="numpy")
+            except xn.CheckpointError:
+                refused += 1
+                continue
+            loaded += 1
+            for a, b in zip(ck.model.parameters(), want.model.parameters(), strict=True):
+                np.testing.assert_array_equal(a.value, b.value)
+            for a, b in zip(ck.optimizer.state["momentum"], want.optimizer.state["momentum"],
+                            strict=True):
+                np.testing.assert_array_equal(a, b)
+            assert (ck.optimizer.steps, ck.metadata) == (want.optimizer.steps, want.metadata)
+    assert refused > len(data) and loaded > 0  # both outcomes were met
+
+
+@pytest.mark.parametrize("field, value, error", [
+    (10, 1, "entry 'param/0.weight' uses zip compression method 1, expected stored"),
+    (10, 12, "entry 'param/0.weight' uses zip compression method 12, expected stored"),
+    (8, 0x01, "RuntimeError: .* is encrypted"),
+    (8, 0x40, r"NotImplementedError: strong encryption"),
+    (6, 99, r"NotImplementedError: zip file version 9.9"),
+])
+def test_damaged_zip_headers_raise_checkpoint_error(tmp_path, field, value, error):
+    path = _good(tmp_path)
+    data = bytearray(path.read_bytes())
+    central = data.index(b"PK\x01\x02")  # the central directory's entry of param/0.weight
+    data[central + field:central + field + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    with pytest.raises(xn.CheckpointError, match=error):
+        xn.load(path)
+
+
+def test_npy_file_is_refused(tmp_path):
+    path = tmp_path / "weights.npy"
+    np.save(path, np.zeros((12, 5), dtype=np.float32))
+    with pytest.raises(xn.CheckpointError, match="a single .npy array, not an xpnet checkpoint"):
+        xn.load(path)
+
+
+def _set(keys, value):
+    """A change to the description: the entry at ``keys`` becomes ``value``."""
+    def change(meta):
+        target = meta
+        for k in keys[:-1]:
+            target = target[k]
+        target[keys[-1]] = value
+    return change
+
+
+LINEAR0 = ("model", "config", "layers", 0, "config")
+CONFIG_CASES = {
+    "model a list": (_set(("model",), []), r"'model' is \[\] \(array\), expected an object"),
+    "params a string": (_set(("params",), "0.weight"), r"'params' is '0.weight' \(string\)"),
+    "params naming more": (_set(("params",), ["0.weight", "0.bias", "2.weight", "2.bias", "5.w"]),
+                           r"it lists \['5.w'\], which the architecture does not declare"),
+    "params naming less": (_set(("params",), ["0.weight", "2.weight", "2.bias"]),
+                           r"parameter list does not match the architecture: it lacks "
+                           r"\['0.bias'\]$"),
+    "metadata a list": (_set(("metadata",), [1]), r"'metadata' is \[1\] \(array\)"),
+    "format_version a string": (_set(("format_version",), "1"),
+                                r"format_version is '1' \(string\), expected an integer"),
+    "layers an object": (_set(("model", "config", "layers"), {"0": 1}),
+                         r"model config \(Sequential\) layers is \{'0': 1\} \(object\)"),
+    "layer a string": (_set(("model", "config", "layers", 0), "Linear"),
+                       r"model config layers\[0\] is 'Linear' \(string\), expected an object"),
+    "config a list": (_set(("model", "config", "layers", 0, "config"), [5, 12]),
+                      r"layers\[0\] \(Linear\) config is \[5, 12\] \(array\)"),
+    "in_features 3.7": (_set(LINEAR0 + ("in_features",), 3.7),
+                        r"model config layers\[0\] \(Linear\) in_features is 3.7 \(number\), "
+                        r"expected int"),
+    "in_features 5.0": (_set(LINEAR0 + ("in_features",), 5.0), r"in_features is 5.0 \(number\)"),
+    "in_features true": (_set(LINEAR0 + ("in_features",), True),
+                         r"in_features is True \(boolean\), expected int"),
+    "in_features a string": (_set(LINEAR0 + ("in_features",), "5"), r"in_features is '5'"),
+    "bias a string": (_set(LINEAR0 + ("bias",), "yes"), r"bias is 'yes' \(string\), expected bool"),
+    "init a number": (_set(LINEAR0 + ("init",), 3), r"init is 3 \(integer\), expected str"),
+    "dtype float16": (_set(LINEAR0 + ("dtype",), "float16"),
+                      r"\(Linear\) dtype is 'float16' \(string\), expected float32 or float64"),
+    "an unknown entry": (_set(LINEAR0 + ("device",), "cuda:0"),
+                         r"\(Linear\) has unknown entry 'device'"),
+    "a missing entry": (lambda m: m["model"]["config"]["layers"][0]["config"].pop("in_features"),
+                        r"\(Linear\) lacks entry 'in_features'"),
+}
+OPT_CASES = {
+    "optimizer a number": (_set(("optimizer",), 3), r"'optimizer' is 3 \(integer\)"),
+    "steps a string": (_set(("optimizer", "steps"), "3"), r"optimizer steps is '3' \(string\)"),
+    "steps negative": (_set(("optimizer", "steps"), -1), r"optimizer steps is -1, expected >= 0"),
+    "lr a string": (_set(("optimizer", "lr"), "0.1"), r"optimizer lr is '0.1' \(string\)"),
+    "lr zero": (_set(("optimizer", "lr"), 0), r"optimizer lr is 0 \(integer\), expected a pos"),
+    "lr NaN": (_set(("optimizer", "lr"), float("nan")), r"optimizer lr is nan"),
+    "params an object": (_set(("optimizer", "params"), {"a": 1}), r"optimizer params is \{"),
+    "betas a number": (_set(("optimizer", "config", "betas"), 0.9),
+                       r"optimizer config betas is 0.9 \(number\), expected tuple"),
+    "betas of three": (_set(("optimizer", "config", "betas"), [0.9, 0.9, 0.9]),
+                       r"optimizer config betas is \[0.9, 0.9, 0.9\]"),
+    "type a number": (_set(("optimizer", "type"), 5), r"optimizer type is 5 \(integer\)"),
+    "schedule config": (_set(("optimizer", "lr"), {"schedule": "StepLR",
+                                                   "config": {"lr": 0.1, "step_size": "x"}}),
+                        r"optimizer lr config step_size is 'x' \(string\), expected int"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES) + list(OPT_CASES))
+def test_description_of_wrong_json_types_is_refused(tmp_path, monkeypatch, case):
+    change, error = {**CONFIG_CASES, **OPT_CASES}[case]
+    arrays = _arrays(_with_adam(tmp_path))
+    meta = _meta(arrays)
+    change(meta)
+    bad = _write(tmp_path / "bad.xpnet", arrays, meta)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=error):
+        xn.load_checkpoint(bad)
+
+
+def test_deeply_nested_description_is_refused(tmp_path, monkeypatch):
+    arrays = _arrays(_good(tmp_path))
+    arrays["__meta__"] = np.frombuffer(b'{"format": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                                       dtype=np.uint8)
+    with pytest.raises(xn.CheckpointError, match="description is corrupted.*RecursionError"):
+        xn.load(_write(tmp_path / "deep.xpnet", arrays))
+    spec = {"type": "Tanh", "config": {}}
+    for _ in range(100):
+        spec = {"type": "Sequential", "config": {"layers": [spec]}}
+    meta = {**_meta(_arrays(_good(tmp_path))), "model": spec, "params": []}
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=r"nest more than 64 deep"):
+        xn.load(_write(tmp_path / "nested.xpnet", {}, meta))
+
+
+@pytest.mark.parametrize("make, error", [
+    (lambda: np.zeros((12, 5), dtype=np.float16), "dtype float16, expected float32 or float64"),
+    (lambda: np.full((12, 5), "x"), "dtype <U1, expected float32 or float64"),
+    (lambda: np.zeros((12, 5), dtype=np.int64), "dtype int64, expected float32 or float64"),
+    (lambda: np.zeros((12, 5), dtype=bool), "dtype bool, expected float32 or float64"),
+    (lambda: np.zeros((12, 5), dtype=">f4"), "dtype >f4, expected float32 or float64"),
+    (lambda: np.empty((12, 5), dtype=object), "dtype |O, expected float32 or float64"),
+    (lambda: np.zeros((12, 5), dtype=np.float64),
+     "has dtype float64, the architecture declares float32"),
+])
+def test_weights_of_other_dtypes_are_refused(tmp_path, monkeypatch, make, error):
+    arrays = _arrays(_good(tmp_path))
+    arrays["param/0.weight"] = make()
+    bad = _write(tmp_path / "bad.xpnet", arrays)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=f"'param/0.weight'.*{error}".replace("|", r"\|")):
+        xn.load(bad)
+
+
+def test_float64_models_load_as_float64(tmp_path):
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(5, 3, dtype="float64"), xn.BatchNorm1D(3, dtype="float64"))
+        xn.save(tmp_path / "m.xpnet", model)
+    again = xn.load(tmp_path / "m.xpnet", backend="numpy")
+    for (name, a), (_, b) in zip(again.named_state(), model.named_state(), strict=True):
+        assert a.value.dtype == np.float64, name
+        np.testing.assert_array_equal(a.value, b.value)
+
+
+def test_models_that_load_cannot_rebuild_are_not_saved(tmp_path):
+    class _Scale(xn.Layer):  # a leading underscore: not in the registry
+        def forward(self, x, *, train=True):
+            return 2 * x
+
+    with xn.use("numpy"):
+        with pytest.raises(xn.CheckpointError, match=r"save .*model config layers\[1\]: "
+                                                     r"unknown layer type '[^']*_Scale'"):
+            xn.save(tmp_path / "m.xpnet", xn.Sequential(xn.Linear(2, 2), _Scale()))
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- 3: the optimizer must fit the model -------------------------------------------------
+def test_optimizer_over_some_parameters_is_refused(tmp_path):
+    arrays = _arrays(_with_adam(tmp_path))
+    meta = _meta(arrays)
+    meta["optimizer"]["params"].remove("2.bias")
+    del arrays["opt/m/2.bias"], arrays["opt/v/2.bias"]
+    bad = _write(tmp_path / "bad.xpnet", arrays, meta)
+    with pytest.raises(xn.CheckpointError, match=r"optimizer holds 3 parameter\(s\), expected "
+                                                 r"the model's 4 trainable ones: it lacks "
+                                                 r"\['2.bias'\]"):
+        xn.load_checkpoint(bad)
+    with xn.use("numpy"):  # and such a checkpoint is never written
+        model = _model()
+        with pytest.raises(xn.CheckpointError, match=r"save .*it lacks \['2.weight', '2.bias'\]"):
+            xn.save(tmp_path / "partial.xpnet", model, optimizer=xn.SGD(model[0].parameters()))
+    assert not (tmp_path / "partial.xpnet").exists()
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda a: a.update({"opt/m/0.weight": np.zeros((3, 3), np.float32)}),
+     r"array 'opt/m/0.weight' has shape \(3, 3\), the architecture expects \(12, 5\)"),
+    (lambda a: a.update({"opt/v/0.bias": np.zeros(12, np.float64)}),
+     r"array 'opt/v/0.bias' has dtype float64, the architecture declares float32"),
+    (lambda a: a.pop("opt/v/2.weight"),
+     r"Adam state of '2.weight' has slots \['m'\], expected all of \['m', 'v'\] or none"),
+    (lambda a: a.update({"opt/momentum/0.weight": np.zeros((12, 5), np.float32)}),
+     r"unexpected entry 'opt/momentum/0.weight'"),
+])
+def test_optimizer_state_arrays_must_fit(tmp_path, monkeypatch, change, error):
+    arrays = _arrays(_with_adam(tmp_path))
+    change(arrays)
+    bad = _write(tmp_path / "bad.xpnet", arrays)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=error):
+        xn.load_checkpoint(bad)
+
+
+# -- 4: declared shapes are checked before anything is allocated -------------------------
+def test_huge_declared_shapes_are_refused_before_building(tmp_path, monkeypatch):
+    arrays = _arrays(_good(tmp_path))
+    meta = _meta(arrays)
+    meta["model"]["config"]["layers"][0]["config"].update(in_features=60000, out_features=60000)
+    bad = _write(tmp_path / "bomb.xpnet", arrays, meta)
+    assert bad.stat().st_size < 4096
+    _never_build(monkeypatch)  # building would allocate 27 GiB
+    with pytest.raises(xn.CheckpointError, match=r"'param/0.weight' has shape \(12, 5\), the "
+                                                 r"architecture expects \(60000, 60000\)"):
+        xn.load(bad)
+
+
+def test_array_headers_declaring_more_than_the_file_holds_are_refused(tmp_path):
+    good = _good(tmp_path)
+    with zipfile.ZipFile(good) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (60000, 60000)})
+    members["param/0.weight.npy"] = header.getvalue() + b"\0" * 240
+    bad = tmp_path / "bomb.xpnet"
+    with zipfile.ZipFile(bad, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    tracemalloc.start()
+    try:
+        with pytest.raises(xn.CheckpointError) as refused:
+            xn.load(bad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 10 * 2**20  # not the 13 GiB the header asks for
+    assert refused.match(r"'param/0.weight' declares shape \(60000, 60000\) \(14400000000 "
+                         r"bytes of data\), but holds 240 bytes")
+
+
+def _graph_model():
+    inp = xn.Input(shape=(6,))
+    h = xn.Linear(6, 4)(inp)
+    side = xn.Sequential(xn.Linear(4, 4, bias=False), xn.BatchNorm1D(4))(h)
+    joined = xn.Add()(xn.Tanh()(h), side)
+    return xn.Graph(inputs=inp, outputs=xn.Linear(4, 2)(joined))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: xn.Sequential(xn.Conv1D(2, 3, 3), xn.BatchNorm1D(3), xn.ReLU(), xn.Flatten(),
+                          xn.Sequential(xn.Linear(12, 4), xn.Tanh(), xn.Linear(4, 2))),
+    lambda: xn.Sequential(xn.Conv2D(1, 2, (3, 2), bias=False), xn.BatchNorm2D(2), xn.Flatten()),
+    _graph_model,
+    lambda: xn.Sequential(xn.Tanh(), _graph_model(), xn.Linear(2, 3, dtype="float64")),
+])
+def test_declared_state_names_match_named_state(tmp_path, make):
+    with xn.use("numpy"):
+        model = make()
+        xn.save(tmp_path / "m.xpnet", model)
+    meta = _meta(_arrays(tmp_path / "m.xpnet"))
+    declared = xpnet.checkpoint._declared_state("m", meta["model"])
+    assert list(declared) == [name for name, _ in model.named_state()]
+    assert declared == {name: (p.shape, str(p.value.dtype)) for name, p in model.named_state()}
+    again = xn.load(tmp_path / "m.xpnet", backend="numpy")
+    for (n, a), (m, b) in zip(again.named_state(), model.named_state(), strict=True):
+        assert n == m
+        np.testing.assert_array_equal(a.value, b.value)
+
+
+def test_graph_descriptions_are_checked(tmp_path, monkeypatch):
+    with xn.use("numpy"):
+        xn.save(tmp_path / "g.xpnet", _graph_model())
+    arrays = _arrays(tmp_path / "g.xpnet")
+    _never_build(monkeypatch)
+    cases = [
+        (("output",), 99, r"model config \(Graph\) output is 99, expected a node index"),
+        (("inputs",), [], r"model config \(Graph\) inputs is \[\], expected distinct input"),
+        (("nodes", 1, "inputs"), [5], r"\(Graph\) nodes\[1\] reads nodes \[5\], expected "
+                                      r"indices of earlier nodes \(0 to 0\)"),
+        (("nodes", 0, "input_shape"), [0], r"nodes\[0\] is an input of shape \[0\]"),
+        (("nodes", 0, "input_shape"), [6.0], r"nodes\[0\] input_shape is \[6.0\]"),
+    ]
+    for keys, value, error in cases:
+        meta = _meta(arrays)
+        _set(("model", "config") + keys, value)(meta)
+        with pytest.raises(xn.CheckpointError, match=error):
+            xn.load(_write(tmp_path / "bad.xpnet", arrays, meta))
