@@ -2,18 +2,23 @@
 
     xpnet train                        # an MLP on the bundled digits, on the auto backend
     xpnet train --data mnist1d --backend torch --epochs 20
-    xpnet eval runs/<time>/model.xpnet --data digits
+    xpnet eval runs/<time>/model.xpnet # on the data set recorded in the checkpoint
     xpnet info                         # every backend: usable or not, devices, why not
 
-Errors (bad flags, missing files, an unusable backend) print one line and exit 2.
+Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
+Python API. Errors (bad flags, missing files, an unusable backend) print one line
+starting with ``error:`` on stderr and exit 2; ``XPNET_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,11 @@ from .losses import LOSSES
 EXIT_USAGE = 2
 #: The losses the command offers (names from xpnet.losses.LOSSES)
 CLI_LOSSES = ("cross_entropy", "quadratic")
+MODELS = ("mlp", "resmlp", "cnn", "logistic")
+OPTIMIZERS = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1, "momentum": 0.05}  # default rates
+SCHEDULES = ("cosine", "step", "none")
+#: Widest hidden layer --hidden accepts: wider ones only end in running out of memory
+MAX_WIDTH = 100_000
 
 
 class UsageError(Exception):
@@ -35,35 +45,61 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
-def _load_data(spec: str):
+def _data_loader(spec: str):
+    """The loader ``--data spec`` names, checked without loading anything."""
     from . import datasets
 
     name, _, arg = spec.partition(":")
-    if name == "digits":
-        return datasets.digits()
-    if name == "mnist1d":
-        return datasets.mnist1d()
     if name in ("mnist", "fashion", "fashion_mnist"):
         if not arg:
             raise UsageError(f"--data {name}:DIR needs the folder holding the IDX files")
         loader = datasets.mnist if name == "mnist" else datasets.fashion_mnist
-        return loader(arg)
-    if name == "xor":
-        return datasets.xor()
-    if name == "spirals":
-        return datasets.spirals()
+        return lambda: loader(arg)
+    if name in ("digits", "mnist1d", "xor", "spirals") and not arg:
+        return getattr(datasets, name)  # looked up at each call, so tests can stand in for it
     raise UsageError(f"unknown data set {spec!r}; expected digits, mnist1d, mnist:DIR, "
                      f"fashion:DIR, xor or spirals")
 
 
+def _load_data(spec: str):
+    return _data_loader(spec)()
+
+
 def _hidden(text: str) -> list[int]:
+    """``--hidden 256,128``: positive widths up to MAX_WIDTH (an argparse type)."""
     try:
         sizes = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise UsageError(f"--hidden expects widths like 256,128, got {text!r}") from None
-    if any(s <= 0 for s in sizes):
-        raise UsageError(f"--hidden widths must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expects widths like 256,128, got {text!r}") from None
+    if any(not 1 <= s <= MAX_WIDTH for s in sizes):
+        raise argparse.ArgumentTypeError(
+            f"widths must be between 1 and {MAX_WIDTH}, got {text!r}")
     return sizes
+
+
+def _positive(text: str) -> float:
+    """A finite number above 0 (an argparse type): float() also accepts nan and inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text!r}")
+    return value
+
+
+def _at_least(low: int):
+    """An argparse type: a whole number >= ``low``."""
+    def whole(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expects a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, got {text!r}")
+        return value
+    return whole
 
 
 def build_model(kind: str, n_in: int, n_out: int, hidden: list[int], activation: str,
@@ -93,11 +129,10 @@ def build_model(kind: str, n_in: int, n_out: int, hidden: list[int], activation:
 def _optimizer(name: str, params, lr: float | None, total_steps: int, schedule: str):
     import xpnet as xn
 
-    defaults = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1, "momentum": 0.05}
-    if name not in defaults:
+    if name not in OPTIMIZERS:
         raise UsageError(f"unknown optimizer {name!r}; expected sgd, momentum, adam or adamw")
-    rate = defaults[name] if lr is None else lr
-    if rate <= 0:
+    rate = OPTIMIZERS[name] if lr is None else lr
+    if not rate > 0:
         raise UsageError(f"--lr must be positive, got {rate}")
     if schedule == "cosine":
         rate = xn.CosineLR(rate, total_steps)
@@ -112,55 +147,158 @@ def _optimizer(name: str, params, lr: float | None, total_steps: int, schedule: 
     return xn.SGD(params, lr=rate, momentum=0.9 if name == "momentum" else 0.0)
 
 
+def _check_train_flags(args) -> None:
+    """Every name flag of ``train``, checked before any data is loaded."""
+    import xpnet as xn
+
+    _data_loader(args.data)
+    for flag, value, known in (("model", args.model, MODELS),
+                               ("optimizer", args.optimizer, tuple(OPTIMIZERS)),
+                               ("schedule", args.schedule, SCHEDULES),
+                               ("activation", args.activation, tuple(xn.models.ACTIVATIONS))):
+        if value not in known:
+            raise UsageError(f"unknown {flag} {value!r}; expected {', '.join(known)}")
+
+
+def _backend_flags(args) -> None:
+    """Without --backend/--device the environment decides, exactly as in the Python API."""
+    args.from_environment = args.backend is None and args.device is None
+    if args.from_environment:
+        args.backend = os.environ.get("XPNET_BACKEND") or "auto"
+        args.device = os.environ.get("XPNET_DEVICE") or None
+    elif args.backend is None:  # only --device: the environment's library on that device
+        args.backend = os.environ.get("XPNET_BACKEND") or "auto"
+
+
 def _use(args) -> Any:
     import xpnet as xn
 
-    be = xn.use(args.backend, device=args.device)
+    try:
+        be = xn.use(args.backend, device=args.device)
+    except (xn.BackendUnavailableError, ValueError, TypeError) as e:
+        if not getattr(args, "from_environment", False):
+            raise
+        # say where the request came from: the user typed no flag
+        raise UsageError(f"XPNET_BACKEND={os.environ.get('XPNET_BACKEND', '')!r} "
+                         f"XPNET_DEVICE={os.environ.get('XPNET_DEVICE', '')!r}: {e}") from None
     print(f"backend: {be.name} on {be.device_name}" + (f"  ({be.note})" if be.note else ""))
     return be
 
 
-def cmd_train(args) -> int:
-    import contextlib
+def _timestamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S")
 
+
+def _new_run_folder(root: Path = Path("runs")) -> Path:
+    """A fresh ``runs/<timestamp>[-N]``: mkdir is atomic, so concurrent runs never share one."""
+    root.mkdir(parents=True, exist_ok=True)
+    stamp, n = _timestamp(), 0
+    while True:
+        path = root / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
+    """The output folder, created and known writable; and whether this run created it."""
+    if text is None:
+        try:
+            return _new_run_folder(), True
+        except OSError as e:
+            raise UsageError(f"cannot create a run folder under runs/ ({e})") from None
+    out = Path(text)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"--out {out}: the folder is not empty (an earlier run?); "
+                         f"pass --overwrite to write into it anyway")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".xpnet-probe-{os.getpid()}"
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+    return out, created
+
+
+def cmd_train(args) -> int:
+    _backend_flags(args)
     comm = None
     if args.distributed:
-        from .distributed import MPICommunicator, local_device
+        from . import distributed
 
-        comm = MPICommunicator()
-        args.device = local_device(args.backend, args.device, comm.local_rank)
-    if comm is not None and comm.rank != 0:  # one voice and one writer: rank 0
-        with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
-            return _train(args, comm)
-    return _train(args, comm)
+        comm = distributed.MPICommunicator()
+    try:
+        if comm is not None:
+            args.device = distributed.local_device(args.backend, args.device, comm.local_rank)
+        if comm is not None and comm.rank != 0:  # one voice and one writer: rank 0
+            with open(os.devnull, "w") as quiet, contextlib.redirect_stdout(quiet):
+                return _train(args, comm)
+        return _train(args, comm)
+    except (Exception, KeyboardInterrupt) as e:
+        if comm is None:
+            raise
+        return _abort(comm, e)
+
+
+def _abort(comm, error: BaseException) -> int:
+    """End every rank after an error on this one: the others would wait for it forever."""
+    line = _error_line(error)
+    if line is None:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+        line = f"{type(error).__name__}: {error}"
+    print(f"error: rank {comm.rank}: {_one_line(line)}", file=sys.stderr)
+    sys.stderr.flush()
+    comm.abort(EXIT_USAGE)
+    return EXIT_USAGE  # some MPI libraries return from Abort
 
 
 def _train(args, comm) -> int:
+    _check_train_flags(args)
+    _use(args)
+    writer = comm is None or comm.rank == 0
+    out, created = _prepare_out(args.out, args.overwrite) if writer else (None, False)
+    if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
+        out = Path(comm.bcast_object(str(out)))
+    try:
+        return _train_into(args, comm, out, writer)
+    except BaseException:
+        if created:  # leave no empty folder behind a run that wrote nothing
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+
+
+def _train_into(args, comm, out: Path, writer: bool) -> int:
     import xpnet as xn
 
-    _use(args)
     xn.seed(args.seed)
     x_tr, y_tr, x_te, y_te = _load_data(args.data)
     n_out = int(max(y_tr.max(), y_te.max())) + 1
-    model = build_model(args.model, int(np.prod(x_tr.shape[1:])), n_out, _hidden(args.hidden),
+    model = build_model(args.model, int(np.prod(x_tr.shape[1:])), n_out, args.hidden,
                         args.activation, "sigmoid" if args.loss == "quadratic" else None)
     x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
     steps = args.epochs * -(-len(x_tr) // args.batch_size)
     opt = _optimizer(args.optimizer, model.parameters(), args.lr, steps, args.schedule)
-    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}")
-    writer = comm is None or comm.rank == 0
-    if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
-        out = Path(comm.bcast_object(str(out)))
-    if writer:
-        out.mkdir(parents=True, exist_ok=True)
     ranks = f"  ranks {comm.size}" if comm is not None else ""
     print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}{ranks}")
     model.summary(input_shape=tuple(x_tr.shape[1:]))
-    history = xn.fit(model, x_tr, y_tr, loss=LOSSES[args.loss](), optimizer=opt,
-                     epochs=args.epochs, batch_size=args.batch_size,
-                     validation_data=(x_te, y_te), progress=None if args.progress else False,
-                     seed=args.seed, distributed=comm if comm is not None else False)
-    result = xn.evaluate(model, x_te, y_te)
+    # fit raises FloatingPointError on a NaN loss, before anything is saved, and that says
+    # all NumPy's overflow warnings would say, in one line
+    quiet = contextlib.nullcontext() if os.environ.get("XPNET_DEBUG") else np.errstate(
+        over="ignore", invalid="ignore", divide="ignore")
+    with quiet:
+        history = xn.fit(model, x_tr, y_tr, loss=LOSSES[args.loss](), optimizer=opt,
+                         epochs=args.epochs, batch_size=args.batch_size,
+                         validation_data=(x_te, y_te),
+                         progress=None if args.progress else False, seed=args.seed,
+                         distributed=comm if comm is not None else False)
+        result = xn.evaluate(model, x_te, y_te)
     if not writer:
         return 0
     xn.save(out / "model.xpnet", model, optimizer=opt, epoch=args.epochs, data=args.data,
@@ -179,12 +317,23 @@ def _train(args, comm) -> int:
     return 0
 
 
-def _checkpoint_and_data(args):
+def _checkpoint(args):
+    """The checkpoint's model on the chosen backend, and the data set to use: --data, else
+    the one recorded when it was trained, else digits."""
     import xpnet as xn
 
+    if args.data is not None:
+        _data_loader(args.data)  # a bad name fails before the checkpoint loads
     be = _use(args)
-    model = xn.load(args.checkpoint, backend=be)
-    x_tr, y_tr, x_te, y_te = _load_data(args.data)
+    ck = xn.load_checkpoint(args.checkpoint, backend=be)
+    recorded = ck.metadata.get("data")
+    return ck.model, args.data or (recorded if isinstance(recorded, str) else None) or "digits"
+
+
+def _checkpoint_and_data(args):
+    model, data = _checkpoint(args)
+    x_tr, y_tr, x_te, y_te = _load_data(data)
+    print(f"data: {data}  ({args.split} split)")
     if args.split == "train":
         x_te, y_te = x_tr, y_tr
     return model, x_te.reshape(len(x_te), -1), y_te
@@ -193,25 +342,52 @@ def _checkpoint_and_data(args):
 def cmd_eval(args) -> int:
     import xpnet as xn
 
+    _backend_flags(args)
     model, x, y = _checkpoint_and_data(args)
     result = xn.evaluate(model, x, y, loss=LOSSES[args.loss]())
     print("  ".join(f"{k}: {v:.4f}" for k, v in result.items()) + f"  ({len(y)} examples)")
     return 0
 
 
+def _read_inputs(text: str) -> np.ndarray:
+    """``predict --input``: one numeric array of examples from a .npy file."""
+    path = Path(text)
+    if not path.is_file():
+        raise UsageError(f"--input {path}: no such file")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise UsageError(f"--input {path}: not a readable .npy file ({e})") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive loads as an NpzFile
+        x.close()
+        raise UsageError(f"--input {path}: an archive of several arrays; save the inputs "
+                         f"as one array with np.save(\"inputs.npy\", x)")
+    if x.ndim < 1 or x.dtype.kind not in "biuf":
+        raise UsageError(f"--input {path}: expected a numeric array of examples, got "
+                         f"{x.dtype} of shape {x.shape}")
+    return x.astype(np.float32).reshape(len(x), -1)
+
+
+def _check_output(text: str) -> None:
+    """``predict --output``: refuse before predicting what np.save could not write."""
+    out = Path(text)
+    if out.is_dir():
+        raise UsageError(f"--output {out}: is a folder; name a file such as {out / 'labels.npy'}")
+    if not out.parent.is_dir():
+        raise UsageError(f"--output {out}: no folder {out.parent}")
+
+
 def cmd_predict(args) -> int:
     import xpnet as xn
 
-    if args.input:
-        be = _use(args)
-        model = xn.load(args.checkpoint, backend=be)
-        path = Path(args.input)
-        if not path.is_file():
-            raise UsageError(f"{path}: no such file")
-        x = np.load(path, allow_pickle=False).astype(np.float32)
-        x = x.reshape(len(x), -1)
-    else:
+    _backend_flags(args)
+    x = _read_inputs(args.input) if args.input else None
+    if args.output:
+        _check_output(args.output)
+    if x is None:
         model, x, _ = _checkpoint_and_data(args)
+    else:
+        model, _ = _checkpoint(args)
     scores = xn.to_numpy(xn.predict(model, x))
     labels = scores.argmax(axis=1) if scores.ndim == 2 and scores.shape[1] > 1 else (
         scores.reshape(-1) > 0.5).astype(np.int64)
@@ -241,26 +417,33 @@ def make_parser() -> _Parser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def backend_flags(q):
-        q.add_argument("--backend", default="auto",
-                       help="numpy, cupy, torch, jax, array_api_strict or auto (default)")
-        q.add_argument("--device", default=None, help="cpu, cuda, cuda:N, device1, ...")
+        q.add_argument("--backend", default=None,
+                       help="numpy, cupy, torch, jax, array_api_strict or auto "
+                            "(default: $XPNET_BACKEND, else auto)")
+        q.add_argument("--device", default=None,
+                       help="cpu, cuda, cuda:N, device1, ... (default: $XPNET_DEVICE)")
 
     t = sub.add_parser("train", help="train a model and write checkpoint, history, curves")
     t.add_argument("--data", default="digits",
                    help="digits (default), mnist1d, mnist:DIR, fashion:DIR, xor, spirals")
     t.add_argument("--model", default="mlp",
                    help="mlp (default), resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), logistic")
-    t.add_argument("--hidden", default="256,128", help="hidden widths (default 256,128)")
+    t.add_argument("--hidden", type=_hidden, default="256,128",
+                   help="hidden widths (default 256,128)")
     t.add_argument("--activation", default="relu", help="relu (default), sigmoid or tanh")
     t.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES,
                    help="cross_entropy (default) or quadratic")
     t.add_argument("--optimizer", default="adam", help="adam (default), adamw, sgd, momentum")
-    t.add_argument("--lr", type=float, default=None, help="learning rate (optimizer default)")
+    t.add_argument("--lr", type=_positive, default=None,
+                   help="learning rate (optimizer default)")
     t.add_argument("--schedule", default="cosine", help="cosine (default), step or none")
-    t.add_argument("--epochs", type=int, default=40)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--out", default=None, help="output folder (default runs/<timestamp>)")
+    t.add_argument("--epochs", type=_at_least(1), default=40)
+    t.add_argument("--batch-size", type=_at_least(1), default=16)
+    t.add_argument("--seed", type=_at_least(0), default=0)
+    t.add_argument("--out", default=None,
+                   help="output folder (default a new runs/<timestamp>)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="write into an --out folder that already holds files")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar or per-epoch lines")
     t.add_argument("--distributed", action="store_true",
@@ -272,7 +455,8 @@ def make_parser() -> _Parser:
                              ("predict", cmd_predict, "predict labels with a checkpoint")):
         e = sub.add_parser(name, help=text)
         e.add_argument("checkpoint")
-        e.add_argument("--data", default="digits")
+        e.add_argument("--data", default=None,
+                       help="a data set as for train (default: the one it was trained on)")
         e.add_argument("--split", default="test", choices=["test", "train"])
         if name == "eval":
             e.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES)
@@ -287,24 +471,41 @@ def make_parser() -> _Parser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _error_line(e: BaseException) -> str | None:
+    """The one line an error the user can act on prints; None for a bug (a traceback).
+    With XPNET_DEBUG=1 everything but a usage error is a traceback."""
     from .backend import BackendUnavailableError
     from .checkpoint import CheckpointError
     from .datasets import DatasetError
 
+    if isinstance(e, UsageError):
+        return str(e)
+    if os.environ.get("XPNET_DEBUG"):
+        return None
+    # torch's OutOfMemoryError is a RuntimeError, not a MemoryError
+    if isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError":
+        return f"out of memory: {e or type(e).__name__}"
+    if isinstance(e, FloatingPointError):  # fit's NaN check: the run diverged
+        return f"training failed: {e or 'FloatingPointError'}"
+    if isinstance(e, (BackendUnavailableError, CheckpointError, DatasetError, ImportError,
+                      ValueError, TypeError, OSError)):
+        return str(e) or type(e).__name__
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
     try:
         args = make_parser().parse_args(argv)
-        if getattr(args, "epochs", 1) < 1 or getattr(args, "batch_size", 1) < 1:
-            raise UsageError("xpnet: --epochs and --batch-size must be at least 1")
         return args.func(args)
-    except UsageError as e:
-        print(f"error: {e}", file=sys.stderr)
-    except (BackendUnavailableError, CheckpointError, DatasetError, ImportError) as e:
-        print(f"error: {e}", file=sys.stderr)
-    except (ValueError, TypeError) as e:  # e.g. a model that does not fit the data
-        if os.environ.get("XPNET_DEBUG"):
+    except Exception as e:
+        line = _error_line(e)
+        if line is None:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {_one_line(line)}", file=sys.stderr)
     return EXIT_USAGE
 
 
