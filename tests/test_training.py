@@ -139,6 +139,25 @@ def test_history_json_and_plot(tmp_path):
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_history_plot_returns_a_figure_and_keeps_the_matplotlib_backend(tmp_path):
+    """For notebooks: no path gives the Figure; the user's backend is never switched."""
+    matplotlib = pytest.importorskip("matplotlib", reason="matplotlib is not installed")
+    h = xn.History()
+    h.append(0, {"loss": 1.0, "accuracy": 0.5})
+    h.append(1, {"loss": 0.5, "accuracy": 0.8})
+    before = matplotlib.get_backend()
+    matplotlib.use("svg")  # the user's choice, which plot must leave alone
+    try:
+        fig = h.plot()
+        h.plot(tmp_path / "c.png")
+        assert matplotlib.get_backend() == "svg"
+    finally:
+        matplotlib.use(before)
+    assert type(fig).__name__ == "Figure" and len(fig.axes) == 2
+    assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [[1.0, 0.5]]
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_early_stopping_restores_best_weights():
     class Scripted(xn.Callback):
         """Feeds a made-up validation curve to EarlyStopping."""

@@ -13,14 +13,33 @@ checkpoint's description can name it; :func:`build_layer` rebuilds a layer from
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from .. import summary as summary_mod
 from ..backend import Backend, backend_of, current, dtype_name, resolve, to_numpy
+from ..backends import adapter_of
 from .symbolic import connect, is_symbolic
+
+class LoadResult(NamedTuple):
+    """What ``load_state_dict`` did not match (as PyTorch's method returns it)."""
+
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _host_copy(value: Any) -> np.ndarray:
+    """A NumPy array from an array of any library (through its adapter, DLPack or NumPy)."""
+    if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
+        try:
+            adapter_of(value)
+        except TypeError:  # a library xpnet has no adapter for
+            return np.from_dlpack(value)
+    return np.asarray(to_numpy(value))
+
 
 #: Every layer type a checkpoint may name: filled by ``Layer.__init_subclass__``.
 LAYER_TYPES: dict[str, type[Layer]] = {}
@@ -124,6 +143,46 @@ class Layer:
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [(n, p) for n, p in self.named_state() if p.trainable]
+
+    # -- weights in and out, by PyTorch's names -----------------------------------
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+        """Every array of the model as host NumPy copies, by the names PyTorch gives the
+        equivalent module (``"0.weight"``, ``"1.running_mean"``)."""
+        return OrderedDict((name, np.array(to_numpy(p.value), copy=True))
+                           for name, p in self.named_state())
+
+    def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
+        """Set the model's arrays from ``state``: NumPy arrays, torch tensors (CPU or
+        CUDA), arrays of any xpnet backend, or anything with ``__dlpack__``.
+
+        Values go to each parameter's backend and device, in its dtype. PyTorch's
+        ``num_batches_tracked`` entries are ignored. A mis-shaped entry is always an
+        error; with ``strict`` so are missing and unexpected names. One ValueError lists
+        every problem and nothing is changed. Returns ``(missing_keys, unexpected_keys)``.
+        """
+        own = dict(self.named_state())
+        given = {k: v for k, v in state.items() if not str(k).endswith("num_batches_tracked")}
+        missing = [k for k in own if k not in given]
+        unexpected = [k for k in given if k not in own]
+        hosts, problems = {}, []
+        for name in own:
+            if name in given:
+                hosts[name] = _host_copy(given[name])
+                if tuple(hosts[name].shape) != own[name].shape:
+                    problems.append(f"{name}: shape {tuple(hosts[name].shape)} given, the model "
+                                    f"has {own[name].shape}")
+        if strict:
+            problems += [f"missing: {', '.join(missing)}"] if missing else []
+            problems += [f"unexpected: {', '.join(unexpected)}"] if unexpected else []
+        if problems:
+            raise ValueError(f"load_state_dict for {type(self).__name__}: "
+                             + "; ".join(problems))
+        for name, host in hosts.items():
+            p = own[name]
+            be = backend_of(p.value)
+            p.value = be.asarray(host, dtype=dtype_name(be.xp, p.value.dtype))
+            p.grad = None
+        return LoadResult(missing, unexpected)
 
     def parameters(self) -> list[Parameter]:
         """The trainable parameters, in a fixed order."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 
 class History:
@@ -36,17 +37,19 @@ class History:
         """Write ``{"epochs": [...], "loss": [...], ...}`` to ``path``."""
         Path(path).write_text(json.dumps({"epochs": self.epochs, **self.history}, indent=1))
 
-    def plot(self, path: str | Path) -> None:
-        """Write a PNG of the loss and accuracy curves (needs matplotlib)."""
+    def plot(self, path: str | Path | None = None) -> Any:
+        """The loss and accuracy curves (needs matplotlib): written to ``path`` as a PNG,
+        or, without a path, returned as a matplotlib Figure (a notebook shows it).
+
+        The figure is made without pyplot, so the user's matplotlib backend is never
+        switched and no window opens."""
         try:
-            import matplotlib
+            from matplotlib.figure import Figure
         except ImportError:
             raise ImportError('History.plot needs matplotlib: pip install "xpnet[plot]"') from None
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
         panels = [k for k in ("loss", "accuracy") if k in self.history]
-        fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.6), squeeze=False)
+        fig = Figure(figsize=(5 * len(panels), 3.6))
+        axes = fig.subplots(1, len(panels), squeeze=False)
         for ax, key in zip(axes[0], panels, strict=True):
             for name in (key, "val_" + key):
                 if name in self.history:
@@ -56,8 +59,10 @@ class History:
             ax.grid(alpha=0.3)
             ax.legend()
         fig.tight_layout()
+        if path is None:
+            return fig
         fig.savefig(path, dpi=100)
-        plt.close(fig)
+        return None
 
     def __repr__(self) -> str:
         last = {k: round(v[-1], 4) for k, v in self.history.items() if v}
