@@ -24,6 +24,7 @@ from ..backend import Backend, backend_of, current, dtype_name, resolve, to_nump
 from ..backends import adapter_of
 from .symbolic import connect, is_symbolic
 
+
 class LoadResult(NamedTuple):
     """What ``load_state_dict`` did not match (as PyTorch's method returns it)."""
 
