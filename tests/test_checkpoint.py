@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import xpnet as xn
+import xpnet.backend
 import xpnet.checkpoint
 
 
@@ -56,8 +57,12 @@ def _train(model, opt, epochs, initial_epoch=0):
            initial_epoch=initial_epoch, batch_size=10, progress=False, seed=5)
 
 
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
 @pytest.mark.parametrize("kind", ["adam_cosine", "momentum", "dropout"])
-def test_resume_is_exact_on_numpy(tmp_path, kind):
+def test_resume_is_exact_on_numpy(tmp_path, kind, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors", reason="safetensors is not installed")
+
     def make_opt(model):
         if kind == "adam_cosine":
             return xn.Adam(model, lr=xn.CosineLR(0.01, total_steps=40))
@@ -77,9 +82,9 @@ def test_resume_is_exact_on_numpy(tmp_path, kind):
         first = make_model()
         opt = make_opt(first)
         _train(first, opt, epochs=2)
-        xn.save(tmp_path / "half.xpnet", first, optimizer=opt, epoch=2)
+        xn.save(tmp_path / f"half{suffix}", first, optimizer=opt, epoch=2)
         xn.seed(0)  # as a new process would
-        ck = xn.load_checkpoint(tmp_path / "half.xpnet")
+        ck = xn.load_checkpoint(tmp_path / f"half{suffix}")
         _train(ck.model, ck.optimizer, epochs=4, initial_epoch=ck.metadata["epoch"])
     for a, b in zip(straight.parameters(), ck.model.parameters(), strict=True):
         np.testing.assert_array_equal(a.value, b.value)
@@ -590,3 +595,157 @@ def test_graph_descriptions_are_checked(tmp_path, monkeypatch):
         _set(("model", "config") + keys, value)(meta)
         with pytest.raises(xn.CheckpointError, match=error):
             xn.load(_write(tmp_path / "bad.xpnet", arrays, meta))
+
+
+# -- safetensors ---------------------------------------------------------------------------
+def _st():
+    return pytest.importorskip("safetensors.numpy", reason="safetensors is not installed")
+
+
+def _bn_model():
+    """Trainable and non-trainable state (running statistics) both."""
+    return xn.Sequential(xn.Linear(5, 12), xn.BatchNorm1D(12), xn.Tanh(), xn.Linear(12, 3))
+
+
+def _st_trained(path, epochs=1):
+    """A safetensors checkpoint of _bn_model() with Adam's state, and the model."""
+    model = _bn_model()
+    opt = xn.Adam(model, lr=0.01)
+    _train(model, opt, epochs=epochs)
+    xn.save(path, model, optimizer=opt, note="st")
+    return model, opt
+
+
+def test_safetensors_round_trip_on_any_backend(be, tmp_path):
+    st = _st()
+    path = tmp_path / "m.safetensors"
+    model, opt = _st_trained(path)
+    assert path.read_bytes()[8:9] == b"{"  # a safetensors file, not an npz one
+    state = {name: xn.to_numpy(p.value) for name, p in model.named_state()}
+    stored = st.load_file(path)
+    assert {k: v for k, v in stored.items() if not k.startswith("optimizer.")}.keys() == \
+        state.keys()
+    for name, value in state.items():
+        np.testing.assert_array_equal(stored[name], value)
+        assert stored[name].dtype == value.dtype
+    np.testing.assert_array_equal(stored["optimizer.m.0.weight"], xn.to_numpy(opt.state["m"][0]))
+    for backend, place in ((be, (be.name, be.device_name)), ("numpy", ("numpy", "cpu"))):
+        ck = xn.load_checkpoint(path, backend=backend)
+        assert ck.metadata == {"note": "st"} and ck.optimizer.steps == opt.steps
+        for (name, a), b in zip(ck.model.named_state(), state.values(), strict=True):
+            got = xpnet.backend.backend_of(a.value)
+            assert (got.name, got.device_name) == place, name
+            np.testing.assert_array_equal(xn.to_numpy(a.value), b)
+        for slot in ("m", "v"):
+            for a, b in zip(ck.optimizer.state[slot], opt.state[slot], strict=True):
+                np.testing.assert_array_equal(xn.to_numpy(a), xn.to_numpy(b))
+
+
+def test_safetensors_torch_load_file_gives_the_state(tmp_path):
+    _st()
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from safetensors.torch import load_file
+
+    path = tmp_path / "m.safetensors"
+    with xn.use("numpy"):
+        model, _ = _st_trained(path)
+    stored = load_file(path)
+    assert all(isinstance(v, torch.Tensor) for v in stored.values())
+    for name, p in model.named_state():
+        np.testing.assert_array_equal(stored[name].numpy(), p.value)
+
+
+def test_safetensors_bit_flips_load_identical_weights_or_raise_checkpoint_error(tmp_path):
+    _st()
+    path = tmp_path / "small.safetensors"
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(2, 2))
+        opt = xn.SGD(model, lr=0.1, momentum=0.9)
+        x, y = _data(8)
+        xn.fit(model, x[:, :2], y % 2, loss=xn.SoftmaxCrossEntropy(), optimizer=opt,
+               epochs=1, batch_size=8, progress=False)
+        xn.save(path, model, optimizer=opt, epoch=1)
+    data = path.read_bytes()
+    want = xn.load_checkpoint(path, backend="numpy")
+    bad = tmp_path / "flipped.safetensors"
+    refused = 0
+    for i in range(len(data)):
+        flipped = bytearray(data)
+        flipped[i] ^= 1 << (i * 5 + 3) % 8
+        bad.write_bytes(bytes(flipped))
+        try:
+            ck = xn.load_checkpoint(bad, backend="numpy")
+        except xn.CheckpointError:
+            refused += 1
+            continue
+        for a, b in zip(ck.model.parameters(), want.model.parameters(), strict=True):
+            np.testing.assert_array_equal(a.value, b.value)
+        for a, b in zip(ck.optimizer.state["momentum"], want.optimizer.state["momentum"],
+                        strict=True):
+            np.testing.assert_array_equal(a, b)
+        assert (ck.optimizer.steps, ck.metadata) == (want.optimizer.steps, want.metadata)
+    assert refused > len(data) // 2
+
+
+def test_safetensors_checksum_covers_tensor_bytes(tmp_path):
+    """A flip in the data where safetensors itself sees nothing wrong."""
+    _st()
+    path = tmp_path / "m.safetensors"
+    with xn.use("numpy"):
+        xn.save(path, _model())
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01  # the last byte of the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(xn.CheckpointError, match="corrupted: the contents' SHA-256 is [0-9a-f]"):
+        xn.load(path)
+
+
+def test_safetensors_damaged_or_foreign_files_are_refused(tmp_path):
+    st = _st()
+    path = tmp_path / "m.safetensors"
+    with xn.use("numpy"):
+        xn.save(path, _model())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 10])
+    with pytest.raises(xn.CheckpointError, match="not a readable safetensors file"):
+        xn.load(path)
+    path.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(xn.CheckpointError, match="not a readable xpnet checkpoint"):
+        xn.load(path)
+    path.write_bytes(st.save({"w": np.zeros(3, dtype=np.float32)}))
+    with pytest.raises(xn.CheckpointError, match="without xpnet's metadata"):
+        xn.load(path)
+
+
+def _write_st(path, tensors, doc):
+    """A safetensors checkpoint with a valid checksum, whatever it holds."""
+    doc = json.dumps(doc).encode()
+    digest = xpnet.checkpoint._digest(doc, tensors)
+    path.write_bytes(_st().save(tensors, metadata={"xpnet": doc.decode(),
+                                                   "xpnet.sha256": digest}))
+    return path
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.int64])
+def test_safetensors_of_other_dtypes_are_refused(tmp_path, monkeypatch, dtype):
+    meta = _meta(_arrays(_good(tmp_path)))
+    bad = _write_st(tmp_path / "bad.safetensors", {"0.weight": np.zeros((12, 5), dtype)}, meta)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match="'0.weight' has dtype [FI](16|64), expected F32"):
+        xn.load(bad)
+
+
+def test_safetensors_description_is_checked_as_for_npz(tmp_path, monkeypatch):
+    """The shared checks run: shapes against the description, the optimizer's coverage."""
+    arrays = _arrays(_with_adam(tmp_path))
+    meta = _meta(arrays)
+    tensors = {xpnet.checkpoint._st_name(k): v for k, v in arrays.items() if k != "__meta__"}
+    _never_build(monkeypatch)
+    shape = _write_st(tmp_path / "shape.safetensors",
+                      {**tensors, "0.weight": np.zeros((3, 3), np.float32)}, meta)
+    with pytest.raises(xn.CheckpointError, match=r"0.weight.*shape \(3, 3\).*expects \(12, 5\)"):
+        xn.load(shape)
+    del tensors["optimizer.v.2.bias"]
+    slots = _write_st(tmp_path / "slots.safetensors", tensors, meta)
+    with pytest.raises(xn.CheckpointError, match=r"'2.bias' has slots \['m'\], expected all"):
+        xn.load(slots)

@@ -91,6 +91,7 @@ def test_info_lists_every_backend(capsys):
     (["train", "--hidden", "12,x"], "argument --hidden: expects widths"),
     (["train", "--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
+    (["train", "--format", "onnx"], "argument --format: invalid choice: 'onnx'"),
     (["train", "--backend", "cupy"], "cupy"),
     (["train", "--backend", "numpy", "--device", "cuda"], "numpy runs only on the CPU"),
     (["eval", "/no/such/model.xpnet", "--backend", "numpy"], "no such checkpoint file"),
@@ -102,6 +103,44 @@ def test_errors_are_one_line_and_exit_2(capsys, argv, message):
     assert code == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"xpnet {xn.__version__}\n"
+
+
+def test_train_writes_safetensors_that_eval_and_predict_read(tmp_path, capsys):
+    st = pytest.importorskip("safetensors.numpy", reason="safetensors is not installed")
+    code, out, err = _run(capsys, "train", *TINY, "--format", "safetensors", "--out",
+                          str(tmp_path))
+    assert code == 0, err
+    assert {p.name for p in tmp_path.iterdir()} & {"model.xpnet", "model.safetensors"} == {
+        "model.safetensors"}
+    acc = re.search(r"test accuracy: ([0-9.]+)", out).group(1)
+    model = str(tmp_path / "model.safetensors")
+    assert sorted(k for k in st.load_file(model) if not k.startswith("optimizer.")) == [
+        "0.bias", "0.weight", "2.bias", "2.weight"]
+    code, out, err = _run(capsys, "eval", model, "--backend", "array_api_strict",
+                          "--device", "device1")
+    assert code == 0, err
+    assert f"accuracy: {acc}" in out and "(4 examples)" in out
+    code, out, err = _run(capsys, "predict", model, "--backend", "numpy")
+    assert code == 0, err
+    assert len(out.strip().splitlines()[-1].split()) == 4
+
+
+def test_safetensors_format_without_the_package_fails_before_training(
+        tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "safetensors", None)  # import then raises ImportError
+    monkeypatch.setattr(xn, "fit", lambda *a, **k: pytest.fail("trained anyway"))
+    code, _, err = _run(capsys, "train", *TINY, "--format", "safetensors", "--out",
+                        str(tmp_path / "run"))
+    assert code == 2
+    _one_error_line(err, 'pip install "xpnet[safetensors]"')
+    assert not (tmp_path / "run").exists()
 
 
 def test_console_script_runs():

@@ -10,10 +10,17 @@ checked against the stored arrays (names, shapes, dtypes, config types): a damag
 crafted file raises :class:`CheckpointError` and nothing else. Writing goes to a
 temporary file of its own in the same folder, is fsynced, then renamed over the target:
 a failure at any point leaves the previous checkpoint as it was.
+
+A path ending in ``.safetensors`` is written as a safetensors file instead, for other
+tools: the model's arrays under their ``named_state`` names, the optimizer's under
+``optimizer.<slot>.<name>``, the same JSON document in the string metadata (``xpnet``),
+and a SHA-256 of the document and every tensor (``xpnet.sha256``), since the format has
+no checksum of its own. Loading tells the formats apart by content, not by name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -23,9 +30,10 @@ import threading
 import uuid
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -43,6 +51,9 @@ MAX_DEPTH = 64
 # Deflate never expands more than about 1032:1, so no honest member declares more.
 _DEFLATE_RATIO = 1032
 _CHUNK = 1 << 24
+SAFETENSORS_SUFFIX = ".safetensors"
+_ST_DOC, _ST_HASH, _ST_OPT = "xpnet", "xpnet.sha256", "optimizer."
+_ST_DTYPES = ("F32", "F64")  # PARAM_DTYPES as safetensors names them
 # What zipfile and NumPy's header parser raise on damaged bytes (CheckpointError, itself
 # a RuntimeError, is re-raised before these are caught).
 _DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError,
@@ -76,7 +87,8 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     backend, device and dtype are recorded as well. What :func:`load` would refuse
     (say, an optimizer over only some of the model's parameters) is refused here,
     before anything is written. Saves from several threads or processes to one path
-    never mix: the last rename wins.
+    never mix: the last rename wins. A ``.safetensors`` path writes that format (the
+    module's docstring says how), which needs the ``safetensors`` package.
     """
     from ._version import __version__
 
@@ -107,8 +119,12 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     _check_description(f"save {path}", written, arrays)
     if optimizer is not None:
         _check_optimizer_covers(f"save {path}", written["optimizer"]["params"], model)
-    arrays["__meta__"] = np.frombuffer(blob, dtype=np.uint8)
-    _atomic_write(path, arrays)
+    if path.suffix == SAFETENSORS_SUFFIX:
+        data = _safetensors_bytes(blob, arrays)
+        _atomic_write(path, lambda f: f.write(data))
+    else:
+        arrays["__meta__"] = np.frombuffer(blob, dtype=np.uint8)
+        _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray]) -> dict:
@@ -130,7 +146,49 @@ def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray])
             "steps": opt.steps, "params": order}
 
 
-def _atomic_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
+def _safetensors():
+    try:
+        import safetensors
+        import safetensors.numpy
+    except ImportError as e:
+        raise ImportError(f"safetensors checkpoints need the safetensors package ({e}); "
+                          f"install it with: pip install \"xpnet[safetensors]\"") from None
+    return safetensors
+
+
+def _st_name(key: str) -> str:
+    """``param/0.weight`` -> ``0.weight``, ``opt/m/0.weight`` -> ``optimizer.m.0.weight``."""
+    kind, _, rest = key.partition("/")
+    return rest if kind == "param" else _ST_OPT + rest.replace("/", ".", 1)
+
+
+def _st_key(name: str) -> str:
+    """The inverse of :func:`_st_name` (slot names hold no dot; state names never start
+    with ``optimizer.``)."""
+    if name.startswith(_ST_OPT):
+        return "opt/" + name[len(_ST_OPT):].replace(".", "/", 1)
+    return f"param/{name}"
+
+
+def _digest(doc: bytes, tensors: dict[str, np.ndarray]) -> str:
+    """SHA-256 of the document and of each tensor's name, dtype, shape and bytes, in name
+    order, so any change to what load would use shows."""
+    h = hashlib.sha256(doc)
+    for name in sorted(tensors):
+        a = tensors[name]
+        h.update(json.dumps([name, a.dtype.name, list(a.shape)]).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _safetensors_bytes(doc: bytes, arrays: dict[str, np.ndarray]) -> bytes:
+    st = _safetensors()
+    tensors = {_st_name(k): np.ascontiguousarray(a) for k, a in arrays.items()}
+    return st.numpy.save(tensors, metadata={_ST_DOC: doc.decode(),
+                                            _ST_HASH: _digest(doc, tensors)})
+
+
+def _atomic_write(path: Path, write: Callable[[BinaryIO], Any]) -> None:
     folder = path.parent if str(path.parent) else Path(".")
     _remove_stale_temps(folder, path.name)
     # one name per call: saves from two threads (or processes) must never share a file
@@ -138,7 +196,7 @@ def _atomic_write(path: Path, arrays: dict[str, np.ndarray]) -> None:
                     f"{uuid.uuid4().hex}.tmp")
     try:
         with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -184,10 +242,23 @@ def _remove_stale_temps(folder: Path, name: str) -> None:
 
 # -- reading the file ---------------------------------------------------------------
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The JSON document and the arrays (``param/<name>``, ``opt/<slot>/<name>``) of
+    either format, unchecked."""
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:
-        arrays = _read_arrays(path)
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        # safetensors: an 8-byte little-endian header length, then the JSON header
+        if len(head) == 9 and head[8:] == b"{":
+            raw, arrays = _read_safetensors(path)
+        else:
+            arrays = _read_arrays(path)
+            raw = arrays.pop("__meta__")
+            if raw.dtype != np.uint8 or raw.ndim != 1:
+                raise CheckpointError(f"{path}: entry '__meta__' is {_dtype_text(raw.dtype)} "
+                                      f"of shape {raw.shape}, expected uint8 bytes of shape (n,)")
+            raw = raw.tobytes()
     except CheckpointError:
         raise
     except _DAMAGE as e:
@@ -195,17 +266,42 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
             f"{path}: not a readable xpnet checkpoint (truncated, corrupted or another "
             f"format): {type(e).__name__}: {e}"
         ) from None
-    raw = arrays.pop("__meta__")
-    if raw.dtype != np.uint8 or raw.ndim != 1:
-        raise CheckpointError(f"{path}: entry '__meta__' is {_dtype_text(raw.dtype)} of shape "
-                              f"{raw.shape}, expected uint8 bytes of shape (n,)")
     try:
-        meta = json.loads(raw.tobytes().decode())
+        meta = json.loads(raw.decode())
     except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, nesting too deep
         raise CheckpointError(
             f"{path}: the checkpoint's description is corrupted ({type(e).__name__}: {e})"
         ) from None
     return meta, arrays
+
+
+def _read_safetensors(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
+    """The document and arrays of a safetensors checkpoint, its checksum verified."""
+    st = _safetensors()
+    tensors = {}
+    try:
+        # safe_open checks that the header's offsets tile the file before any data is read
+        with st.safe_open(str(path), framework="numpy") as f:
+            info = f.metadata() or {}
+            for name in f.keys():
+                dtype = f.get_slice(name).get_dtype()
+                if dtype not in _ST_DTYPES:
+                    raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype}, "
+                                          f"expected F32 or F64 (float32 or float64)")
+                tensors[name] = f.get_tensor(name)
+    except st.SafetensorError as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or "
+                              f"corrupted): {e}") from None
+    if _ST_DOC not in info or _ST_HASH not in info:
+        raise CheckpointError(f"{path}: a safetensors file without xpnet's metadata (keys "
+                              f"{sorted(info)}, expected {_ST_DOC!r} and {_ST_HASH!r}); "
+                              f"read it with safetensors.numpy.load_file")
+    doc = info[_ST_DOC].encode()
+    digest = _digest(doc, tensors)
+    if digest != info[_ST_HASH]:
+        raise CheckpointError(f"{path}: corrupted: the contents' SHA-256 is {digest}, the "
+                              f"file records {info[_ST_HASH]!r}")
+    return doc, {_st_key(name): a for name, a in tensors.items()}
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
@@ -607,7 +703,8 @@ def _matches(value: Any, annotation: str) -> bool:
 # -- loading -------------------------------------------------------------------------
 def load_checkpoint(path: str | Path, *, backend: str | Backend | None = None,
                     device: str | None = None) -> Checkpoint:
-    """Rebuild the model, its optimizer (if saved) and metadata on any backend.
+    """Rebuild the model, its optimizer (if saved) and metadata on any backend, from
+    either format (told apart by the file's content).
 
     ``backend``/``device`` default to the current backend, so a checkpoint written on
     a GPU loads on a CPU-only machine. Raises :class:`CheckpointError` for a file

@@ -2,6 +2,7 @@
 
     xpnet train                        # an MLP on the bundled digits, on the auto backend
     xpnet train --data mnist1d --backend torch --epochs 20
+    xpnet train --format safetensors   # model.safetensors, readable by other tools
     xpnet eval runs/<time>/model.xpnet # on the data set recorded in the checkpoint
     xpnet info                         # every backend: usable or not, devices, why not
 
@@ -24,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ._version import __version__
 from .losses import LOSSES
 
 EXIT_USAGE = 2
@@ -32,6 +34,8 @@ CLI_LOSSES = ("cross_entropy", "quadratic")
 MODELS = ("mlp", "resmlp", "cnn", "logistic")
 OPTIMIZERS = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1, "momentum": 0.05}  # default rates
 SCHEDULES = ("cosine", "step", "none")
+#: ``train --format``: the checkpoint's file name for each
+FORMATS = {"xpnet": "model.xpnet", "safetensors": "model.safetensors"}
 #: Widest hidden layer --hidden accepts: wider ones only end in running out of memory
 MAX_WIDTH = 100_000
 
@@ -158,6 +162,10 @@ def _check_train_flags(args) -> None:
                                ("activation", args.activation, tuple(xn.models.ACTIVATIONS))):
         if value not in known:
             raise UsageError(f"unknown {flag} {value!r}; expected {', '.join(known)}")
+    if args.format == "safetensors":  # not after training: the run would be lost
+        from .checkpoint import _safetensors
+
+        _safetensors()
 
 
 def _backend_flags(args) -> None:
@@ -301,10 +309,11 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
         result = xn.evaluate(model, x_te, y_te)
     if not writer:
         return 0
-    xn.save(out / "model.xpnet", model, optimizer=opt, epoch=args.epochs, data=args.data,
+    name = FORMATS[args.format]
+    xn.save(out / name, model, optimizer=opt, epoch=args.epochs, data=args.data,
             test_accuracy=result["accuracy"])
     history.to_json(out / "history.json")
-    written = ["model.xpnet", "history.json"]
+    written = [name, "history.json"]
     try:
         history.plot(out / "curves.png")
         written.append("curves.png")
@@ -414,6 +423,7 @@ def cmd_info(args) -> int:
 
 def make_parser() -> _Parser:
     p = _Parser(prog="xpnet", description="Train and use xpnet models from the command line.")
+    p.add_argument("--version", action="version", version=f"xpnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def backend_flags(q):
@@ -442,6 +452,9 @@ def make_parser() -> _Parser:
     t.add_argument("--seed", type=_at_least(0), default=0)
     t.add_argument("--out", default=None,
                    help="output folder (default a new runs/<timestamp>)")
+    t.add_argument("--format", default="xpnet", choices=list(FORMATS),
+                   help="checkpoint format: xpnet (default, model.xpnet) or safetensors "
+                        "(model.safetensors)")
     t.add_argument("--overwrite", action="store_true",
                    help="write into an --out folder that already holds files")
     t.add_argument("--no-progress", dest="progress", action="store_false",
