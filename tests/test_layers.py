@@ -1,4 +1,5 @@
-"""Every layer on every backend case: gradcheck, device and dtype, NumPy reference."""
+"""Every layer on every backend case: check_layer (gradcheck, device and dtype, meta,
+device1) and a NumPy reference."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 from conftest import assert_on
 
 import xpnet as xn
+from xpnet.testing import check_layer
 
 
 def _sigmoid(z):
@@ -46,19 +48,16 @@ def test_activation(be, rng, name):
     x_host = _input(rng, (5, 4), avoid_zero=True)
     x = be.asarray(x_host, dtype="float32")
     layer = make()
+    check_layer(layer, x)
     y = layer.forward(x)
-    assert_on(be, y)
     np.testing.assert_allclose(xn.to_numpy(y), ref(x_host.astype(np.float32)),
                                rtol=1e-5, atol=1e-6)
-    assert xn.gradcheck(layer, x)
 
 
 def test_linear(be, rng):
     layer = xn.Linear(4, 3)
     x_host = _input(rng, (6, 4))
     x = be.asarray(x_host, dtype="float32")
-    y = layer.forward(x)
-    assert_on(be, y)
     assert tuple(layer.weight.value.shape) == (3, 4)
     assert tuple(layer.bias.value.shape) == (3,)
     # nonzero bias so the reference checks it is added
@@ -66,7 +65,7 @@ def test_linear(be, rng):
     y = layer.forward(x)
     np.testing.assert_allclose(xn.to_numpy(y), _linear_ref(layer, x_host.astype(np.float32)),
                                rtol=1e-5, atol=1e-5)
-    assert xn.gradcheck(layer, x)
+    check_layer(layer, x)
 
 
 def test_linear_backward_matches_formulas(be, rng):
@@ -111,14 +110,13 @@ def test_sequential_mlp(be, rng):
                           xn.Linear(5, 3), xn.Sigmoid())
     x_host = _input(rng, (7, 4))
     x = be.asarray(x_host, dtype="float32")
+    check_layer(model, x)
     y = model(x)
-    assert_on(be, y)
     Ws = [xn.to_numpy(p.value).astype(np.float64) for p in model.parameters()]
     h = np.tanh(x_host.astype(np.float32) @ Ws[0].T + Ws[1])
     h = np.maximum(h @ Ws[2].T + Ws[3], 0)
     ref = _sigmoid(h @ Ws[4].T + Ws[5])
     np.testing.assert_allclose(xn.to_numpy(y), ref, rtol=1e-5, atol=1e-6)
-    assert xn.gradcheck(model, x)
     assert [n for n, _ in model.named_parameters()] == [
         "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
 
