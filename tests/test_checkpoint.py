@@ -285,9 +285,9 @@ def test_stale_temp_files_of_dead_processes_are_removed(tmp_path):
          "m.xpnet.tmp"])
 
 
-# -- 2: damage raises CheckpointError and nothing else -----------------------------------
-def test_bit_flips_load_identical_weights_or_raise_checkpoint_error(tmp_path):
-    path = tmp_path / "small.xpnet"
+def _small_checkpoint(path):
+    """A one-layer model with momentum state, trained a step and saved to ``path``: the
+    file's bytes and what loading it gives."""
     with xn.use("numpy"):
         model = xn.Sequential(xn.Linear(2, 2))
         opt = xn.SGD(model, lr=0.1, momentum=0.9)
@@ -295,8 +295,13 @@ def test_bit_flips_load_identical_weights_or_raise_checkpoint_error(tmp_path):
         xn.fit(model, x[:, :2], y % 2, loss=xn.SoftmaxCrossEntropy(), optimizer=opt,
                epochs=1, batch_size=8, progress=False)
         xn.save(path, model, optimizer=opt, epoch=1)
-    data = path.read_bytes()
-    want = xn.load_checkpoint(path, backend="numpy")
+    return path.read_bytes(), xn.load_checkpoint(path, backend="numpy")
+
+
+# -- 2: damage raises CheckpointError and nothing else -----------------------------------
+def test_bit_flips_load_identical_weights_or_raise_checkpoint_error(tmp_path):
+    path = tmp_path / "small.xpnet"
+    data, want = _small_checkpoint(path)
     bad = tmp_path / "flipped.xpnet"
     loaded = refused = 0
     for i in range(len(data)):
@@ -658,15 +663,7 @@ def test_safetensors_torch_load_file_gives_the_state(tmp_path):
 def test_safetensors_bit_flips_load_identical_weights_or_raise_checkpoint_error(tmp_path):
     _st()
     path = tmp_path / "small.safetensors"
-    with xn.use("numpy"):
-        model = xn.Sequential(xn.Linear(2, 2))
-        opt = xn.SGD(model, lr=0.1, momentum=0.9)
-        x, y = _data(8)
-        xn.fit(model, x[:, :2], y % 2, loss=xn.SoftmaxCrossEntropy(), optimizer=opt,
-               epochs=1, batch_size=8, progress=False)
-        xn.save(path, model, optimizer=opt, epoch=1)
-    data = path.read_bytes()
-    want = xn.load_checkpoint(path, backend="numpy")
+    data, want = _small_checkpoint(path)
     bad = tmp_path / "flipped.safetensors"
     refused = 0
     for i in range(len(data)):
