@@ -135,11 +135,17 @@ class Layer:
     def children(self) -> list[Layer]:
         return []
 
+    def named_children(self) -> list[tuple[str, Layer]]:
+        """``(name, layer)`` for each sub-layer: its index by default; a composite layer
+        that mirrors a PyTorch module overrides this with that module's attribute names
+        (``"self_attn"``, ``"linear1"``) so the dotted parameter names match."""
+        return [(str(i), child) for i, child in enumerate(self.children())]
+
     def named_state(self, prefix: str = "") -> list[tuple[str, Parameter]]:
         """Every array of the model, trainable or not, with dotted names."""
         out = [(prefix + p.name, p) for p in self._params]
-        for i, child in enumerate(self.children()):
-            out += child.named_state(f"{prefix}{i}.")
+        for name, child in self.named_children():
+            out += child.named_state(f"{prefix}{name}.")
         return out
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
