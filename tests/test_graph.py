@@ -121,9 +121,11 @@ def test_cycle_is_reported_naming_nodes():
         xn.Graph(inputs=a, outputs=h2)
 
 
-def test_layer_used_twice_is_refused():
+def test_layer_used_twice_is_one_child_at_two_nodes():
+    """Calling a layer again shares it (tests/test_graph_sharing.py checks the rest)."""
     a = xn.Input(shape=(2,))
-    lin = xn.Linear(2, 2)
-    lin(a)
-    with pytest.raises(ValueError, match="already used"):
-        lin(a)
+    lin = xn.Linear(2, 2, name="lin")
+    first, second = lin(a), lin(a)
+    assert (first.node.name, second.node.name) == ("lin", "lin_2")
+    model = xn.Graph(inputs=a, outputs=xn.Add()(first, second))
+    assert model.children()[0] is lin and len(model.children()) == 2

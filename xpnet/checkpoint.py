@@ -510,22 +510,30 @@ def _walk_graph(who: str, config: dict, prefix: str, at: str, where: str, depth:
                                      "multi": "bool"}, {"nodes", "inputs", "output"})
     nodes = config["nodes"]
     is_input = []
+    kinds = ("layer", "input_shape", "same_layer_as")
     for j, node in enumerate(nodes):
         here = f"{where} nodes[{j}]"
-        if not isinstance(node, dict) or ("layer" in node) == ("input_shape" in node):
+        if not isinstance(node, dict) or sum(k in node for k in kinds) != 1:
             raise CheckpointError(f"{who}: {here} is {_show(node)}, expected an object with "
-                                  f"either 'layer' or 'input_shape'")
+                                  f"one of 'layer', 'input_shape' or 'same_layer_as'")
         _check_keys(who, here, node, {"name": "str", "inputs": "list[int]",
-                                      "input_shape": "list[int]", "layer": "dict"},
+                                      "input_shape": "list[int]", "layer": "dict",
+                                      "same_layer_as": "int"},
                     {"name", "inputs"})
         if "input_shape" in node and (node["inputs"] or not node["input_shape"]
                                       or min(node["input_shape"]) < 1):
             raise CheckpointError(f"{who}: {here} is an input of shape {node['input_shape']} "
                                   f"fed by {node['inputs']}, expected a positive shape and no "
                                   f"inputs")
-        if "layer" in node and not all(0 <= i < j for i in node["inputs"]):
+        if "input_shape" not in node and not all(0 <= i < j for i in node["inputs"]):
             raise CheckpointError(f"{who}: {here} reads nodes {node['inputs']}, expected "
                                   f"indices of earlier nodes (0 to {j - 1})")
+        # a later use of a layer (weight sharing) names the node that holds the layer;
+        # its parameters are declared there, once
+        same = node.get("same_layer_as")
+        if same is not None and not (0 <= same < j and "layer" in nodes[same]):
+            raise CheckpointError(f"{who}: {here} same_layer_as is {same}, expected the index "
+                                  f"of an earlier node with a 'layer' (0 to {j - 1})")
         is_input.append("input_shape" in node)
     ins, output = config["inputs"], config["output"]
     if (not ins or len(set(ins)) != len(ins) or not all(0 <= i < len(nodes) and is_input[i]
@@ -547,7 +555,8 @@ def _walk_graph(who: str, config: dict, prefix: str, at: str, where: str, depth:
         raise CheckpointError(f"{who}: {where} nodes {unused} do not lead to the output")
     k = 0
     for j, node in enumerate(nodes):
-        if "layer" in node:  # named by their place among the nodes with a layer
+        if "layer" in node:  # named by their place among the nodes with a layer (a
+            # node with same_layer_as adds no child: its layer is an earlier node's)
             _walk(who, node["layer"], f"{prefix}{k}.", _join(at, f"nodes[{j}]"), depth + 1, out)
             k += 1
 

@@ -10,11 +10,32 @@ node's gradient is complete once every consumer has added its share, so a value 
 along several paths receives the sum of their gradients (the chain rule over a DAG).
 Building the nodes is ``xpnet.layers.symbolic``'s part; shapes are checked there,
 as the graph grows.
+
+Weight sharing: one layer object may be called at several nodes (``f = xn.Linear(4, 3);
+xn.Add()(f(a), f(b))``). It is one child of the Graph, so ``parameters()``,
+``state_dict()``, ``summary()`` and checkpoints hold its parameters once, named after
+its first node in topological order. Each later node runs, in a training pass, on a
+*call copy* made at that forward: the layer and every layer below it copied shallowly,
+so the Parameter objects (values, gradients, running statistics) and settings are the
+very ones of the layer while the cache backward reads (``self._x``...) is the node's
+own. With ``W`` used at nodes ``1..k``, each node's backward adds its share into the one
+``W.grad``, so
+
+    dC/dW = sum_i dC/dW|node i             (the sum over paths, for a shared weight)
+
+A shared Dropout draws a fresh mask at every node; a shared BatchNorm normalises each
+node's batch with that batch's statistics in training and updates its running statistics
+once per node, in topological order (as calling one ``torch.nn`` module twice does).
+Inference runs every node on the layer itself. A checkpoint records a later use as
+``{"name", "inputs", "same_layer_as": <index of the first node>}``. Refused when the
+Graph is built: a layer called at a node that is also part of another of its layers (a
+Sequential, a nested Graph), since its parameters would then have two names.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 from typing import Any
 
 from .backend import Backend
@@ -27,7 +48,18 @@ class Graph(Layer):
     """A loop-free model built from ``Input`` tensors to ``outputs``; itself a Layer.
 
     ``forward(x)`` takes one array per input (a list when there are several) and
-    ``backward(dy)`` returns the input gradient(s) in the same form.
+    ``backward(dy)`` returns the input gradient(s) in the same form. A layer called at
+    several nodes shares its parameters between them (see the module's docstring); its
+    gradient is the sum over its nodes.
+
+    Parameters
+    ----------
+    inputs : SymbolicTensor or list of SymbolicTensor
+        From ``xn.Input(shape)``; ``forward`` takes ``(N, *shape)`` arrays in this order.
+    outputs : SymbolicTensor
+        What calling layers on ``inputs`` built; ``forward`` returns ``(N, *outputs.shape)``.
+    name : str, optional
+        Names the graph in error messages.
     """
 
     def __init__(self, inputs: SymbolicTensor | list[SymbolicTensor], outputs: SymbolicTensor,
@@ -52,13 +84,45 @@ class Graph(Layer):
         if unused:
             raise ValueError(f"Graph: input(s) {', '.join(unused)} are not connected to the "
                              f"outputs")
-        self._layers = [n.layer for n in self._order if n.layer is not None]
-        for n in self._order:
-            if n.layer is not None:
-                n.layer._where = f"{name or 'Graph'} node {n.name}"
         self._index = {id(n): i for i, n in enumerate(self._order)}
+        # per node, by its place in self._order: its layer (None for an input), the nodes
+        # it reads, and the earlier node whose layer it reuses (None: its first use)
+        self._node_layers = [n.layer for n in self._order]
+        self._node_inputs = [[self._index[id(i)] for i in n.inputs] for n in self._order]
+        first: dict[int, int] = {}
+        self._same_as: list[int | None] = []
+        for i, layer in enumerate(self._node_layers):
+            j = i if layer is None else first.setdefault(id(layer), i)
+            self._same_as.append(None if j == i else j)
+        self._input_index = [self._index[id(n)] for n in self._inputs]
+        self._output_index = self._index[id(self._output)]
+        self._layers = [layer for layer, same in zip(self._node_layers, self._same_as,
+                                                     strict=True)
+                        if layer is not None and same is None]
+        for layer, n, same in zip(self._node_layers, self._order, self._same_as, strict=True):
+            if layer is not None and same is None:
+                layer._where = f"{name or 'Graph'} node {n.name}"
+        self._check_one_name_per_parameter()
+        for layer in {id(self._node_layers[j]): self._node_layers[j]
+                      for j in self._same_as if j is not None}.values():
+            _call_copy(layer)  # a layer that cannot run at another node says so now
+        self._runners: list[Layer | None] = list(self._node_layers)  # what the last forward ran
+
+    def _check_one_name_per_parameter(self) -> None:
+        """A layer shared inside another child (``f`` at a node and inside a Sequential at
+        another) would list its parameters twice; a description could not say so."""
+        seen: dict[int, str] = {}
+        for pname, p in self.named_state():
+            if id(p) in seen:
+                raise ValueError(
+                    f"{self.label}: parameter {pname!r} is the same object as "
+                    f"{seen[id(p)]!r}: a layer may be called at several nodes of a Graph, "
+                    f"but not also be part of another layer of it (call the shared layer "
+                    f"at its own nodes instead)")
+            seen[id(p)] = pname
 
     def children(self) -> list[Layer]:
+        """Each layer once, in the order of its first node (a shared layer is one child)."""
         return self._layers
 
     @property
@@ -75,62 +139,75 @@ class Graph(Layer):
         xs = list(x) if self._multi else [x]
         if len(xs) != len(self._inputs):
             raise ValueError(f"{self.label}: expected {len(self._inputs)} inputs, got {len(xs)}")
-        values: dict[int, Any] = {}
-        for node, value in zip(self._inputs, xs, strict=True):
+        values: list[Any] = [None] * len(self._order)
+        for node, i, value in zip(self._inputs, self._input_index, xs, strict=True):
             if tuple(value.shape[1:]) != node.shape:
                 raise ValueError(f"{self.label}: input {node.name} expects shape "
                                  f"(N, {', '.join(map(str, node.shape))}), got "
                                  f"{tuple(value.shape)}")
-            values[id(node)] = value
-        for node in self._order:
-            if node.layer is None:
+            values[i] = value
+        runners = list(self._node_layers)
+        for i, layer in enumerate(self._node_layers):
+            if layer is None:
                 continue
-            args = [values[id(n)] for n in node.inputs]
-            values[id(node)] = node.layer.forward(
-                args if node.layer.multi_input else args[0], train=train)
-        return values[id(self._output)]
+            if train and self._same_as[i] is not None:  # a later use keeps its own cache
+                layer = runners[i] = _call_copy(layer)
+                layer._where = f"{self.name or 'Graph'} node {self._order[i].name}"
+            args = [values[j] for j in self._node_inputs[i]]
+            values[i] = layer.forward(args if layer.multi_input else args[0], train=train)
+        self._runners = runners
+        return values[self._output_index]
 
     def backward(self, dy: Any) -> Any:
-        grads: dict[int, Any] = {id(self._output): dy}
-        for node in reversed(self._order):
-            g = grads.pop(id(node), None)
-            if g is None or node.layer is None:
-                if node.layer is None:
-                    grads[id(node)] = g  # an input: kept for the caller
-                continue
-            dxs = node.layer.backward(g)
-            if not node.layer.multi_input:
+        grads: list[Any] = [None] * len(self._order)
+        grads[self._output_index] = dy
+        for i in reversed(range(len(self._order))):
+            layer, g = self._runners[i], grads[i]
+            if layer is None or g is None:
+                continue  # an input keeps its gradient for the caller
+            grads[i] = None
+            dxs = layer.backward(g)
+            if not layer.multi_input:
                 dxs = [dxs]
-            for src, dx in zip(node.inputs, dxs, strict=True):
+            for src, dx in zip(self._node_inputs[i], dxs, strict=True):
                 # sum over every path: add this consumer's share to what others sent
-                grads[id(src)] = dx if grads.get(id(src)) is None else grads[id(src)] + dx
-        out = [grads.get(id(n)) for n in self._inputs]
+                grads[src] = dx if grads[src] is None else grads[src] + dx
+        out = [grads[i] for i in self._input_index]
         return out if self._multi else out[0]
 
     def summary_rows(self) -> list[tuple[str, str, int]]:
-        """One row per node, with the nodes it reads (for ``summary``)."""
+        """One row per node, with the nodes it reads (for ``summary``); a shared layer's
+        parameters are counted at its first node only."""
         rows = []
-        for n in self._order:
+        for n, same in zip(self._order, self._same_as, strict=True):
             if n.layer is None:
                 rows.append((f"{n.name}: Input", shape_text(n.shape), 0))
-            else:
-                src = ", ".join(i.name for i in n.inputs)
+                continue
+            src = ", ".join(i.name for i in n.inputs)
+            if same is None:
                 rows.append((f"{n.name}: {n.layer!r} <- {src}", shape_text(n.shape),
                              count_parameters(n.layer)))
+            else:
+                rows.append((f"{n.name}: {n.layer!r} <- {src} (shares "
+                             f"{self._order[same].name}'s layer)", shape_text(n.shape), 0))
         return rows
 
     def get_config(self) -> dict[str, Any]:
+        """Nodes in topological order: an input's shape, a layer's description, or for a
+        later use of a layer ``"same_layer_as"``: the index of its first node."""
         nodes = []
-        for n in self._order:
+        for n, same in zip(self._order, self._same_as, strict=True):
             spec: dict[str, Any] = {"name": n.name,
                                     "inputs": [self._index[id(i)] for i in n.inputs]}
             if n.layer is None:
                 spec["input_shape"] = list(n.shape)
+            elif same is not None:
+                spec["same_layer_as"] = same
             else:
                 spec["layer"] = layer_config(n.layer)
             nodes.append(spec)
-        return {"nodes": nodes, "inputs": [self._index[id(n)] for n in self._inputs],
-                "output": self._index[id(self._output)], "multi": self._multi}
+        return {"nodes": nodes, "inputs": list(self._input_index),
+                "output": self._output_index, "multi": self._multi}
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Graph:
@@ -143,16 +220,67 @@ class Graph(Layer):
         for spec in config["nodes"]:
             if "input_shape" in spec:
                 tensors.append(Input(tuple(spec["input_shape"]), name=spec["name"]))
+                continue
+            if "same_layer_as" in spec:  # the layer object of that earlier node, again
+                layer = tensors[spec["same_layer_as"]].node.layer
+                if layer is None:
+                    raise ValueError(f"Graph: node {spec['name']} reuses the layer of node "
+                                     f"{spec['same_layer_as']}, which is an input")
             else:
                 layer = build_layer(spec["layer"], backend=backend)
-                tensors.append(layer(*[tensors[i] for i in spec["inputs"]]))
-                tensors[-1].node.name = spec["name"]
+            tensors.append(layer(*[tensors[i] for i in spec["inputs"]]))
+            tensors[-1].node.name = spec["name"]
         ins = [tensors[i] for i in config["inputs"]]
         return cls(inputs=ins if config.get("multi") else ins[0],
                    outputs=tensors[config["output"]])
 
     def __repr__(self) -> str:
         return f"Graph({len(self._layers)} layers, inputs={[n.name for n in self._inputs]})"
+
+
+def _call_copy(layer: Layer) -> Layer:
+    """``layer`` for one more call site: it and every layer below it copied shallowly, so
+    everything else (Parameter objects, settings, the backend) is the very same object,
+    while the copy's forward rebinds a cache of its own. Made at each training forward,
+    so it never falls behind the layer (``astype``, ``reset``, a changed ``p``)."""
+    new = _fresh(layer, {})
+    originals = {id(lay) for lay in layer.layers()}
+    if any(id(lay) in originals for lay in new.layers()):
+        raise TypeError(f"{layer.label}: cannot run at another graph node: a sub-layer it "
+                        f"lists in children() is held where a copy cannot reach it (keep "
+                        f"sub-layers in attributes, lists, tuples or dicts)")
+    return new
+
+
+def _fresh(value: Any, copies: dict[int, Any]) -> Any:
+    """``value`` with each Layer in it replaced by its shallow copy (one copy per layer,
+    in ``copies``); lists, tuples and dicts are rebuilt only where they hold a layer."""
+    if isinstance(value, Layer):
+        done = copies.get(id(value))
+        if done is None:
+            done = copies[id(value)] = copy.copy(value)
+            for key, item in vars(value).items():
+                new = _fresh(item, copies)
+                if new is not item:
+                    vars(done)[key] = new
+        return done
+    if isinstance(value, (list, tuple)):
+        items = [_fresh(v, copies) for v in value]
+        if all(a is b for a, b in zip(items, value, strict=True)):
+            return value
+        if isinstance(value, list):
+            out = copy.copy(value)
+            out[:] = items
+            return out
+        return value._make(items) if hasattr(value, "_make") else type(value)(items)
+    if isinstance(value, dict):
+        fresh = {k: _fresh(v, copies) for k, v in value.items()}
+        if all(fresh[k] is v for k, v in value.items()):
+            return value
+        out = copy.copy(value)
+        out.update(fresh)
+        return out
+    return value
 
 
 def _topological_order(output: Node) -> list[Node]:

@@ -15,7 +15,8 @@ def summary(model: Any, input_shape: tuple[int, ...] | None = None,
 
     Output shapes come from one inference pass on a zero input of shape
     ``(1, *input_shape)``; ``input_shape`` defaults to the first Linear's width. A model
-    that knows its own rows (a Graph) provides ``summary_rows()``.
+    that knows its own rows (a Graph) provides ``summary_rows()``; a layer a Graph calls
+    at several nodes is counted at its first, so the total counts each parameter once.
     """
     own = getattr(model, "summary_rows", None)
     rows = own() if own is not None else _rows_in_sequence(model, input_shape)

@@ -6,12 +6,14 @@
 Each call adds a :class:`Node` (a layer applied to earlier nodes). Shapes are checked
 as the graph grows, by running the new layer once on a small zero batch, so a
 mismatch names the nodes involved before any training. Building never changes a
-layer's parameters.
+layer's parameters. Calling one layer object at several nodes shares it between them
+(``xpnet.graph`` says how); a named layer's later nodes are named ``name_2``, ``name_3``...
 """
 
 from __future__ import annotations
 
 import itertools
+import weakref
 from typing import Any
 
 import numpy as np
@@ -45,6 +47,9 @@ class SymbolicTensor:
 
 
 _counter = itertools.count(1)
+#: How many nodes each layer object has been called at, to name a named layer's later
+#: nodes ``name_2``, ``name_3``... (weak: building a graph keeps no layer alive).
+_uses: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def _node_name(layer: Any) -> str:
@@ -66,11 +71,6 @@ def connect(layer: Any, inputs: tuple[Any, ...]) -> SymbolicTensor:
     """Apply ``layer`` to symbolic tensors (what ``layer(tensor)`` does while building)."""
     if not all(isinstance(t, SymbolicTensor) for t in inputs):
         raise TypeError(f"{layer.label}: cannot mix symbolic tensors and arrays in one call")
-    if getattr(layer, "_node", None) is not None:
-        raise ValueError(
-            f"{layer.label} is already used at node {layer._node.name}; a layer object can "
-            f"appear once in a graph (create another layer to repeat it)"
-        )
     multi = layer.multi_input
     if not multi and len(inputs) != 1:
         raise TypeError(f"{layer.label} takes one input, got {len(inputs)}")
@@ -86,6 +86,8 @@ def connect(layer: Any, inputs: tuple[Any, ...]) -> SymbolicTensor:
     except (ValueError, TypeError) as e:
         names = ", ".join(f"{n.name} (N, {', '.join(map(str, n.shape))})" for n in nodes)
         raise ValueError(f"cannot apply {layer.label} to {names}: {e}") from None
-    node = Node(layer, nodes, tuple(out.shape[1:]), layer.name or _node_name(layer))
-    layer._node = node
-    return SymbolicTensor(node)
+    uses = _uses.get(layer, 0) + 1
+    _uses[layer] = uses
+    name = _node_name(layer) if not layer.name else (
+        layer.name if uses == 1 else f"{layer.name}_{uses}")
+    return SymbolicTensor(Node(layer, nodes, tuple(out.shape[1:]), name))
