@@ -149,3 +149,10 @@ def test_float64_layers(be, rng):
     assert_on(be, layer.forward(x), "float64")
     model = xn.Sequential(xn.Linear(3, 2), xn.Sigmoid()).astype("float64")
     assert_on(be, model(x), "float64")
+
+
+def test_sequential_refuses_one_layer_twice():
+    """One object at two places would share one cache; a Graph is the way to share."""
+    f = xn.Linear(3, 3)
+    with pytest.raises(ValueError, match=r"item 2 is the same layer object as item 0.*Graph"):
+        xn.Sequential(f, xn.Tanh(), f)

@@ -291,6 +291,11 @@ class Sequential(Layer):
         for i, layer in enumerate(layers):
             if not isinstance(layer, Layer):
                 raise TypeError(f"Sequential: item {i} is {type(layer).__name__}, not a Layer")
+            first = next(j for j, other in enumerate(layers) if other is layer)
+            if first != i:  # one cache would serve two calls, and its weights list twice
+                raise ValueError(f"Sequential: item {i} is the same layer object as item "
+                                 f"{first} ({layer!r}); to share weights, call it twice in "
+                                 f"a Graph (xn.Input + layer calls)")
             layer._where = f"{name or 'Sequential'}[{i}]"
         self._layers = list(layers)
         self._first_with_params = next(
