@@ -106,3 +106,26 @@ def test_torch_convolution_matches_im2col(stride, padding, dims):
 def test_other_libraries_take_the_standard_path():
     be = _library("array_api_strict")
     assert type(backends.ops(be.xp)) is StandardOps
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_gelu_fast_path_matches_standard(name):
+    """Exact GELU and its gradient: each library's ops against StandardOps in float64
+    (math.erf underneath). NumPy's float32 path uses its own rational erf (|error| <=
+    1.5e-7), so it is held to float32 rounding of values up to 8, not to equality."""
+    import math
+
+    be = _library(name)
+    xp = be.xp
+    fast = backends.ops(xp)
+    host = np.concatenate([np.linspace(-8, 8, 4001), [0.0, -0.0, 1e-8, -1e-8]])
+    dy = np.random.default_rng(0).standard_normal(host.shape)
+    phi = np.array([0.5 * (1 + math.erf(v / math.sqrt(2))) for v in host])
+    ref_y = host * phi
+    ref_g = dy * (phi + host * np.exp(-0.5 * host * host) / math.sqrt(2 * math.pi))
+    for dtype, tol in (("float32", 1e-6), ("float64", 1e-12)):
+        y, ctx = fast.gelu(xp, be.asarray(host, dtype=dtype))
+        g = fast.gelu_grad(xp, be.asarray(dy, dtype=dtype), ctx)
+        assert y.dtype == be.dtype(dtype) and g.dtype == be.dtype(dtype)
+        np.testing.assert_allclose(to_numpy(y), ref_y, rtol=tol, atol=tol)
+        np.testing.assert_allclose(to_numpy(g), ref_g, rtol=tol, atol=tol * 4)

@@ -38,7 +38,9 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     layer : Layer
         Any layer or model; it is copied, never changed.
     x : array, shape as the layer expects, or a list of arrays for several inputs
-        The input, on the layer's backend and device.
+        The input, on the layer's backend and device. Floating inputs are checked
+        (in float64); integer ones (token ids for an Embedding) are passed as they are
+        and have no gradient to check, so ``backward`` may return None for them.
     loss, target : Loss and its target, optional
         The scalar to differentiate. Without them, ``C = sum(y * R)`` for a fixed
         random ``R`` shaped like the output, so every output element matters.

@@ -41,7 +41,8 @@ def _rows_in_sequence(model: Any, input_shape: tuple[int, ...] | None
         input_shape = (first.in_features,) if hasattr(first, "in_features") else None
     shapes = ["?"] * len(layers)
     if input_shape is not None:
-        x = model.backend.asarray(np.zeros((1, *input_shape)), dtype="float32")
+        x = model.backend.asarray(np.zeros((1, *input_shape)),
+                                  dtype=getattr(model, "input_dtype", None) or "float32")
         for i, layer in enumerate(layers):
             x = layer.forward(x, train=False)
             shapes[i] = shape_text(tuple(x.shape)[1:])

@@ -121,6 +121,8 @@ def check_layer(layer: Layer, x: Any, *, loss: Loss | None = None, target: Any =
     layer : Layer
         Its parameters on ``x``'s backend and device.
     x : array, shape as the layer expects, or a list of arrays for a multi-input layer
+        Integer inputs (an Embedding's ids) have no gradient: none is checked or
+        expected for them (on the meta device they become zeros, a valid id).
     loss, target : Loss and its target, optional
         Passed to gradcheck.
 

@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from .base import Adapter, BackendUnavailableError, Placement, mix
+from .standard import StandardOps
 
 
 def cuda_index(device: str | None, who: str) -> int:
@@ -18,6 +19,24 @@ def cuda_index(device: str | None, who: str) -> int:
             f"{who}: unknown device {device!r}; expected 'cuda' or 'cuda:N'"
         )
     return int(m.group(1))
+
+
+class CupyOps(StandardOps):
+    """CuPy: its own erf and scatter-add kernels."""
+
+    def erf(self, xp, x):
+        import cupyx.scipy.special
+
+        return cupyx.scipy.special.erf(x)
+
+    def rows_add(self, xp, n_rows, index, values):
+        import cupy
+        import cupyx
+
+        with values.device:
+            out = cupy.zeros((n_rows, values.shape[1]), dtype=values.dtype)
+        cupyx.scatter_add(out, index, values)  # repeated indices sum
+        return out
 
 
 class CupyAdapter(Adapter):
@@ -70,6 +89,9 @@ class CupyAdapter(Adapter):
 
         with like.device:
             return cupy.random.default_rng(mix(key)).random(shape, dtype=like.dtype)
+
+    def make_ops(self) -> StandardOps:
+        return CupyOps()
 
     def synchronize(self, device):
         device.synchronize()

@@ -24,6 +24,15 @@ class JaxOps(StandardOps):
     def set_at(self, xp, target, key, value):
         return target.at[key].set(value)
 
+    def erf(self, xp, x):
+        import jax
+
+        return jax.lax.erf(x)
+
+    def rows_add(self, xp, n_rows, index, values):
+        out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype, device=values.device)
+        return out.at[index].add(values)  # a scatter-add: repeated indices sum
+
 
 class JaxAdapter(Adapter):
     name = "jax"

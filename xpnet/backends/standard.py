@@ -12,7 +12,10 @@ import math
 from typing import Any
 
 from .. import _windows
-from .._compat import pad_axes
+from .._compat import device, erf, pad_axes
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
 class StandardOps:
@@ -57,6 +60,78 @@ class StandardOps:
         """``sum(a, axis=axes)``."""
         return xp.sum(a, axis=axes)
 
+    def erf(self, xp: Any, x: Any) -> Any:
+        """The error function, element-wise (the standard has none): xpnet's own in
+        standard calls, :func:`xpnet._compat.erf`; adapters use their library's."""
+        return erf(xp, x)
+
+    def gelu(self, xp: Any, x: Any) -> tuple[Any, Any]:
+        """``(y, ctx)``: exact GELU ``y = x Phi(x)``, ``Phi(x) = (1 + erf(x / sqrt 2)) / 2``,
+        and what :meth:`gelu_grad` needs."""
+        phi = 0.5 * (1.0 + self.erf(xp, _SQRT_HALF * x))
+        return x * phi, (x, phi, None)
+
+    def gelu_grad(self, xp: Any, dy: Any, ctx: Any) -> Any:
+        """``dy * (Phi(x) + x phi(x))`` with ``phi(x) = exp(-x^2 / 2) / sqrt(2 pi)``;
+        ``ctx[2]``, when given, is ``exp(-x^2 / 2)`` already computed by forward."""
+        x, phi, gauss = ctx
+        if gauss is None:
+            gauss = xp.exp(-0.5 * (x * x))
+        return dy * (phi + x * (_INV_SQRT_2PI * gauss))
+
+    # -- scatter-add: embedding gradients ------------------------------------------------
+    #: ``rows_add`` sums by a one-hot matmul while ``n_rows * len(index)`` is at most
+    #: this, and by sorting otherwise.
+    rows_add_onehot_limit = 1 << 20
+
+    def rows_add(self, xp: Any, n_rows: int, index: Any, values: Any) -> Any:
+        """``out (n_rows, D)`` with ``out[r] = sum of values[i] over i where index[i] == r``.
+
+        ``index`` is 1-D of an integer dtype, every entry in ``[0, n_rows)``; ``values`` is
+        ``(len(index), D)``. Repeated indices sum (an embedding's gradient). The standard
+        has no scatter-add, so: a one-hot matmul ``onehot(index) @ values`` when
+        ``n_rows * len(index) <= rows_add_onehot_limit``, else a segment sum after a
+        stable sort (:meth:`rows_add_sorted`). Adapters use their library's scatter-add.
+        """
+        if n_rows * index.shape[0] <= self.rows_add_onehot_limit:
+            return self.rows_add_onehot(xp, n_rows, index, values)
+        return self.rows_add_sorted(xp, n_rows, index, values)
+
+    def rows_add_onehot(self, xp: Any, n_rows: int, index: Any, values: Any) -> Any:
+        """:meth:`rows_add` as one matmul with the ``(n_rows, m)`` one-hot matrix (each
+        value times exactly 1.0 or 0.0; a NaN or inf in ``values`` spreads to every row)."""
+        rows = xp.arange(n_rows, dtype=index.dtype, device=device(index))
+        onehot = xp.astype(rows[:, None] == index[None, :], values.dtype)
+        return onehot @ values
+
+    def rows_add_sorted(self, xp: Any, n_rows: int, index: Any, values: Any) -> Any:
+        """:meth:`rows_add` in ``O(m D log m)``, for large ``n_rows``.
+
+        A stable sort makes each row's entries contiguous; a segmented inclusive scan
+        (log2(m) doubling steps: ``v[i] += v[i - s]`` where both have the same index,
+        which, the keys being sorted, means the whole stretch between them does) leaves
+        each segment's sum, added pairwise, at its last entry; ``searchsorted`` finds
+        that entry for every row, and rows no index names get 0.
+        """
+        m, width = index.shape[0], values.shape[1]
+        dev = device(index)
+        if m == 0:
+            return xp.zeros((n_rows, width), dtype=values.dtype, device=dev)
+        order = xp.argsort(index, stable=True)
+        keys = xp.take(index, order)
+        v = xp.take(values, order, axis=0)
+        step = 1
+        while step < m:  # a bound from the shape, never from the values
+            same = (keys[step:] == keys[:-step])[:, None]
+            rest = v[step:, ...]
+            v = xp.concat([v[:step, ...], xp.where(same, rest + v[:-step, ...], rest)], axis=0)
+            step *= 2
+        rows = xp.arange(n_rows, dtype=index.dtype, device=dev)
+        end = xp.searchsorted(keys, rows, side="right")
+        named = (end > xp.searchsorted(keys, rows, side="left"))[:, None]
+        last = xp.take(v, xp.maximum(end - 1, 0), axis=0)
+        return xp.where(named, last, xp.zeros_like(last))
+
     # -- updates: in place where the library allows; each returns the array to keep --
     def sub_scaled_(self, xp: Any, value: Any, lr: float, g: Any) -> Any:
         """``value - lr * g``."""
@@ -82,13 +157,21 @@ class StandardOps:
 
     # -- convolution: (y, ctx) forward, (dx, dW, db) backward ------------------------
     def conv_forward(self, xp: Any, x: Any, W: Any, b: Any, stride: tuple[int, ...],
-                     padding: tuple[int, ...]) -> tuple[Any, Any]:
-        """Cross-correlation of ``x (N, C, *spatial)`` with ``W (O, C, *kernel)``, by im2col.
+                     padding: tuple[int, ...], dilation: tuple[int, ...] | None = None,
+                     groups: int = 1) -> tuple[Any, Any]:
+        """Cross-correlation of ``x (N, C, *spatial)`` with ``W (O, C / groups, *kernel)``,
+        by im2col.
 
         Returns ``(y, ctx)``: ``y (N, O, *out)`` and what :meth:`conv_backward` needs.
         With the windows laid out as rows, ``cols (N * positions, K * C)``, and ``W2``
         the weight as ``(O, K * C)``: ``Y = cols @ W2.T + b``, one matmul for the batch.
+        ``dilation`` (per axis, None for 1) spaces the kernel's taps: it only moves the
+        slices. With ``groups`` G the channels split into G groups of ``C / G`` inputs
+        and ``O / G`` outputs, and the G products are one batched matmul
+        ``(G, M, K C/G) @ (G, K C/G, O/G)`` (:meth:`_conv_forward_grouped`).
         """
+        if groups != 1:
+            return self._conv_forward_grouped(xp, x, W, b, stride, padding, dilation, groups)
         d, n = W.ndim - 2, x.shape[0]
         o, c, kernel = W.shape[0], W.shape[1], tuple(W.shape[2:])
         # Channels last, padded by concatenation (which also makes it contiguous): each
@@ -96,7 +179,7 @@ class StandardOps:
         # as (N, *out, K, C) are already the rows of im2col, so the reshape is free.
         xl = pad_axes(xp, xp.permute_dims(x, (0, *range(2, 2 + d), 1)), padding, 1)
         outs, keys = _windows.plan(tuple(xl.shape[1:1 + d]), kernel, stride, "convolution",
-                                   padding, channels_last=True)
+                                   padding, channels_last=True, dilation=dilation)
         cols = xp.reshape(xp.stack([xl[k] for k in keys], axis=-2),
                           (n * math.prod(outs), len(keys) * c))
         w_rows = xp.reshape(xp.permute_dims(W, (0, *range(2, 2 + d), 1)), (o, -1))
@@ -104,16 +187,49 @@ class StandardOps:
         # back to (N, O, *out), copied so later layers see the usual contiguous layout
         y = xp.reshape(xp.permute_dims(xp.reshape(y, (n, *outs, o)), (0, d + 1, *range(1, d + 1))),
                        (n, o, *outs), copy=True)
-        return y, (cols, tuple(xl.shape), outs, keys, W, stride, padding, b is not None)
+        return y, (cols, tuple(xl.shape), outs, keys, W, stride, padding, b is not None,
+                   dilation, 1)
+
+    def _conv_forward_grouped(self, xp: Any, x: Any, W: Any, b: Any, stride: tuple[int, ...],
+                              padding: tuple[int, ...], dilation: tuple[int, ...] | None,
+                              groups: int) -> tuple[Any, Any]:
+        """:meth:`conv_forward` for ``groups > 1``: the input as ``(G, N, *spatial, C/G)``
+        (groups leading, each group's channels last), so the stacked windows reshape
+        for free to ``cols (G, N * positions, K * C/G)``, one row block per group."""
+        d, n, g = W.ndim - 2, x.shape[0], groups
+        o, cg, kernel = W.shape[0], W.shape[1], tuple(W.shape[2:])
+        og = o // g
+        xg = xp.reshape(x, (n, g, cg, *x.shape[2:]))
+        xg = pad_axes(xp, xp.permute_dims(xg, (1, 0, *range(3, 3 + d), 2)), padding, 2)
+        outs, keys = _windows.plan(tuple(xg.shape[2:2 + d]), kernel, stride, "convolution",
+                                   padding, channels_last=True, dilation=dilation)
+        keys = [(slice(None), *key) for key in keys]  # every group
+        cols = xp.reshape(xp.stack([xg[k] for k in keys], axis=-2),
+                          (g, n * math.prod(outs), len(keys) * cg))
+        # W (O, C/G, *kernel) -> (G, O/G, *kernel, C/G) -> (G, O/G, K * C/G), as cols' rows
+        w_rows = xp.permute_dims(xp.reshape(W, (g, og, cg, *kernel)), (0, 1, *range(3, 3 + d), 2))
+        w_rows = xp.reshape(w_rows, (g, og, -1))
+        y = cols @ xp.permute_dims(w_rows, (0, 2, 1))  # (G, M, O/G)
+        if b is not None:
+            y = y + xp.reshape(b, (g, 1, og))
+        # (G, N, *out, O/G) -> (N, G, O/G, *out) = (N, O, *out), contiguous
+        y = xp.reshape(xp.permute_dims(xp.reshape(y, (g, n, *outs, og)),
+                                       (1, 0, d + 2, *range(2, 2 + d))),
+                       (n, o, *outs), copy=True)
+        return y, (cols, tuple(xg.shape), outs, keys, W, stride, padding, b is not None,
+                   dilation, g)
 
     def conv_backward(self, xp: Any, ctx: Any, dy: Any, need_input: bool
                       ) -> tuple[Any, Any, Any]:
         """``(dx or None, dW, db or None)`` for ``dy`` of shape ``(N, O, *out)``.
 
         ``dW2 = delta.T @ cols`` sums over batch and positions; ``db`` sums ``dy`` in its
-        own layout; ``dx`` is ``delta @ W2``, added back into each window's input slice.
+        own layout; ``dx`` is ``delta @ W2``, added back into each window's input slice
+        (per group, batched over groups, when ``groups > 1``).
         """
-        cols, padded_shape, outs, keys, W, stride, padding, has_bias = ctx
+        cols, padded_shape, outs, keys, W, stride, padding, has_bias, dilation, groups = ctx
+        if groups != 1:
+            return self._conv_backward_grouped(xp, ctx, dy, need_input)
         d, n, o, c = W.ndim - 2, dy.shape[0], W.shape[0], W.shape[1]
         kernel = tuple(W.shape[2:])
         d2 = xp.reshape(xp.permute_dims(dy, (0, *range(2, 2 + d), 1)), (n * math.prod(outs), o))
@@ -128,10 +244,40 @@ class StandardOps:
         parts = (xp.reshape(d2 @ W[(slice(None), slice(None), *offsets)], (n, *outs, c))
                  for offsets in itertools.product(*(range(k) for k in kernel)))
         dxl = _windows.scatter(xp, self, parts, padded_shape, keys,
-                               _windows.overlapping(kernel, stride))
+                               _windows.overlapping(kernel, stride, dilation))
         dxpad = xp.permute_dims(dxl, (0, d + 1, *range(1, d + 1)))  # back to (N, C, ...)
-        if not any(padding):
-            return dxpad, dW, db
-        inner = (slice(None), slice(None)) + tuple(
-            slice(p, m - p) for p, m in zip(padding, padded_shape[1:1 + d], strict=True))
-        return dxpad[inner], dW, db
+        return _unpad(dxpad, padding), dW, db
+
+    def _conv_backward_grouped(self, xp: Any, ctx: Any, dy: Any, need_input: bool
+                               ) -> tuple[Any, Any, Any]:
+        """:meth:`conv_backward` for ``groups > 1``, each matmul batched over groups."""
+        cols, padded_shape, outs, keys, W, stride, padding, has_bias, dilation, g = ctx
+        d, n, o, cg = W.ndim - 2, dy.shape[0], W.shape[0], W.shape[1]
+        og, kernel = o // g, tuple(W.shape[2:])
+        # (N, O, *out) -> (G, N, *out, O/G) -> (G, M, O/G)
+        d2 = xp.permute_dims(xp.reshape(dy, (n, g, og, *outs)), (1, 0, *range(3, 3 + d), 2))
+        d2 = xp.reshape(d2, (g, n * math.prod(outs), og))
+        dW = xp.reshape(xp.permute_dims(d2, (0, 2, 1)) @ cols, (g, og, *kernel, cg))
+        dW = xp.reshape(xp.permute_dims(dW, (0, 1, d + 2, *range(2, 2 + d))), tuple(W.shape))
+        db = self.sum_axes(xp, dy, (0, *range(2, 2 + d))) if has_bias else None
+        if not need_input:
+            return None, dW, db
+        wg = xp.reshape(W, (g, og, cg, *kernel))
+        parts = (xp.reshape(d2 @ wg[(slice(None), slice(None), slice(None), *offsets)],
+                            (g, n, *outs, cg))
+                 for offsets in itertools.product(*(range(k) for k in kernel)))
+        dxl = _windows.scatter(xp, self, parts, padded_shape, keys,
+                               _windows.overlapping(kernel, stride, dilation))
+        # (G, N, *padded, C/G) -> (N, G, C/G, *padded) = (N, C, *padded)
+        dxpad = xp.reshape(xp.permute_dims(dxl, (1, 0, d + 2, *range(2, 2 + d))),
+                           (n, g * cg, *padded_shape[2:2 + d]))
+        return _unpad(dxpad, padding), dW, db
+
+
+def _unpad(dxpad: Any, padding: tuple[int, ...]) -> Any:
+    """``dxpad (N, C, *padded)`` without its ``padding`` on each spatial side."""
+    if not any(padding):
+        return dxpad
+    inner = (slice(None), slice(None)) + tuple(
+        slice(p, m - p) for p, m in zip(padding, dxpad.shape[2:], strict=True))
+    return dxpad[inner]

@@ -39,23 +39,34 @@ class TorchOps(StandardOps):
     def sub_scaled_(self, xp, value, lr, g):
         return value.add_(g, alpha=-lr)
 
+    def erf(self, xp, x):
+        return self.torch.special.erf(x)
+
+    def rows_add(self, xp, n_rows, index, values):
+        if index.dtype not in (self.torch.int64, self.torch.int32):
+            index = index.long()
+        out = values.new_zeros((n_rows, values.shape[1]))
+        return out.index_add_(0, index, values)  # repeated indices sum
+
     def softmax_xent(self, xp, z, y):
         logp = self.torch.log_softmax(z, dim=1)
         return -(y * logp).sum(dim=1), logp.exp()
 
-    def conv_forward(self, xp, x, W, b, stride, padding):
-        """``aten.convolution``: PyTorch's own kernels, same layout and math."""
+    def conv_forward(self, xp, x, W, b, stride, padding, dilation=None, groups=1):
+        """``aten.convolution``: PyTorch's own kernels, same layout and math (dilation
+        and groups included)."""
         d = len(stride)
-        y = self.aten.convolution(x, W, b, list(stride), list(padding), [1] * d, False,
-                                  [0] * d, 1)
-        return y, (x, W, stride, padding, b is not None)
+        dilation = [1] * d if dilation is None else list(dilation)
+        y = self.aten.convolution(x, W, b, list(stride), list(padding), dilation, False,
+                                  [0] * d, groups)
+        return y, (x, W, stride, padding, b is not None, dilation, groups)
 
     def conv_backward(self, xp, ctx, dy, need_input):
-        x, W, stride, padding, has_bias = ctx
+        x, W, stride, padding, has_bias, dilation, groups = ctx
         d = len(stride)
         return tuple(self.aten.convolution_backward(
             dy, x, W, [W.shape[0]] if has_bias else None, list(stride), list(padding),
-            [1] * d, False, [0] * d, 1, [need_input, True, has_bias]))
+            dilation, False, [0] * d, groups, [need_input, True, has_bias]))
 
 
 class TorchAdapter(Adapter):

@@ -86,6 +86,9 @@ class Layer:
 
     #: Whether forward takes a list of inputs (merge layers such as Add and Concat).
     multi_input = False
+    #: The dtype of the input a graph or a summary should probe the layer with: None for
+    #: the parameters' floating dtype, ``"int64"`` for layers that read ids (Embedding).
+    input_dtype: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -303,6 +306,10 @@ class Sequential(Layer):
 
     def children(self) -> list[Layer]:
         return self._layers
+
+    @property
+    def input_dtype(self) -> str | None:  # what the first layer reads
+        return self._layers[0].input_dtype if self._layers else None
 
     def __len__(self) -> int:
         return len(self._layers)

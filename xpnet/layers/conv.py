@@ -7,11 +7,19 @@ it has one (torch). With the windows laid out as rows, ``cols``, and ``W2`` the
 weight as a matrix:
 
     forward   Y = cols @ W2.T + b              (one matmul for the whole batch)
+    kept      cols (the windows) and W, when train is true
     backward  dC/dW2   = delta.T @ cols        (sums over batch and positions)
               dC/db    = sum of delta over batch and positions
               dC/dcols = delta @ W2, added back into each window's input slice
 
-Weights use PyTorch's layout: ``(out_channels, in_channels, *kernel)``.
+``dilation`` d spaces a kernel's taps d apart: a window then reaches ``d (k - 1) + 1``
+positions and the equations are unchanged, only the slices move. With ``groups`` G the
+input channels split into G groups of ``C_in / G``, each convolved with its own
+``C_out / G`` filters: ``cols`` becomes ``(G, rows, K C_in/G)`` and every product above
+is one matmul batched over the groups, ``Y_g = cols_g @ W2_g.T``. Depthwise
+convolution is ``groups = in_channels``.
+
+Weights use PyTorch's layout: ``(out_channels, in_channels // groups, *kernel)``.
 """
 
 from __future__ import annotations
@@ -29,7 +37,8 @@ class _ConvND(_Weighted):
     dims = 0
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
-                 stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] = 0, *,
+                 stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] = 0,
+                 dilation: int | tuple[int, ...] = 1, groups: int = 1, *,
                  bias: bool = True, init: str = "pytorch", dtype: str = "float32",
                  backend: str | Backend | None = None, device: str | None = None,
                  name: str | None = None):
@@ -42,8 +51,14 @@ class _ConvND(_Weighted):
         self.padding = _windows.as_tuple(padding, self.dims, "padding", who)
         if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
             raise ValueError(f"{who}: kernel_size and stride must be >= 1 and padding >= 0")
-        self._make_weights((self.out_channels, self.in_channels, *self.kernel_size), bias,
-                           init, dtype, backend, device)
+        self.dilation = _windows.as_tuple(dilation, self.dims, "dilation", who, minimum=1)
+        self.groups = _args.integer(groups, "groups", who, minimum=1)
+        for what, n in (("in_channels", self.in_channels), ("out_channels", self.out_channels)):
+            if n % self.groups:
+                raise ValueError(f"{who}: {what} must be divisible by groups={self.groups}, "
+                                 f"got {what}={n}")
+        self._make_weights((self.out_channels, self.in_channels // self.groups,
+                            *self.kernel_size), bias, init, dtype, backend, device)
         self._ctx: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
@@ -55,11 +70,11 @@ class _ConvND(_Weighted):
             )
         self._check_input(x)
         padded = tuple(s + 2 * p for s, p in zip(x.shape[2:], self.padding, strict=True))
-        _windows.check_fits(padded, self.kernel_size, self, self.padding)
+        _windows.check_fits(padded, self.kernel_size, self, self.padding, self.dilation)
         xp = namespace(x)
         y, ctx = ops(xp).conv_forward(xp, x, self.weight.value,
                                       None if self.bias is None else self.bias.value,
-                                      self.stride, self.padding)
+                                      self.stride, self.padding, self.dilation, self.groups)
         self._ctx = ctx if train else None
         return y
 
@@ -79,29 +94,68 @@ class _ConvND(_Weighted):
         self._gradients(delta, need_input=False)
 
     def get_config(self) -> dict[str, Any]:
-        k = self.kernel_size[0] if self.dims == 1 else list(self.kernel_size)
-        s = self.stride[0] if self.dims == 1 else list(self.stride)
-        p = self.padding[0] if self.dims == 1 else list(self.padding)
+        def one(values: tuple[int, ...]) -> int | list[int]:
+            return values[0] if self.dims == 1 else list(values)
+
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
-                "kernel_size": k, "stride": s, "padding": p, "bias": self.use_bias,
-                "init": self.init, "dtype": self.dtype}
+                "kernel_size": one(self.kernel_size), "stride": one(self.stride),
+                "padding": one(self.padding), "dilation": one(self.dilation),
+                "groups": self.groups, "bias": self.use_bias, "init": self.init,
+                "dtype": self.dtype}
 
 
 class Conv1D(_ConvND):
-    """1-D convolution (cross-correlation, as PyTorch) on ``(N, C_in, L)``.
+    """1-D convolution (cross-correlation, as PyTorch's ``Conv1d``) on ``(N, C_in, L)``.
 
-    Output ``(N, C_out, L_out)`` with ``L_out = (L + 2 padding - kernel) // stride + 1``;
-    weight ``(C_out, C_in, kernel)``, bias ``(C_out,)``.
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and the output; both divisible by ``groups``.
+    kernel_size : int
+    stride : int, default 1
+    padding : int, default 0
+        Zeros added at both ends of L.
+    dilation : int, default 1
+        Spacing between the kernel's taps.
+    groups : int, default 1
+        Split the channels into this many independent groups (``in_channels`` for a
+        depthwise convolution).
+    bias : bool, default True
+    init, dtype, backend, device, name
+        As :class:`Linear`.
+
+    Shapes
+    ------
+    input ``(N, C_in, L)``; output ``(N, C_out, L_out)`` with
+    ``L_out = (L + 2 padding - dilation (kernel_size - 1) - 1) // stride + 1``;
+    weight ``(C_out, C_in // groups, kernel_size)``; bias ``(C_out,)``.
     """
 
     dims = 1
 
 
 class Conv2D(_ConvND):
-    """2-D convolution (cross-correlation, as PyTorch) on ``(N, C_in, H, W)``.
+    """2-D convolution (cross-correlation, as PyTorch's ``Conv2d``) on ``(N, C_in, H, W)``.
 
-    ``kernel_size``, ``stride`` and ``padding`` are ints or ``(h, w)`` pairs; weight
-    ``(C_out, C_in, kh, kw)``, output ``(N, C_out, H_out, W_out)``.
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        Channels of the input and the output; both divisible by ``groups``.
+    kernel_size, stride, padding, dilation : int or (int, int)
+        One value for both spatial axes or an ``(h, w)`` pair; ``stride`` and
+        ``dilation`` default to 1, ``padding`` (zeros on both sides) to 0.
+    groups : int, default 1
+        Split the channels into this many independent groups (``in_channels`` for a
+        depthwise convolution).
+    bias : bool, default True
+    init, dtype, backend, device, name
+        As :class:`Linear`.
+
+    Shapes
+    ------
+    input ``(N, C_in, H, W)``; output ``(N, C_out, H_out, W_out)`` with, per axis,
+    ``H_out = (H + 2 padding - dilation (kernel - 1) - 1) // stride + 1``;
+    weight ``(C_out, C_in // groups, kh, kw)``; bias ``(C_out,)``.
     """
 
     dims = 2

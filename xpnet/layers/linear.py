@@ -3,13 +3,21 @@
 Batched, with ``X`` of shape ``(n, in)``:
 
     forward   Z = X @ W.T + b                      W: (out, in), b: (out,)
+    kept      X (training only)
     backward  dC/dW = delta.T @ X                   (the matmul sums over the batch)
               dC/db = sum(delta, axis=0)
               dC/dX = delta @ W                     with delta = dC/dZ, shape (n, out)
+
+Any leading shape works, as in PyTorch: ``(..., in)`` is flattened to ``(n, in)``
+with ``n`` the product of the leading axes (``(N, L, E)`` sequences: every position
+is a row), the same two matmuls run, and the results get the leading axes back, so
+the weight and bias gradients sum over all leading axes. 2-D input takes the direct
+path, with no reshape.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .. import _args
@@ -21,6 +29,9 @@ from .weighted import _Weighted
 
 class Linear(_Weighted):
     """Fully connected layer with PyTorch's weight layout.
+
+    Input ``(..., in_features)``, output ``(..., out_features)``: any leading axes
+    (``(N, in)``, ``(N, L, in)``, or one example ``(in,)``).
 
     Parameters
     ----------
@@ -46,25 +57,50 @@ class Linear(_Weighted):
         self._make_weights((self.out_features, self.in_features), bias, init, dtype,
                            backend, device)
         self._x: Any = None
+        self._lead: tuple[int, ...] | None = None  # leading axes of an input that is not 2-D
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
-        W = self.weight.value
         if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(
-                f"{self.label}: expected input of shape (batch, {self.in_features}), "
-                f"got {tuple(x.shape)}"
-            )
+            return self._forward_any(x, train)
         self._check_input(x)
         self._x = x if train else None
+        self._lead = None
         xp = namespace(x)
-        return ops(xp).linear(xp, x, W, None if self.bias is None else self.bias.value)
+        return ops(xp).linear(xp, x, self.weight.value,
+                              None if self.bias is None else self.bias.value)
+
+    def _forward_any(self, x: Any, train: bool) -> Any:
+        """``(..., in)``: as rows of one ``(n, in)`` matrix, then the leading axes back."""
+        if x.ndim < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self.label}: expected input of shape (batch, {self.in_features}), "
+                f"got {tuple(x.shape)}; any leading axes may come before the "
+                f"{self.in_features} features: (..., {self.in_features})"
+            )
+        self._check_input(x)
+        xp = namespace(x)
+        lead = tuple(x.shape[:-1])
+        x2 = xp.reshape(x, (math.prod(lead), self.in_features))
+        y = ops(xp).linear(xp, x2, self.weight.value,
+                           None if self.bias is None else self.bias.value)
+        self._x = x2 if train else None
+        self._lead = lead
+        return xp.reshape(y, (*lead, self.out_features))
 
     def backward(self, delta: Any) -> Any:
+        if self._lead is not None:
+            xp = namespace(delta)
+            d2 = xp.reshape(delta, (math.prod(self._lead), self.out_features))
+            self.backward_params(d2)
+            return xp.reshape(d2 @ self.weight.value, (*self._lead, self.in_features))
         self.backward_params(delta)
         return delta @ self.weight.value
 
     def backward_params(self, delta: Any) -> None:
         x = self._require_cache(self._x)
+        if delta.ndim != 2:
+            xp = namespace(delta)
+            delta = xp.reshape(delta, (math.prod(self._lead or ()), self.out_features))
         self.weight.accumulate(delta.T @ x)
         if self.bias is not None:
             xp = namespace(delta)

@@ -1,4 +1,5 @@
-"""Batch normalisation over the channel axis (axis 1), with running statistics.
+"""Batch normalisation over the channel axis (axis 1), with running statistics, and
+layer normalisation over the last axis.
 
 Training normalises with the batch's mean and (biased) variance per channel and
 updates ``running_mean``/``running_var`` (unbiased), as PyTorch; inference uses the
@@ -7,6 +8,19 @@ channel, backward is
 
     dC/dgamma = sum(dy * xhat),  dC/dbeta = sum(dy)
     dC/dx = (1 / (m sqrt(var + eps))) * (m g - sum(g) - xhat * sum(g * xhat)),  g = dy * gamma
+
+with the sums over the batch (and positions) per channel; training keeps ``xhat`` and
+``1 / sqrt(var + eps)``.
+
+LayerNorm normalises each example's last axis of ``D`` features instead, with the
+same equations and the sums taken the other way: mean and biased variance over the
+last axis, in training and inference alike (no running statistics),
+``y = gamma * xhat + beta``, and, with ``g = dy * gamma``,
+
+    dC/dgamma = sum over leading axes of dy * xhat,  dC/dbeta = sum over leading axes of dy
+    dC/dx = (1 / (D sqrt(var + eps))) * (D g - sum_D(g) - xhat * sum_D(g * xhat))
+
+Training keeps ``xhat`` and ``1 / sqrt(var + eps)``.
 """
 
 from __future__ import annotations
@@ -116,3 +130,93 @@ class BatchNorm2D(_BatchNorm):
     """Batch norm for ``(N, C, H, W)`` inputs (statistics per channel C)."""
 
     ndims, layout = (4,), "(N, C, H, W)"
+
+
+class LayerNorm(Layer):
+    """Layer normalisation over the last axis, as ``torch.nn.LayerNorm(normalized_shape)``.
+
+    Each example's ``D`` features are normalised with their own mean and biased
+    variance, then scaled and shifted: ``y = (x - mean) / sqrt(var + eps) * weight +
+    bias``. Training and inference compute the same thing.
+
+    Input ``(..., D)``: any leading axes (``(N, D)``, ``(N, L, D)``); output the same shape.
+
+    Parameters
+    ----------
+    normalized_shape : int or tuple of one int
+        ``D``, the size of the last axis (PyTorch's ``(D,)`` is accepted).
+    eps : float
+        Added to the variance, > 0.
+    dtype : str
+        ``"float32"`` (default) or ``"float64"``.
+    backend, device : optional
+        Where the parameters live (default: the current backend).
+
+    Attributes
+    ----------
+    weight : Parameter, shape (D,)
+        The scale, ones at first.
+    bias : Parameter, shape (D,)
+        The shift, zeros at first.
+    """
+
+    def __init__(self, normalized_shape: int | tuple[int], *, eps: float = 1e-5,
+                 dtype: str = "float32", backend: str | Backend | None = None,
+                 device: str | None = None, name: str | None = None):
+        super().__init__(name=name)
+        if isinstance(normalized_shape, (list, tuple)):
+            if len(normalized_shape) != 1:
+                raise ValueError(
+                    f"LayerNorm: normalized_shape must be an int or a tuple of one int (the "
+                    f"last axis is normalised), got {tuple(normalized_shape)!r}")
+            normalized_shape = normalized_shape[0]
+        self.normalized_shape = _args.integer(normalized_shape, "normalized_shape",
+                                              "LayerNorm", minimum=1)
+        self.eps = _args.real(eps, "eps", "LayerNorm", low=0.0, low_open=True)
+        self.dtype = _args.float_dtype(dtype, "LayerNorm")
+        d, be = self.normalized_shape, resolve(backend, device)
+        self.weight = self._new_parameter("weight", np.ones(d), dtype, backend=be)
+        self.bias = self._new_parameter("bias", np.zeros(d), dtype, backend=be)
+        self._cache: Any = None
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        d = self.normalized_shape
+        if x.ndim < 1 or x.shape[-1] != d:
+            raise ValueError(f"{self.label}: expected input of shape (..., {d}), got "
+                             f"{tuple(x.shape)}")
+        gamma = self.weight.value
+        check_same_place(self, x, gamma)
+        if x.dtype != gamma.dtype:
+            xp = backend_of(gamma).xp
+            raise TypeError(f"{self.label}: expected input of dtype "
+                            f"{dtype_name(xp, gamma.dtype)} (the parameters'), got "
+                            f"{dtype_name(xp, x.dtype)}")
+        xp = namespace(x)
+        centred = x - xp.mean(x, axis=-1, keepdims=True)
+        inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+        xhat = centred * inv
+        self._cache = (xhat, inv) if train else None
+        return xhat * gamma + self.bias.value
+
+    def backward(self, dy: Any) -> Any:
+        xhat, inv = self._require_cache(self._cache)
+        xp = namespace(dy)
+        lead = tuple(range(dy.ndim - 1))
+        self.weight.accumulate(xp.sum(dy * xhat, axis=lead))
+        self.bias.accumulate(xp.sum(dy, axis=lead))
+        d = self.normalized_shape
+        g = dy * self.weight.value
+        return (inv / d) * (d * g - xp.sum(g, axis=-1, keepdims=True)
+                            - xhat * xp.sum(g * xhat, axis=-1, keepdims=True))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
+                "dtype": self.dtype}
+
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shapes of the parameters the layer ``config`` describes would hold,
+        without making it: ``weight`` and ``bias``, both ``(normalized_shape,)``."""
+        d = config["normalized_shape"]
+        d = d[0] if isinstance(d, (list, tuple)) and len(d) == 1 else d
+        return {"weight": (d,), "bias": (d,)}

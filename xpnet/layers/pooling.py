@@ -6,10 +6,17 @@ their sum over K: element-wise work on whole arrays, no reduction over a short a
 ``MaxPool`` sends each window's gradient to the element that won it (the first one
 on ties, as PyTorch); ``AvgPool`` shares it equally. Where windows overlap
 (``stride < kernel_size``) their gradients add up.
+
+``GlobalAvgPool1D``/``2D`` average each channel over all ``P`` positions:
+
+    forward   y[n, c] = sum of x[n, c, ...] over the positions / P     (N, C)
+    kept      the input's shape (training only)
+    backward  dC/dx[n, c, ...] = dy[n, c] / P at every position
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .. import _windows
@@ -99,3 +106,58 @@ class AvgPool2D(_PoolND):
     """Mean over ``(kh, kw)`` windows of ``(N, C, H, W)``; ``stride`` defaults to the kernel."""
 
     dims, mode = 2, "avg"
+
+
+class _GlobalAvgPoolND(Layer):
+    dims = 0
+
+    def __init__(self, *, name: str | None = None):
+        super().__init__(name=name)
+        self._shape: tuple[int, ...] | None = None
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        if x.ndim != 2 + self.dims:
+            layout = "(N, C, L)" if self.dims == 1 else "(N, C, H, W)"
+            raise ValueError(f"{self.label}: expected input {layout}, got shape {tuple(x.shape)}")
+        xp = namespace(x)
+        if not xp.isdtype(x.dtype, "real floating"):
+            raise TypeError(f"{self.label}: expected a real floating input, got dtype {x.dtype}")
+        self._shape = tuple(x.shape) if train else None
+        return xp.mean(x, axis=tuple(range(2, 2 + self.dims)))
+
+    def backward(self, dy: Any) -> Any:
+        shape = self._require_cache(self._shape)
+        xp = namespace(dy)
+        share = dy / math.prod(shape[2:])
+        spread = xp.broadcast_to(xp.reshape(share, (*shape[:2], *(1,) * self.dims)), shape)
+        return xp.asarray(spread, copy=True)  # a broadcast view may be read-only
+
+
+class GlobalAvgPool1D(_GlobalAvgPoolND):
+    """Mean of each channel over the whole length: ``(N, C, L) -> (N, C)``.
+
+    Parameters
+    ----------
+    name : str, optional
+
+    Shapes
+    ------
+    input ``(N, C, L)``; output ``(N, C)``. No parameters.
+    """
+
+    dims = 1
+
+
+class GlobalAvgPool2D(_GlobalAvgPoolND):
+    """Mean of each channel over the whole image: ``(N, C, H, W) -> (N, C)``.
+
+    Parameters
+    ----------
+    name : str, optional
+
+    Shapes
+    ------
+    input ``(N, C, H, W)``; output ``(N, C)``. No parameters.
+    """
+
+    dims = 2

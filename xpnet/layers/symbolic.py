@@ -79,7 +79,7 @@ def connect(layer: Any, inputs: tuple[Any, ...]) -> SymbolicTensor:
     nodes = [t.node for t in inputs]
     state = layer.named_state()
     be = layer.backend if state else current()
-    dtype = state[0][1].value.dtype if state else "float32"
+    dtype = layer.input_dtype or (state[0][1].value.dtype if state else "float32")
     probes = [be.asarray(np.zeros((2, *n.shape)), dtype=dtype) for n in nodes]
     try:
         out = layer.forward(probes if multi else probes[0], train=False)

@@ -73,15 +73,20 @@ class _Weighted(Layer):
         without making it (checkpoints check them before allocating anything).
 
         ``config`` is as ``get_config`` writes it: Linear's weight is
-        ``(out_features, in_features)``, a convolution's ``(out_channels, in_channels,
-        *kernel)``; the bias, if any, ``(out,)``.
+        ``(out_features, in_features)``, a convolution's ``(out_channels, in_channels //
+        groups, *kernel)`` (a config without ``groups``, written before there were any,
+        means 1); the bias, if any, ``(out,)``.
         """
         if "in_features" in config:
             shape = (config["out_features"], config["in_features"])
         else:
             k = config["kernel_size"]  # an int or one per spatial axis, as the constructor
             kernel = tuple(k) if isinstance(k, (list, tuple)) else (k,) * cls.dims
-            shape = (config["out_channels"], config["in_channels"], *kernel)
+            groups = _args.integer(config.get("groups", 1), "groups", cls.__name__, minimum=1)
+            if config["in_channels"] % groups:
+                raise ValueError(f"{cls.__name__}: in_channels must be divisible by groups="
+                                 f"{groups}, got in_channels={config['in_channels']}")
+            shape = (config["out_channels"], config["in_channels"] // groups, *kernel)
         shapes = {"weight": shape}
         if config.get("bias", True):
             shapes["bias"] = (shape[0],)

@@ -1,0 +1,115 @@
+"""Embedding: a lookup table of learned vectors, one row per token id.
+
+With integer ids ``X`` of any shape and the table ``W`` of shape ``(num, D)``:
+
+    forward   Y[..., :] = W[X[...], :]           (a row gather: Y has shape X.shape + (D,))
+    kept      the ids, flattened (training only)
+    backward  dC/dW[r] = sum of dC/dY[i] over every position i whose id is r
+              (repeated ids sum: a scatter-add, ``ops(xp).rows_add``)
+              no input gradient: the ids are integers, so backward returns None
+
+The standard has ``take`` for the gather but no scatter-add; ``rows_add`` is a
+one-hot matmul or a sort-based segment sum in standard calls, and the library's own
+scatter-add where an adapter has one (NumPy ``np.add.at``, torch ``index_add_``, JAX
+``.at[].add``, CuPy ``cupyx.scatter_add``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from .. import _args, random
+from .._compat import is_integral, namespace
+from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
+from ..backends import ops
+from .base import Layer
+
+
+class Embedding(Layer):
+    """A table of ``num_embeddings`` vectors of ``embedding_dim`` values, looked up by
+    integer id, as ``torch.nn.Embedding(num_embeddings, embedding_dim)``.
+
+    Input: integer ids of any shape, e.g. ``(N, L)``, each in ``[0, num_embeddings)``.
+    Output: float vectors of shape ``(*input.shape, embedding_dim)``, e.g. ``(N, L, D)``.
+
+    Ids out of range are refused with a ValueError naming the range where the ids live
+    in host memory (NumPy): the check reads them, which is free there. Elsewhere it
+    would need a host read that stalls the device, so xpnet does not check, and the
+    library's ``take`` decides: torch on the CPU and array-api-strict raise IndexError,
+    JAX gives NaN rows, and GPU libraries do not check.
+
+    Parameters
+    ----------
+    num_embeddings : int
+        Rows of the table: the number of distinct ids.
+    embedding_dim : int
+        Length ``D`` of each vector.
+    dtype : str
+        ``"float32"`` (default) or ``"float64"``.
+    backend, device : optional
+        Where the table lives (default: the current backend).
+
+    Attributes
+    ----------
+    weight : Parameter, shape (num_embeddings, embedding_dim)
+        The table, drawn from N(0, 1) as PyTorch does.
+    """
+
+    input_dtype = "int64"  # what a Graph or a summary probes it with
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype: str = "float32",
+                 backend: str | Backend | None = None, device: str | None = None,
+                 name: str | None = None):
+        super().__init__(name=name)
+        self.num_embeddings = _args.integer(num_embeddings, "num_embeddings", "Embedding",
+                                            minimum=1)
+        self.embedding_dim = _args.integer(embedding_dim, "embedding_dim", "Embedding",
+                                           minimum=1)
+        self.dtype = _args.float_dtype(dtype, "Embedding")
+        table = random.current().host.standard_normal((self.num_embeddings,
+                                                       self.embedding_dim))
+        self.weight = self._new_parameter("weight", table, dtype,
+                                          backend=resolve(backend, device))
+        self._ids: Any = None
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        W = self.weight.value
+        check_same_place(self, x, W)
+        xp = namespace(x)
+        if not is_integral(xp, x.dtype):
+            raise TypeError(f"{self.label}: expected integer ids, got an input of dtype "
+                            f"{dtype_name(backend_of(x).xp, x.dtype)}; convert it, e.g. "
+                            f"xp.astype(x, xp.int64)")
+        ids = xp.reshape(x, (math.prod(x.shape),))
+        if ops(xp).on_host and ids.shape[0]:
+            self._check_range(xp, ids)
+        self._ids = ids if train else None
+        return xp.reshape(xp.take(W, ids, axis=0), (*x.shape, self.embedding_dim))
+
+    def _check_range(self, xp: Any, ids: Any) -> None:
+        """Ids within ``[0, num_embeddings)``: host memory only, where reading is free."""
+        lo, hi = int(xp.min(ids)), int(xp.max(ids))
+        if lo < 0 or hi >= self.num_embeddings:
+            raise ValueError(f"{self.label}: ids must lie in [0, {self.num_embeddings - 1}], "
+                             f"got values from {lo} to {hi}")
+
+    def backward(self, dy: Any) -> None:
+        self.backward_params(dy)
+        return None
+
+    def backward_params(self, dy: Any) -> None:
+        ids = self._require_cache(self._ids)
+        xp = namespace(dy)
+        rows = xp.reshape(dy, (ids.shape[0], self.embedding_dim))
+        self.weight.accumulate(ops(xp).rows_add(xp, self.num_embeddings, ids, rows))
+
+    def get_config(self) -> dict[str, Any]:
+        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
+                "dtype": self.dtype}
+
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shape of the table the layer ``config`` describes, without making it:
+        ``{"weight": (num_embeddings, embedding_dim)}``."""
+        return {"weight": (config["num_embeddings"], config["embedding_dim"])}
