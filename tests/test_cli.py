@@ -376,3 +376,17 @@ def test_a_diverging_run_is_one_line_and_writes_no_model(tmp_path, capsys):
     assert code == 2
     _one_error_line(err)
     assert not (tmp_path / "model.xpnet").exists()
+
+
+def test_train_gru_reads_each_input_as_a_time_step(tmp_path, capsys):
+    """--model gru: MNIST-1D's bidirectional GRU, here over xor's 2 steps; it solves xor,
+    and eval rebuilds the GRU from the checkpoint."""
+    code, out, err = _run(capsys, "train", "--data", "xor", "--model", "gru", "--epochs", "150",
+                          "--batch-size", "4", "--lr", "0.05", "--schedule", "none",
+                          "--backend", "numpy", "--out", str(tmp_path), "--no-progress")
+    assert code == 0, err
+    assert "GRU(input_size=1, hidden_size=6" in out
+    assert "test accuracy: 1.0000 (4/4)" in out
+    code, out, err = _run(capsys, "eval", str(tmp_path / "model.xpnet"), "--backend", "numpy")
+    assert code == 0, err
+    assert "1.0000" in out

@@ -31,7 +31,7 @@ from .losses import LOSSES
 EXIT_USAGE = 2
 #: The losses the command offers (names from xpnet.losses.LOSSES)
 CLI_LOSSES = ("cross_entropy", "quadratic")
-MODELS = ("mlp", "resmlp", "cnn", "logistic")
+MODELS = ("mlp", "resmlp", "cnn", "gru", "logistic")
 OPTIMIZERS = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1, "momentum": 0.05}  # default rates
 SCHEDULES = ("cosine", "step", "none")
 #: ``train --format``: the checkpoint's file name for each
@@ -123,8 +123,10 @@ def build_model(kind: str, n_in: int, n_out: int, hidden: list[int], activation:
         if n_in < 12:
             raise UsageError(f"--model cnn needs sequences of at least 12 values, got {n_in}")
         model = xn.models.mnist1d_cnn(n_in, 25, n_out)
+    elif kind == "gru":  # each input value is one time step
+        model = xn.models.mnist1d_gru(n_in, 6, n_out)
     else:
-        raise UsageError(f"unknown model {kind!r}; expected mlp, resmlp, cnn or logistic")
+        raise UsageError(f"unknown model {kind!r}; expected mlp, resmlp, cnn, gru or logistic")
     if output_activation:
         model = xn.Sequential(model, xn.models.ACTIVATIONS[output_activation]())
     return model
@@ -437,7 +439,8 @@ def make_parser() -> _Parser:
     t.add_argument("--data", default="digits",
                    help="digits (default), mnist1d, mnist:DIR, fashion:DIR, xor, spirals")
     t.add_argument("--model", default="mlp",
-                   help="mlp (default), resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), logistic")
+                   help="mlp (default), resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), gru "
+                        "(MNIST-1D's bidirectional GRU), logistic")
     t.add_argument("--hidden", type=_hidden, default="256,128",
                    help="hidden widths (default 256,128)")
     t.add_argument("--activation", default="relu", help="relu (default), sigmoid or tanh")
