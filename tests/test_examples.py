@@ -44,3 +44,20 @@ def test_nielsen_example_on_bundled_digits(capsys):
     out = capsys.readouterr().out
     assert code == 0 and "bundled 8x8 digits" in out
     assert float(out.split("test accuracy ")[1].split()[0]) > 0.3  # 10% is chance
+
+
+def test_char_lm_learns_and_matches_pytorch(capsys):
+    """A few steps on a slice of the standard library: the held-out bits per character
+    fall well below the uniform log2(98) = 6.6, and PyTorch trained from the same
+    weights on the same batches lands on the same figure (float32 rounding apart)."""
+    pytest.importorskip("torch", reason="torch is not installed: no reference run")
+    code = _example("char_lm").main(["--backend", "numpy", "--steps", "40", "--width", "32",
+                                     "--length", "32", "--heads", "2", "--layers", "1",
+                                     "--train-chars", "40000", "--val-chars", "8000"])
+    out = capsys.readouterr().out
+    assert code == 0
+    ours = float(out.split("xpnet    held-out bits/char ")[1].split()[0])
+    ref = float(out.split("pytorch  held-out bits/char ")[1].split()[0])
+    assert ours < 5.0
+    assert abs(ours - ref) < 0.01
+    assert "sample:\ndef __init__(self" in out

@@ -3,6 +3,9 @@
 
 Targets are arrays on the same backend and device as the predictions. Integer class
 labels of shape ``(n,)`` are accepted wherever a one-hot target would be.
+``SoftmaxCrossEntropy`` also takes logits with classes on the last axis of any leading
+shape, ``(n, ..., k)`` (a language model's ``(n, L, vocab)``), with labels ``(n, ...)``:
+the mean is then over every position, and ``correct`` counts right positions.
 """
 
 from __future__ import annotations
@@ -63,11 +66,24 @@ class Loss:
                 right = xp.argmax(pred, axis=1) == xp.argmax(target, axis=1)
             else:
                 return None
+        elif pred.ndim > 2 and pred.shape[-1] > 1:  # classes per position: (n, ..., k)
+            if is_integral(xp, target.dtype):
+                right = xp.argmax(pred, axis=-1) == target
+            elif one_hot:
+                right = xp.argmax(pred, axis=-1) == xp.argmax(target, axis=-1)
+            else:
+                return None
         elif is_integral(xp, target.dtype):
             right = self._above(xp, pred, 0.5) == (xp.reshape(target, (-1,)) > 0)
         else:
             return None
         return xp.sum(xp.astype(right, pred.dtype))
+
+    def positions(self, pred: Any) -> int:
+        """How many predictions ``correct`` judges per example: one, or for logits
+        ``(n, ..., k)`` with classes on the last axis, one per position (the product of
+        the middle axes), so accuracy is hits over positions."""
+        return math.prod(pred.shape[1:-1]) if pred.ndim > 2 and pred.shape[-1] > 1 else 1
 
     @staticmethod
     def _above(xp: Any, pred: Any, threshold: float) -> Any:
@@ -164,6 +180,12 @@ class SoftmaxCrossEntropy(Loss):
     rows of class probabilities ``(n, k)`` that sum to 1 (one-hot). Labels outside
     ``[0, k)`` raise at once on NumPy and make the loss NaN on other devices (checking
     there would stall the device); ``fit`` checks them on the host before training.
+
+    Logits ``(n, ..., k)`` (classes on the last axis, e.g. a language model's
+    ``(n, L, vocab)``) with labels ``(n, ...)`` or probabilities ``(n, ..., k)`` are
+    read as ``m = n * ...`` rows: ``n`` above becomes ``m``, the mean over every
+    position (PyTorch's ``cross_entropy`` on the flattened tokens), and ``correct``
+    counts right positions.
     """
 
     one_hot_labels = True
@@ -171,21 +193,42 @@ class SoftmaxCrossEntropy(Loss):
     def forward(self, pred: Any, target: Any) -> Any:
         xp = namespace(pred)
         if pred.ndim != 2:
-            raise ValueError(
-                f"SoftmaxCrossEntropy: expected logits of shape (batch, classes), got "
-                f"{tuple(pred.shape)}"
-            )
+            return self._forward_positions(xp, pred, target)
         y, valid = _target_matrix("SoftmaxCrossEntropy", pred, target)
         per_example, p = ops(xp).softmax_xent(xp, pred, y)
         n = pred.shape[0]
-        self._grad_parts = (p, y, n)
+        self._grad_parts = (p, y, n, None)
         if valid is not None:
             per_example = xp.where(valid, per_example, xp.full_like(per_example, math.nan))
         return xp.sum(per_example) / n
 
+    def _forward_positions(self, xp: Any, pred: Any, target: Any) -> Any:
+        """Logits ``(n, ..., k)``: the 2-D loss on their ``(m, k)`` rows."""
+        shape = tuple(pred.shape)
+        if pred.ndim < 2:
+            raise ValueError(f"SoftmaxCrossEntropy: expected logits of shape (batch, classes) "
+                             f"or (batch, ..., classes), got {shape}")
+        check_same_place("SoftmaxCrossEntropy", target, pred, what="target")
+        rows = math.prod(shape[:-1])
+        if is_integral(xp, target.dtype):
+            if tuple(target.shape) != shape[:-1]:
+                raise ValueError(f"SoftmaxCrossEntropy: integer labels must have shape "
+                                 f"{shape[:-1]} for logits of shape {shape}, got "
+                                 f"{tuple(target.shape)}")
+            target = xp.reshape(target, (rows,))
+        elif tuple(target.shape) != shape:
+            raise ValueError(f"SoftmaxCrossEntropy: target shape {tuple(target.shape)} does "
+                             f"not match logits of shape {shape}")
+        else:
+            target = xp.reshape(target, (rows, shape[-1]))
+        cost = self.forward(xp.reshape(pred, (rows, shape[-1])), target)
+        self._grad_parts = (*self._grad_parts[:3], shape)
+        return cost
+
     def backward(self) -> Any:
-        p, y, n = self._cached()
-        return (p - y) / n
+        p, y, n, shape = self._cached()
+        g = (p - y) / n
+        return g if shape is None else namespace(g).reshape(g, shape)
 
     def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
         # class-probability targets are classes too: compare the arg-maxes

@@ -23,7 +23,7 @@ from .. import data as data_mod
 from .. import distributed as distributed_mod
 from .._compat import namespace
 from ..backend import Backend, dtype_name
-from ..layers import Layer, Sigmoid, Softmax, layer_config
+from ..layers import Embedding, Layer, Sigmoid, Softmax, layer_config
 from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy, check_labels
 from ..optim import Optimizer
 from .callbacks import Callback
@@ -44,8 +44,10 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
     ----------
     x, y : arrays, ``(n, ...)`` and ``(n,)`` integer labels or ``(n, k)`` targets
         Host (NumPy) arrays, lists, or arrays already on the model's backend. Inputs
-        become the model's float dtype. A Graph with several inputs takes a list of
-        arrays as ``x``.
+        become the model's float dtype, except integer token ids for a model that
+        starts with an Embedding. A Graph with several inputs takes a list of arrays
+        as ``x``. A model with logits ``(n, ..., k)`` (a language model's
+        ``(n, L, vocab)``) takes labels ``(n, ...)``; its accuracy is per position.
     loss, optimizer : Loss and Optimizer
     epochs, batch_size : int
         Train epochs ``initial_epoch .. epochs - 1`` in batches of ``batch_size``
@@ -98,7 +100,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuf
     inputs = _inputs_on(model, be, dtype, x, "fit")
     n = _check_counts("fit", inputs, y)
     first = model.forward(_first_rows(model, inputs), train=False)
-    n_out = int(first.shape[1]) if first.ndim == 2 else 1
+    n_out = _width(first)
     y_dev = _labels_on(be, dtype, y, n_out, "fit")
     y_enc = loss.encode_targets(y_dev, n_out, be.dtype(dtype))
     one_hot = y_enc is not y_dev
@@ -124,7 +126,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuf
     run = _Run(model, loss, optimizer, inputs, y_enc, one_hot, strategy,
                random.RandomStream(seed), batch_size, shuffle, count_hits,
                Progress(progress if strategy.rank == 0 else False, epochs, steps),
-               max(1, steps // max(1, reports_per_epoch)))
+               max(1, steps // max(1, reports_per_epoch)), loss.positions(first))
     for cb in callbacks:
         cb.rank = strategy.rank
         cb.on_train_begin(model, optimizer)
@@ -167,6 +169,7 @@ class _Run:
     count_hits: bool
     progress: Progress
     report_every: int
+    positions: int = 1  # predictions judged per example: accuracy is hits / (n * positions)
 
     def __post_init__(self) -> None:
         self.n = int(self.y.shape[0])
@@ -199,7 +202,7 @@ class _Run:
         logs = {"loss": total_loss / self.n}
         self._check_finite(logs["loss"], epoch, step)
         if hits is not None:
-            logs["accuracy"] = total_hits / self.n
+            logs["accuracy"] = total_hits / (self.n * self.positions)
         self._finite = _snapshot(self.model)
         return logs
 
@@ -308,7 +311,14 @@ def _inputs_on(model: Layer, be: Backend, dtype: str, x: Any, who: str) -> list[
             raise ValueError(f"{who}: {model.label} has {wanted} inputs; give x as a list "
                              f"of {wanted} arrays, got {got}")
         return [data_mod.on_backend(be, a, dtype, f"{who} (x[{i}])") for i, a in enumerate(x)]
-    return [data_mod.on_backend(be, x, dtype, f"{who} (x)")]
+    # token ids for an Embedding stay integers (kept as labels are)
+    return [data_mod.on_backend(be, x, dtype, f"{who} (x)", labels=_takes_ids(model))]
+
+
+def _takes_ids(model: Layer) -> bool:
+    """Whether the model's first layer looks its input up by integer id (Embedding)."""
+    first = next((layer for layer in model.layers() if not layer.children()), None)
+    return isinstance(first, Embedding)
 
 
 def _check_counts(who: str, inputs: list[Any], y: Any) -> int:
@@ -330,8 +340,13 @@ def _first_rows(model: Layer, inputs: list[Any]) -> Any:
 
 
 def _out_width(model: Layer, inputs: list[Any]) -> int:
-    y = model.forward(_first_rows(model, inputs), train=False)
-    return int(y.shape[1]) if y.ndim == 2 else 1
+    return _width(model.forward(_first_rows(model, inputs), train=False))
+
+
+def _width(y: Any) -> int:
+    """The model's output width: classes on the last axis, for ``(n, k)`` outputs and
+    for per-position logits ``(n, ..., k)``; 1 for ``(n,)``."""
+    return int(y.shape[-1]) if y.ndim >= 2 else 1
 
 
 def _labels_on(be: Backend, dtype: str, y: Any, n_out: int, who: str) -> Any:

@@ -15,6 +15,10 @@ from ..losses import Loss
 class Metrics:
     """Sums of ``loss * examples`` and of correct predictions over the batches seen.
 
+    Accuracy is hits over the predictions judged: one per example, or one per position
+    for sequence targets (logits ``(n, L, k)`` with labels ``(n, L)``: per-token
+    accuracy), as ``loss.positions`` says.
+
     Parameters
     ----------
     loss : Loss or None
@@ -31,6 +35,7 @@ class Metrics:
         self.loss_sum: Any = None
         self.hits: Any = None
         self.seen = 0
+        self.judged = 0  # predictions that ``hits`` counts over: examples or positions
 
     def add(self, pred: Any, target: Any, cost: Any, n: int) -> None:
         """Add one batch of ``n`` examples: its mean ``cost`` (None: no loss) and hits."""
@@ -41,6 +46,7 @@ class Metrics:
             h = self.judge.correct(pred, target, one_hot=self.one_hot)
             if h is not None:
                 self.hits = h if self.hits is None else self.hits + h
+                self.judged += n * self.judge.positions(pred)
         self.seen += n
 
     def read(self) -> tuple[float | None, float | None]:
@@ -50,11 +56,12 @@ class Metrics:
         return loss, hits
 
     def means(self) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` over the examples seen so far."""
+        """``{"loss": ..., "accuracy": ...}`` over the examples (for accuracy: the
+        predictions judged) seen so far."""
         loss, hits = self.read()
         out = {}
         if loss is not None:
             out["loss"] = loss / max(self.seen, 1)
         if hits is not None:
-            out["accuracy"] = hits / max(self.seen, 1)
+            out["accuracy"] = hits / max(self.judged, 1)
         return out
