@@ -42,11 +42,13 @@ def make(impl: str, w: W.Workload, x: np.ndarray, y: np.ndarray):
     if impl == "xpnet-torch":
         return W.make_xpnet(w, x, y, "torch") if have("torch") else "torch not installed"
     if impl == "numpy":
-        return W.make_numpy(w, x, y) or "no hand-written reference for conv nets"
+        return W.make_numpy(w, x, y) or "no hand-written reference for this workload"
     if impl == "torch":
         return W.make_torch(w, x, y) if have("torch") else "torch not installed"
     if impl == "jax":
-        return W.make_jax(w, x, y) if have("jax") else "jax not installed"
+        if not have("jax"):
+            return "jax not installed"
+        return W.make_jax(w, x, y) or "no hand-written JAX step for this workload"
     raise ValueError(f"unknown implementation {impl!r}")
 
 

@@ -19,7 +19,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Workload:
     name: str
-    kind: str            # "mlp" or "cnn1d" or "cnn2d"
+    kind: str            # "mlp", "cnn1d", "cnn2d", "gru" or "transformer"
     batch: int
     steps: int
     input_shape: tuple[int, ...]
@@ -41,6 +41,10 @@ WORKLOADS = {
                       (256, 256)),
     "c100": Workload("(c) MNIST-1D CNN, batch 100", "cnn1d", 100, 100, (40,), 10),
     "d128": Workload("(d) Conv2D net on 28x28, batch 128", "cnn2d", 128, 20, (1, 28, 28), 10),
+    "gru100": Workload("(e) MNIST-1D bidirectional GRU (hidden 6), batch 100", "gru", 100, 40,
+                       (40,), 10),
+    "tf32": Workload("(f) transformer block (L 64, E 128, 4 heads), batch 32", "transformer",
+                     32, 10, (64, 128), 10),
 }
 
 
@@ -51,6 +55,12 @@ def macs(w: Workload) -> int:
         return sum(a * b for a, b in zip(sizes, sizes[1:]))
     if w.kind == "cnn1d":  # 40 -> 19 -> 10 -> 5 positions, 25 channels
         return 19 * 25 * 5 + 10 * 25 * 25 * 3 + 5 * 25 * 25 * 3 + 125 * 10
+    if w.kind == "gru":  # 2 directions x 40 steps x 3 gates x (input + hidden), then 480 -> 10
+        return 2 * 40 * 3 * 6 * (1 + 6) + 480 * 10
+    if w.kind == "transformer":  # projections and MLP per token, scores and mixing, head
+        length, width = w.input_shape
+        return (length * 12 * width * width + 2 * length * length * width
+                + length * width * w.classes)
     # cnn2d: 1->8 3x3 on 28x28, pool, 8->16 3x3 on 14x14, pool, 784 -> 10
     return 28 * 28 * 8 * 9 + 14 * 14 * 16 * 8 * 9 + 784 * 10
 
@@ -72,6 +82,12 @@ def xpnet_model(w: Workload):
         return xn.Sequential(model, xn.Sigmoid()) if w.loss == "quadratic" else model
     if w.kind == "cnn1d":
         return xn.models.mnist1d_cnn(w.input_shape[0], 25, w.classes)
+    if w.kind == "gru":
+        return xn.models.mnist1d_gru()
+    if w.kind == "transformer":
+        length, width = w.input_shape
+        return xn.Sequential(xn.TransformerBlock(width, 4), xn.Flatten(),
+                             xn.Linear(length * width, w.classes))
     return xn.Sequential(
         xn.Conv2D(1, 8, 3, padding=1), xn.ReLU(), xn.MaxPool2D(2),
         xn.Conv2D(8, 16, 3, padding=1), xn.ReLU(), xn.MaxPool2D(2),
@@ -80,11 +96,16 @@ def xpnet_model(w: Workload):
 
 def initial_weights(w: Workload) -> list[np.ndarray]:
     """The initial parameters every implementation starts from (xpnet's, seed 0)."""
+    return [v for name, v in initial_state(w).items()]
+
+
+def initial_state(w: Workload) -> dict[str, np.ndarray]:
+    """``initial_weights`` by xpnet's (PyTorch's) parameter names."""
     import xpnet as xn
 
     with xn.use("numpy"):
         xn.seed(0)
-        return [p.value.copy() for p in xpnet_model(w).parameters()]
+        return {name: p.value.copy() for name, p in xpnet_model(w).named_parameters()}
 
 
 def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str,
@@ -159,6 +180,12 @@ def make_numpy(w: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], Any] |
 def torch_model(w: Workload):
     import torch.nn as nn
 
+    class SequenceGRU(nn.GRU):
+        """nn.GRU giving only its output sequence, so it fits in nn.Sequential."""
+
+        def forward(self, x):
+            return super().forward(x)[0]
+
     if w.kind == "mlp":
         act = nn.Sigmoid if w.activation == "sigmoid" else nn.ReLU
         layers, width = [], w.input_shape[0]
@@ -174,6 +201,15 @@ def torch_model(w: Workload):
                              nn.Conv1d(1, 25, 5, 2, 1), nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1),
                              nn.ReLU(), nn.Conv1d(25, 25, 3, 2, 1), nn.ReLU(), nn.Flatten(),
                              nn.Linear(125, w.classes))
+    if w.kind == "gru":
+        return nn.Sequential(nn.Unflatten(1, (w.input_shape[0], 1)),
+                             SequenceGRU(1, 6, batch_first=True, bidirectional=True),
+                             nn.Flatten(), nn.Linear(w.input_shape[0] * 12, w.classes))
+    if w.kind == "transformer":
+        length, width = w.input_shape
+        block = nn.TransformerEncoderLayer(width, 4, 4 * width, dropout=0.0, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        return nn.Sequential(block, nn.Flatten(), nn.Linear(length * width, w.classes))
     return nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
                          nn.Flatten(), nn.Linear(784, w.classes))
@@ -184,9 +220,12 @@ def make_torch(w: Workload, x: np.ndarray, y: np.ndarray,
     import torch
 
     model = torch_model(w).to(device)
-    with torch.no_grad():
-        for p, v in zip(model.parameters(), initial_weights(w), strict=True):
-            p.copy_(torch.from_numpy(v))
+    if w.kind in ("gru", "transformer"):  # the same names as xpnet's (PyTorch's layouts)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in initial_state(w).items()})
+    else:
+        with torch.no_grad():
+            for p, v in zip(model.parameters(), initial_weights(w), strict=True):
+                p.copy_(torch.from_numpy(v))
     xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
     onehot = torch.nn.functional.one_hot(yt, w.classes).float()
     opt = torch.optim.SGD(model.parameters(), lr=w.lr)
@@ -210,7 +249,10 @@ def make_torch(w: Workload, x: np.ndarray, y: np.ndarray,
 
 
 # -- JAX, one jitted step ---------------------------------------------------------------------
-def make_jax(w: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], Any]:
+def make_jax(w: Workload, x: np.ndarray, y: np.ndarray) -> Callable[[], Any] | None:
+    """A hand-written jitted step (MLP and conv workloads only)."""
+    if w.kind not in ("mlp", "cnn1d", "cnn2d"):
+        return None
     import jax
     import jax.numpy as jnp
 

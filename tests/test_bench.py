@@ -17,7 +17,7 @@ def test_cpu_bench_reports_every_implementation(capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "xpnet-numpy" in out and "GEMM rate" in out
-    assert "skipped: no hand-written reference for conv nets" in out
+    assert "skipped: no hand-written reference for this workload" in out
 
 
 def test_cpu_bench_rejects_unknown_workload():
