@@ -41,10 +41,10 @@ import numpy as np
 
 from .. import _args, random
 from .._compat import device, namespace
-from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
+from ..backend import Backend, resolve
 from ..backends import ops
 from .activations import GELU
-from .base import Layer
+from .base import Layer, check_like_parameters
 from .dropout import Dropout
 from .linear import Linear
 from .norm import LayerNorm
@@ -55,11 +55,7 @@ def _check_sequence(layer: Layer, x: Any, ref: Any, width: int) -> None:
     if x.ndim != 3 or x.shape[2] != width:
         raise ValueError(f"{layer.label}: expected input of shape (N, L, {width}), got "
                          f"{tuple(x.shape)}")
-    check_same_place(layer, x, ref)
-    if x.dtype != ref.dtype:
-        xp = backend_of(ref).xp
-        raise TypeError(f"{layer.label}: expected input of dtype {dtype_name(xp, ref.dtype)} "
-                        f"(the parameters'), got {dtype_name(xp, x.dtype)}")
+    check_like_parameters(layer, x, ref)
 
 
 def causal_mask(xp: Any, length: int, dtype: Any, dev: Any) -> Any:

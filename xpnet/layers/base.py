@@ -20,7 +20,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import summary as summary_mod
-from ..backend import Backend, backend_of, current, dtype_name, resolve, to_numpy
+from ..backend import (
+    Backend,
+    backend_of,
+    check_same_place,
+    current,
+    dtype_name,
+    resolve,
+    to_numpy,
+)
 from ..backends import adapter_of
 from .symbolic import connect, is_symbolic
 
@@ -275,6 +283,19 @@ class Layer:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
                          if k not in ("name", "dtype", "init"))
         return f"{type(self).__name__}({args})"
+
+
+def check_like_parameters(layer: Layer, x: Any, ref: Any) -> None:
+    """``x`` has the library, device and dtype of the parameter value ``ref`` (metadata
+    only, no host read); else an error naming ``layer`` and both sides."""
+    check_same_place(layer, x, ref)
+    if x.dtype != ref.dtype:
+        xp = backend_of(ref).xp
+        raise TypeError(
+            f"{layer.label}: expected input of dtype {dtype_name(xp, ref.dtype)} (the "
+            f"parameters'), got {dtype_name(xp, x.dtype)}; convert the data, e.g. "
+            f"xp.astype(x, xp.{dtype_name(xp, ref.dtype)}), or the model with astype()"
+        )
 
 
 def _takes_backend(cls: type) -> bool:

@@ -32,8 +32,8 @@ import numpy as np
 
 from .. import _args
 from .._compat import namespace
-from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
-from .base import Layer
+from ..backend import Backend, resolve
+from .base import Layer, check_like_parameters
 
 
 class _BatchNorm(Layer):
@@ -62,13 +62,7 @@ class _BatchNorm(Layer):
         if x.ndim not in self.ndims or x.shape[1] != self.num_features:
             raise ValueError(f"{self.label}: expected input {self.layout} with C = "
                              f"{self.num_features}, got shape {tuple(x.shape)}")
-        gamma_value = self.weight.value
-        check_same_place(self, x, gamma_value)
-        if x.dtype != gamma_value.dtype:
-            xp = backend_of(gamma_value).xp
-            raise TypeError(f"{self.label}: expected input of dtype "
-                            f"{dtype_name(xp, gamma_value.dtype)} (the parameters'), got "
-                            f"{dtype_name(xp, x.dtype)}")
+        check_like_parameters(self, x, self.weight.value)
         m = math.prod(x.shape) // self.num_features
         if train and m < 2:  # one value per channel: its variance is 0, running_var ruined
             raise ValueError(
@@ -185,12 +179,7 @@ class LayerNorm(Layer):
             raise ValueError(f"{self.label}: expected input of shape (..., {d}), got "
                              f"{tuple(x.shape)}")
         gamma = self.weight.value
-        check_same_place(self, x, gamma)
-        if x.dtype != gamma.dtype:
-            xp = backend_of(gamma).xp
-            raise TypeError(f"{self.label}: expected input of dtype "
-                            f"{dtype_name(xp, gamma.dtype)} (the parameters'), got "
-                            f"{dtype_name(xp, x.dtype)}")
+        check_like_parameters(self, x, gamma)
         xp = namespace(x)
         centred = x - xp.mean(x, axis=-1, keepdims=True)
         inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)

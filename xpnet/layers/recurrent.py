@@ -75,9 +75,9 @@ from typing import Any
 
 from .. import _args, random
 from .._compat import device, namespace
-from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
+from ..backend import Backend, resolve
 from ..backends import ops
-from .base import Layer
+from .base import Layer, check_like_parameters
 
 
 def _flag(value: Any, what: str, who: str) -> bool:
@@ -136,11 +136,7 @@ class _Recurrent(Layer):
         if x.ndim != 3 or x.shape[2] != f or x.shape[1] < 1:
             raise ValueError(f"{self.label}: expected input of shape (N, L, {f}) with L >= 1 "
                              f"(batch first), got {tuple(x.shape)}")
-        check_same_place(self, x, w)
-        if x.dtype != w.dtype:
-            xp = backend_of(w).xp
-            raise TypeError(f"{self.label}: expected input of dtype {dtype_name(xp, w.dtype)} "
-                            f"(the parameters'), got {dtype_name(xp, x.dtype)}")
+        check_like_parameters(self, x, w)
 
     # -- the two passes -------------------------------------------------------------
     # Inside, states are feature-major, ``(H, N)`` per step: each gate of the stacked

@@ -12,8 +12,8 @@ from typing import Any
 
 from .. import _args, random
 from .. import init as initializers
-from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
-from .base import Layer
+from ..backend import Backend, backend_of, resolve
+from .base import Layer, check_like_parameters
 
 
 class _Weighted(Layer):
@@ -38,15 +38,7 @@ class _Weighted(Layer):
 
     def _check_input(self, x: Any) -> None:
         """Same library, device and dtype as the weight (metadata only, no host read)."""
-        W = self.weight.value
-        check_same_place(self, x, W)
-        if x.dtype != W.dtype:
-            xp = backend_of(W).xp
-            raise TypeError(
-                f"{self.label}: expected input of dtype {dtype_name(xp, W.dtype)} (the "
-                f"parameters'), got {dtype_name(xp, x.dtype)}; convert the data, e.g. "
-                f"xp.astype(x, xp.{dtype_name(xp, W.dtype)}), or the model with astype()"
-            )
+        check_like_parameters(self, x, self.weight.value)
 
     def reset(self, init: str | None = None) -> None:
         """Draw new weights (and bias) with ``init`` (default: the layer's own), where
