@@ -288,21 +288,25 @@ def test_with_on_the_current_backend_keeps_the_selection():
     """Only the first `with` on what use() returned ends that use (as with
     torch.set_grad_enabled); `with xn.current():` or `with model.backend:` restore the
     selection they found."""
-    xn.use("numpy")
-    xn.use("array_api_strict")
-    with xn.current():
-        pass
-    assert xn.current().name == "array_api_strict"
-    model = xn.Linear(2, 2)
-    with model.backend:
-        pass
-    assert xn.current().name == "array_api_strict"
-    used = xn.use("array_api_strict", device="device1")
-    with used as be:
-        with used:  # entered again: nothing more to undo
+    before = xn.current()
+    try:
+        xn.use("numpy")
+        xn.use("array_api_strict")
+        with xn.current():
             pass
-        assert xn.current() is be and be == used
-    assert xn.current().device_name == "cpu"  # the use() call is undone by its block
+        assert xn.current().name == "array_api_strict"
+        model = xn.Linear(2, 2)
+        with model.backend:
+            pass
+        assert xn.current().name == "array_api_strict"
+        used = xn.use("array_api_strict", device="device1")
+        with used as be:
+            with used:  # entered again: nothing more to undo
+                pass
+            assert xn.current() is be and be == used
+        assert xn.current().device_name == "cpu"  # the use() call is undone by its block
+    finally:  # this test moves the selection on purpose; the next test must not see it
+        xn.use(before.name, device=before.device_name)
 
 
 def test_loading_a_graph_needs_only_the_backend_asked_for(tmp_path, monkeypatch):

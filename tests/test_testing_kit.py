@@ -208,3 +208,14 @@ def test_plugin_runs_a_users_test_file(tmp_path):
     assert "not selected by XPNET_BACKENDS" in out.stdout, out.stdout
     passed, skipped = map(int, re.search(r"(\d+) passed, (\d+) skipped", out.stdout).groups())
     assert (passed, skipped) == ((2, 6) if _has_strict() else (1, 7)), out.stdout
+
+
+def test_a_test_may_leave_a_backend_selected():
+    """First of a pair, in file order: selects a backend outside any `with`..."""
+    xn.use("array_api_strict")
+    assert xn.current().name == "array_api_strict"
+
+
+def test_the_next_test_does_not_see_it():
+    """...and the kit's autouse fixture gave this test the selection found before."""
+    assert xn.current().name != "array_api_strict"

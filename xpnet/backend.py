@@ -242,6 +242,19 @@ def use(name: str | Backend = "auto", device: str | None = None) -> Backend:
     return _Used(be, replaced)
 
 
+def selection_state() -> tuple[Any, Any]:
+    """This context's whole selection (what is selected, and what open ``with`` blocks
+    will restore), for :func:`restore_selection`: how a test harness gives every test
+    the selection the one before it found."""
+    return _selected.get(), _restore.get()
+
+
+def restore_selection(state: tuple[Any, Any]) -> None:
+    """Put back a :func:`selection_state`."""
+    _selected.set(state[0])
+    _restore.set(state[1])
+
+
 def _push(be: Backend, restore: Backend | None) -> None:
     _restore.set(_restore.get() + (restore,))
     _selected.set(be)

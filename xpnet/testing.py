@@ -24,7 +24,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from .backend import Backend, backend_of, dtype_name, make, to_numpy, use
+from .backend import (
+    Backend,
+    backend_of,
+    dtype_name,
+    make,
+    restore_selection,
+    selection_state,
+    to_numpy,
+    use,
+)
 from .backends import BackendUnavailableError
 from .gradcheck import GradcheckError, gradcheck
 from .layers.base import Layer
@@ -77,6 +86,15 @@ def be(request):
     with backend:
         seed_default_stream(0)
         yield backend
+
+
+@pytest.fixture(autouse=True)
+def _keep_backend_selection():
+    """Every test starts from the backend selection found before it: a test (or a script
+    it runs) that calls ``xn.use`` outside a ``with`` does not leak into the next."""
+    state = selection_state()
+    yield
+    restore_selection(state)
 
 
 @pytest.fixture
