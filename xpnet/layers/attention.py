@@ -25,8 +25,9 @@ It adds half the dtype's most negative number, not ``-inf``: the masked
 probabilities are then exactly 0 and nothing in backward becomes NaN.
 
 TransformerBlock is pre-norm: ``x = x + MHA(LN1(x)); x = x + MLP(LN2(x))`` with
-``MLP = Linear(E, rE) -> GELU -> Linear(rE, E)``; its backward runs the same steps in
-reverse, the residual paths adding their gradients.
+``MLP = Linear(E, rE) -> GELU -> Linear(rE, E)``; it keeps what its sub-layers keep,
+and its backward runs the same steps in reverse, each residual path adding its gradient:
+``dX1 = dY + LN2'(MLP'(dY))``, ``dX = dX1 + LN1'(MHA'(dX1))``.
 
 PositionalEmbedding adds ``W[:L]`` to an ``(N, L, E)`` input; backward gives
 ``dW[:L] = sum over the batch of dY`` (zero below) and ``dX = dY``.
