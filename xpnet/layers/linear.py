@@ -87,20 +87,23 @@ class Linear(_Weighted):
         self._lead = lead
         return xp.reshape(y, (*lead, self.out_features))
 
+    def _rows(self, delta: Any) -> Any:
+        """``delta`` as the ``(n, out)`` rows forward multiplied (a view)."""
+        if delta.ndim == 2:
+            return delta
+        return namespace(delta).reshape(delta, (math.prod(self._lead or ()), self.out_features))
+
     def backward(self, delta: Any) -> Any:
-        if self._lead is not None:
-            xp = namespace(delta)
-            d2 = xp.reshape(delta, (math.prod(self._lead), self.out_features))
-            self.backward_params(d2)
-            return xp.reshape(d2 @ self.weight.value, (*self._lead, self.in_features))
+        delta = self._rows(delta)
         self.backward_params(delta)
-        return delta @ self.weight.value
+        dx = delta @ self.weight.value
+        if self._lead is None:
+            return dx
+        return namespace(dx).reshape(dx, (*self._lead, self.in_features))
 
     def backward_params(self, delta: Any) -> None:
         x = self._require_cache(self._x)
-        if delta.ndim != 2:
-            xp = namespace(delta)
-            delta = xp.reshape(delta, (math.prod(self._lead or ()), self.out_features))
+        delta = self._rows(delta)
         self.weight.accumulate(delta.T @ x)
         if self.bias is not None:
             xp = namespace(delta)
