@@ -1,19 +1,62 @@
-"""Putting data on the model's device once, and taking mini-batches there.
+"""Mini-batches on the model's device: from data uploaded once, or streamed from the host.
 
-Shuffling draws a permutation on the host from a generator seeded by
-``(seed, epoch)``, so epoch ``k`` sees the same order whether training ran straight
-through or was resumed from a checkpoint; the permutation moves to the device and
-one gather reorders the whole data set there.
+``fit``, ``evaluate`` and ``predict`` take three kinds of data:
+
+- **In memory**: NumPy arrays, lists, or arrays already on the model's backend. They
+  move to the device once (:func:`on_backend`); each epoch one gather reorders the
+  whole set there (:func:`shuffled`) and the batches are slices of it (:func:`batches`).
+- **Streamed**: an ``np.memmap``, or any other object with ``__len__`` and slice
+  indexing that is not an array (an h5py or zarr dataset, a class of your own). It
+  stays where it is (a :class:`Column` refers to it): a background thread reads each
+  mini-batch's rows, converts them to the model's dtype and puts them on the device,
+  at most :data:`PREFETCH` batches ahead of the step that trains on them, so only a few
+  batches are ever held in memory. ``np.memmap`` is an ndarray subclass but is
+  streamed; every other ndarray is in memory, whatever its size (it already is in
+  memory; to stream one, save it and open it with ``np.memmap``).
+- **An iterable of** ``(x, y)`` **batches** (a generator, a PyTorch ``DataLoader``; fit
+  only), given as ``x`` with no ``y``: read in the same background thread
+  (:class:`BatchSource`), ``steps_per_epoch`` batches per epoch. Arrays of another
+  library (torch tensors on the CPU) come over through the host.
+
+Shuffling. ``shuffle=True`` draws a permutation of the examples on the host from a
+generator seeded by ``(seed, epoch)`` (:func:`epoch_order`), so epoch ``k`` sees the same
+order whether training ran straight through or was resumed from a checkpoint.
+``shuffle="blocks"`` shuffles contiguous blocks of ``ceil(batch_size / 4)`` rows
+instead (:func:`block_order`), seeded the same way: each batch joins about four runs
+of consecutive rows. Streamed data takes exactly the batches in-memory data takes for
+the same order. A memmap's batch is one gather of its rows (``np.take``): from the page
+cache any order is as fast, and sorting a batch's scattered rows would not make them
+contiguous anyway. Any other object is only asked for slices: a batch's positions are
+sorted and coalesced into runs of consecutive rows, one ``data[s:e]`` each (so a disk
+reads forward), and put back in the order's sequence in memory. With ``shuffle=True``
+those runs are mostly single rows; for data on a slow disk, or an object whose slices
+are costly (h5py, zarr), ``"blocks"`` reads a few long runs per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import copy
+import math
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
 
-from .backend import Backend, backend_of
+from . import _args
+from ._compat import namespace
+from .backend import Backend, backend_of, to_numpy
+from .backends import ops
+
+#: Batches read ahead of the step that trains: the bound of the reader thread's queue.
+PREFETCH = 2
+#: ``shuffle="blocks"`` cuts the data into blocks of ``ceil(batch_size / BLOCKS_PER_BATCH)``
+#: consecutive rows and shuffles their order.
+BLOCKS_PER_BATCH = 4
+#: Seconds ``close()`` waits for a reader thread to finish the item it is making (one
+#: batch read; a thread still in a user's generator after that ends when it returns).
+JOIN_SECONDS = 2.0
 
 
 def on_backend(be: Backend, a: Any, dtype: Any, who: str, labels: bool = False) -> Any:
@@ -22,8 +65,14 @@ def on_backend(be: Backend, a: Any, dtype: Any, who: str, labels: bool = False) 
     Inputs (``labels=False``) become ``dtype``, the model's float dtype, whatever they
     were (integers and bools too). Labels keep an integer or bool dtype; float targets
     become ``dtype``. Where the backend can use host memory as it is (NumPy, torch on
-    the CPU) nothing is copied: training never writes into its data.
+    the CPU) nothing is copied: training never writes into its data. Streamed data (see
+    the module docstring) is not read here: it comes back as a :class:`Column` that
+    reads and converts one batch at a time.
     """
+    if isinstance(a, HostData):
+        return a.placed(be, dtype, who, labels)
+    if streams(a):
+        return Column(a, be, dtype, who, labels)
     if isinstance(a, (np.ndarray, list, tuple)):
         a = np.asarray(a)
         keep = labels and (np.issubdtype(a.dtype, np.integer) or a.dtype == np.bool_)
@@ -40,9 +89,50 @@ def on_backend(be: Backend, a: Any, dtype: Any, who: str, labels: bool = False) 
     return a
 
 
+def streams(a: Any) -> bool:
+    """Whether ``a`` is streamed rather than uploaded whole: an ``np.memmap``, or an
+    object with ``__len__`` and ``__getitem__`` that is no array of a known library."""
+    if isinstance(a, np.memmap):
+        return True
+    if isinstance(a, (np.ndarray, np.generic, list, tuple, str, bytes, dict, HostData)):
+        return False
+    if not (hasattr(a, "__len__") and hasattr(a, "__getitem__")):
+        return False
+    return not _is_array(a)
+
+
+def _is_array(a: Any) -> bool:
+    """Whether ``a`` is an array of a library xpnet knows (not, say, a DataLoader)."""
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        return False
+    try:
+        backend_of(a)
+    except (TypeError, AttributeError):
+        return False
+    return True
+
+
+# -- orders ---------------------------------------------------------------------------------
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled order of ``n`` examples in ``epoch`` (depends only on its args)."""
     return np.random.default_rng([seed, epoch]).permutation(n)
+
+
+def block_order(n: int, seed: int, epoch: int, block: int) -> np.ndarray:
+    """Contiguous blocks of ``block`` rows (the last may be shorter), in an order
+    shuffled by ``(seed, epoch)`` alone: rows ``[s, s + block)`` stay together."""
+    starts = np.arange(0, n, block)[np.random.default_rng([seed, epoch]).permutation(
+        math.ceil(n / block))]
+    rows = (starts[:, None] + np.arange(block)[None, :]).reshape(-1)
+    return rows[rows < n]  # only the last block runs past the end
+
+
+def order(shuffle: bool | str, n: int, seed: int, epoch: int, batch_size: int
+          ) -> np.ndarray | None:
+    """The order of epoch ``epoch`` for ``fit(shuffle=...)``; None keeps the data's."""
+    if shuffle == "blocks":
+        return block_order(n, seed, epoch, math.ceil(batch_size / BLOCKS_PER_BATCH))
+    return epoch_order(n, seed, epoch) if shuffle else None
 
 
 def shuffled(be: Backend, arrays: list[Any], order: np.ndarray | None) -> list[Any]:
@@ -58,7 +148,430 @@ def batches(arrays: list[Any], batch_size: int) -> Iterator[tuple[int, list[Any]
 
     The end is clamped (``min(s + bs, n)``): array-api-strict rejects a slice past it.
     """
-    n = arrays[0].shape[0]
+    if not arrays:
+        return
+    parts = [ops(namespace(a)).split_rows(namespace(a), a, batch_size) for a in arrays]
+    arrays = []  # the batches are all that is kept (JAX's are copies)
+    for batch in zip(*parts, strict=True):
+        yield int(batch[0].shape[0]), list(batch)
+
+
+# -- the data fit trains on -----------------------------------------------------------------
+def fit_data(x: Any, y: Any, shuffle: Any, steps_per_epoch: Any) -> tuple[Any, Any]:
+    """``fit``'s ``x, y`` checked: as given, or for an iterable of ``(x, y)`` batches
+    (``y`` left out), the columns of a :class:`BatchSource` reading it."""
+    if not (isinstance(shuffle, bool) or shuffle == "blocks"):
+        raise ValueError(f"fit: shuffle must be True, False or 'blocks', got {shuffle!r}")
+    if steps_per_epoch is not None:
+        _args.integer(steps_per_epoch, "steps_per_epoch", "fit", minimum=1)
+    if y is not None:
+        if steps_per_epoch is not None:
+            raise ValueError("fit: steps_per_epoch is for x given as an iterable of (x, y) "
+                             "batches with no y; arrays x, y give ceil(n / batch_size) "
+                             "steps per epoch")
+        return x, y
+    if isinstance(x, (np.ndarray, str, bytes, dict)) or not hasattr(x, "__iter__") or (
+            _is_array(x)):
+        raise ValueError(f"fit: y is missing: give labels y with the arrays x, or x as an "
+                         f"iterable of (x, y) batches (a generator, a DataLoader); got x of "
+                         f"type {type(x).__name__} and no y")
+    return BatchSource(x, steps_per_epoch).columns()
+
+
+def encode_targets(loss: Any, y: Any, n_out: int, dtype: Any) -> Any:
+    """``loss.encode_targets`` for labels on the device, or for each batch of streamed
+    labels as it arrives (``y`` itself when the loss takes them as they are)."""
+    if not isinstance(y, HostData):
+        return loss.encode_targets(y, n_out, dtype)
+    probe = y[0:1, ...]
+    if loss.encode_targets(probe, n_out, dtype) is probe:
+        return y
+    return y.mapped(lambda a: loss.encode_targets(a, n_out, dtype))
+
+
+def steps(y: Any, n: int, batch_size: int) -> int:
+    """Batches per epoch: ``ceil(n / batch_size)``, or an iterable's own count."""
+    if isinstance(y, Part):
+        return y.source.steps
+    return math.ceil(n / batch_size)
+
+
+# -- streamed data --------------------------------------------------------------------------
+class HostData:
+    """Data that stays on the host until a batch of it is read; each batch is converted
+    and moved to ``be`` as :func:`on_backend` moves a whole array (``labels``: keep
+    integer dtypes), then ``transform`` (label encoding) runs on the device."""
+
+    be: Backend | None = None
+    dtype: Any = "float32"
+    who = "data"
+    labels = False
+    transform: Callable[[Any], Any] | None = None
+    shape: tuple[int, ...] = ()
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def placed(self, be: Backend, dtype: Any, who: str, labels: bool) -> HostData:
+        """A copy that puts its batches on ``be`` as ``dtype``."""
+        new = copy.copy(self)
+        new.be, new.dtype, new.who, new.labels = be, dtype, who, labels
+        return new
+
+    def mapped(self, fn: Callable[[Any], Any]) -> HostData:
+        """A copy whose batches go through ``fn`` once on the device."""
+        new = copy.copy(self)
+        first = self.transform
+        new.transform = fn if first is None else (lambda a: fn(first(a)))
+        return new
+
+    def upload(self, part: Any) -> Any:
+        """One batch read from the host (or an array already on ``be``) on ``be``."""
+        if type(part) is not np.ndarray:
+            if isinstance(part, np.ndarray) or not _is_array(part):
+                part = np.asarray(part)  # a memmap's rows: plain ndarray, same memory
+            elif backend_of(part) != self.be:
+                part = to_numpy(part)  # another library's array (a torch CPU tensor)
+        return on_backend(self.be, part, self.dtype, self.who, self.labels)
+
+    def finish(self, a: Any) -> Any:
+        return a if self.transform is None else self.transform(a)
+
+    @staticmethod
+    def _rows(key: Any, n: int, who: str) -> tuple[int, int]:
+        rows = key[0] if isinstance(key, tuple) and key[1:] in ((), (Ellipsis,)) else key
+        if not isinstance(rows, slice) or rows.step not in (None, 1):
+            raise TypeError(f"{who}: streamed data gives rows by a slice, a[s:e, ...]; "
+                            f"got the index {key!r}")
+        start, stop, _ = rows.indices(n)
+        return start, max(start, stop)
+
+
+class Column(HostData):
+    """A streamed array: ``data[s:e]`` (or rows by index, for an ndarray) read a batch
+    at a time.
+
+    Parameters
+    ----------
+    data : np.memmap, or an object with ``__len__`` and slice indexing
+        ``data[s:e]`` gives rows ``s .. e - 1`` as something ``np.asarray`` takes. Only an
+        ndarray (a memmap) is indexed by an array of positions; other objects are asked
+        for runs of consecutive rows.
+    be, dtype, who, labels : as for :func:`on_backend`
+    """
+
+    def __init__(self, data: Any, be: Backend, dtype: Any, who: str, labels: bool = False):
+        self.data = data
+        self.be, self.dtype, self.who, self.labels = be, dtype, who, labels
+        n = len(data)
+        shape = getattr(data, "shape", None)
+        if shape is None:
+            shape = np.asarray(self._slice(0, min(1, n))).shape
+        self.shape = (n, *(int(d) for d in tuple(shape)[1:]))
+        self.fancy = isinstance(data, np.ndarray)
+
+    def __getitem__(self, key: Any) -> Any:
+        """Rows ``s:e`` on the device (``a[0:1, ...]``: the first example, for shapes)."""
+        s, e = self._rows(key, self.shape[0], self.who)
+        return self.finish(self.upload(self.read(slice(s, e))))
+
+    def read(self, rows: slice | np.ndarray) -> np.ndarray:
+        """The rows ``rows`` (a slice, or positions in any order) as a host array, in
+        that order. An ndarray (a memmap) gathers them at once; another object is asked
+        for runs of consecutive rows, in increasing position, each put in its place."""
+        if isinstance(rows, slice):
+            return self._slice(rows.start, rows.stop)
+        if self.fancy:  # one gather, one new buffer: the page cache serves any order
+            return np.asarray(np.take(self.data, rows, axis=0))
+        sort = np.argsort(rows, kind="stable")
+        ascending = rows[sort]
+        cut = np.r_[0, np.flatnonzero(np.diff(ascending) != 1) + 1, len(rows)]
+        out = None
+        for a, b in zip(cut[:-1], cut[1:]):
+            part = self._slice(int(ascending[a]), int(ascending[b - 1]) + 1)
+            if out is None:
+                out = np.empty((len(rows), *part.shape[1:]), dtype=part.dtype)
+            out[sort[a:b]] = part  # out[i] is row rows[i]
+        return out
+
+    def _slice(self, start: int, stop: int) -> np.ndarray:
+        part = np.asarray(self.data[start:stop])
+        if part.ndim == 0 or part.shape[0] != stop - start:
+            got = "a scalar" if part.ndim == 0 else f"{part.shape[0]} rows"
+            raise ValueError(f"{self.who}: reading rows {start}:{stop} of the streamed "
+                             f"{type(self.data).__name__} gave {got}, expected "
+                             f"{stop - start}")
+        return part
+
+
+class Part(HostData):
+    """One array of an iterable's ``(x, y)`` batches: input ``index`` (``y`` last).
+    Its shape is that of the first batch, with the epoch's estimated example count."""
+
+    def __init__(self, source: BatchSource, index: int):
+        self.source, self.index = source, index
+        sample = source.first[index]
+        self.shape = (source.steps * int(sample.shape[0]), *(int(d) for d in sample.shape[1:]))
+
+    def __getitem__(self, key: Any) -> Any:
+        """Rows of the first batch on the device (``a[0:1, ...]``, for shapes)."""
+        sample = self.source.first[self.index]
+        s, e = self._rows(key, int(sample.shape[0]), self.who)
+        return self.finish(self.upload(sample[s:e]))
+
+
+class BatchSource:
+    """An iterable of ``(x, y)`` batches that ``fit`` reads ``steps`` at a time.
+
+    ``x`` of a batch is an array, or a list of arrays for a model with several inputs;
+    arrays are NumPy arrays, lists, or any library's arrays. A one-shot iterator (a
+    generator) needs ``steps_per_epoch`` and goes on where it stopped in the next epoch;
+    a re-iterable (a DataLoader, a list) is iterated again from its start each epoch, for
+    ``steps_per_epoch`` batches or to its end (``len()`` batches by default).
+    """
+
+    def __init__(self, items: Iterable, steps_per_epoch: int | None):
+        self.items = items
+        self.one_shot = isinstance(items, Iterator)
+        if steps_per_epoch is None:
+            if self.one_shot:
+                raise ValueError(
+                    f"fit: x is an iterator ({type(items).__name__}), which cannot start "
+                    f"again for each epoch; give steps_per_epoch, the batches per epoch")
+            try:
+                steps_per_epoch = len(items)  # type: ignore[arg-type]
+            except TypeError:
+                raise ValueError(f"fit: x, an iterable of batches ({type(items).__name__}), "
+                                 f"has no len(); give steps_per_epoch") from None
+            if steps_per_epoch < 1:
+                raise ValueError("fit: x, the iterable of batches, is empty")
+        self.steps = steps_per_epoch
+        self.epochs = 0  # epochs started, for messages
+        self.first: list[Any] = []  # the first batch: shapes, and the first rows
+        self.multi = False
+        self._iterator: Iterator = iter(items)
+        item = next(self._iterator, _END)
+        if item is _END:
+            raise ValueError("fit: x, the iterable of batches, gave no batch")
+        self.first = self.split(item, 1)
+        self._pending: Any = item  # trained on first, in the first epoch
+
+    def columns(self) -> tuple[Any, Any]:
+        """``(x, y)`` for fit: a Part per input (a list of them for several) and ``y``."""
+        parts = [Part(self, i) for i in range(len(self.first))]
+        return (parts[:-1] if self.multi else parts[0]), parts[-1]
+
+    def split(self, item: Any, step: int) -> list[Any]:
+        """``[*inputs, y]`` of one batch, checked against the first batch."""
+        where = f"fit: batch {step} of epoch {max(self.epochs, 1)} of x"
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
+            raise TypeError(f"{where}: expected an (x, y) pair, got a "
+                            f"{type(item).__name__}{size}")
+        xb, yb = item
+        multi = isinstance(xb, (list, tuple))
+        parts = [*(xb if multi else [xb]), yb]
+        parts = [a if hasattr(a, "shape") else np.asarray(a) for a in parts]
+        sizes = {int(a.shape[0]) if len(a.shape) else 0 for a in parts}
+        if len(sizes) != 1 or sizes == {0}:
+            raise ValueError(f"{where}: x and y must hold the same number (at least one) "
+                             f"of examples, got shapes {[tuple(a.shape) for a in parts]}")
+        if not self.first:
+            self.multi = multi
+            return parts
+        if multi != self.multi or len(parts) != len(self.first):
+            raise ValueError(f"{where}: x has {len(parts) - 1} array(s), the first batch "
+                             f"{len(self.first) - 1}")
+        for i, (a, b) in enumerate(zip(parts, self.first)):
+            if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+                what = "y" if i == len(parts) - 1 else (f"x[{i}]" if self.multi else "x")
+                raise ValueError(f"{where}: {what} has examples of shape "
+                                 f"{tuple(a.shape[1:])}, the first batch "
+                                 f"{tuple(b.shape[1:])}")
+        return parts
+
+    def read(self, columns: list[Part]) -> Iterator[list[Any]]:
+        """One epoch: up to ``steps`` batches, each ``[column.upload(part)]``. A re-iterable
+        that ends sooner ends the epoch; an iterator that gives nothing raises."""
+        self.epochs += 1
+        if self._pending is not None:
+            it: Iterator = _chain(self._pending, self._iterator)
+            self._pending = None
+        elif self.one_shot:
+            it = self._iterator
+        else:
+            it = iter(self.items)
+        for step in range(1, self.steps + 1):
+            item = next(it, _END)
+            if item is _END:
+                if step == 1:
+                    raise ValueError(f"fit: x ran out of batches: it gave none for epoch "
+                                     f"{self.epochs} of this fit; a generator must give "
+                                     f"steps_per_epoch batches for each epoch")
+                return
+            parts = self.split(item, step)
+            yield [c.upload(parts[c.index]) for c in columns]
+
+
+def _chain(first: Any, rest: Iterator) -> Iterator:
+    yield first
+    for item in rest:  # noqa: UP028 (`yield from` would close the user's generator with us)
+        yield item
+
+
+_END = object()
+
+
+# -- one epoch's batches, read ahead in a thread ----------------------------------------------
+class Prefetch:
+    """The items of ``items``, made in a background thread at most ``depth`` ahead.
+
+    Iterating gives them in order; an exception raised while making one is raised here,
+    in the consuming thread, as it was (its message and the reader's traceback).
+    ``close()`` stops the thread (it ends after the item it is making) and drops what
+    was read ahead.
+    """
+
+    def __init__(self, items: Iterator, depth: int = PREFETCH):
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(items,), daemon=True,
+                                        name="xpnet-prefetch")
+        self._thread.start()
+
+    def _run(self, items: Iterator) -> None:
+        try:
+            for item in items:
+                if not self._put(("item", item)):
+                    return
+        except BaseException as error:  # handed over: raised in the consuming thread
+            self._put(("error", error))
+        else:
+            self._put(("end", None))
+
+    def _put(self, message: tuple[str, Any]) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(message, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Prefetch:
+        return self
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        while True:
+            try:
+                kind, value = self._queue.get(timeout=0.1)
+                break
+            except queue.Empty:
+                if not self._thread.is_alive() and self._queue.empty():
+                    raise RuntimeError("xpnet: the data reader thread was stopped") from None
+        if kind == "item":
+            return value
+        self._done = True
+        self._thread.join()
+        if kind == "error":
+            raise value
+        raise StopIteration
+
+    def close(self) -> None:
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not threading.current_thread():
+            self._thread.join(JOIN_SECONDS)
+
+
+class EpochBatches:
+    """One pass over the data in mini-batches: iterating gives ``(size, [array per
+    column])`` with every array on the device; ``seen`` counts the examples given.
+
+    In-memory arrays are gathered by the epoch's order on the device and sliced, as
+    :func:`shuffled` and :func:`batches` do; streamed columns are read by a
+    :class:`Prefetch` thread. Use it in a ``with`` block (or call :meth:`close`), so the
+    thread ends with the loop however the loop ends.
+
+    Parameters
+    ----------
+    be : Backend
+    arrays : list of device arrays and HostData, all with the same number of rows
+    batch_size : int
+    shuffle, seed, epoch : the order, as :func:`order` makes it (unused by an iterable)
+    """
+
+    def __init__(self, be: Backend, arrays: list[Any], batch_size: int,
+                 shuffle: bool | str = False, seed: int = 0, epoch: int = 0):
+        self.seen = 0
+        self.arrays = arrays
+        self._reader: Prefetch | None = None
+        self._memory: Iterator | None = None
+        hosted = [a for a in arrays if isinstance(a, HostData)]
+        parts = [a for a in hosted if isinstance(a, Part)]
+        if parts:
+            source = parts[0].source
+            if len(parts) != len(arrays) or any(p.source is not source for p in parts):
+                raise TypeError("fit: batches from an iterable cannot be mixed with arrays")
+            self._reader = Prefetch(source.read(parts))
+            return
+        n = int(arrays[0].shape[0])
+        rows = order(shuffle, n, seed, epoch, batch_size)
+        in_memory = [a for a in arrays if not isinstance(a, HostData)]
+        if in_memory:
+            self._memory = batches(shuffled(be, in_memory, rows), batch_size)
+        if hosted:
+            self._reader = Prefetch(_read(hosted, rows, n, batch_size))
+
+    def __iter__(self) -> EpochBatches:
+        return self
+
+    def __next__(self) -> tuple[int, list[Any]]:
+        if self._reader is None:
+            size, batch = next(self._memory)  # type: ignore[arg-type]
+        else:
+            read = iter(next(self._reader))
+            if self._memory is not None:
+                size, kept = next(self._memory)
+                kept = iter(kept)
+            batch = [a.finish(next(read)) if isinstance(a, HostData) else next(kept)
+                     for a in self.arrays]
+            size = int(batch[0].shape[0])
+        self.seen += size
+        return size, batch
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+
+    def __enter__(self) -> EpochBatches:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        self.close()
+
+
+def epoch_batches(be: Backend, arrays: list[Any], batch_size: int, shuffle: bool | str = False,
+                  seed: int = 0, epoch: int = 0) -> EpochBatches:
+    """The mini-batches of one epoch (see :class:`EpochBatches`)."""
+    return EpochBatches(be, arrays, batch_size, shuffle, seed, epoch)
+
+
+def _read(columns: list[Column], rows: np.ndarray | None, n: int, batch_size: int
+          ) -> Iterator[list[Any]]:
+    """For each batch, every column's rows on the device (run in the reader thread)."""
     for s in range(0, n, batch_size):
         e = min(s + batch_size, n)
-        yield e - s, [a[s:e, ...] for a in arrays]
+        take = slice(s, e) if rows is None else rows[s:e]
+        yield [c.upload(c.read(take)) for c in columns]
