@@ -41,7 +41,7 @@ from . import random
 from .backend import Backend, backend_of, current, dtype_name, resolve, to_numpy
 from .graph import Graph
 from .layers import LAYER_TYPES, Layer, Sequential, build_layer, layer_config
-from .optim import OPTIMIZERS, SCHEDULES, Optimizer
+from .optim import OPTIMIZERS, SCHEDULES, Optimizer, schedule_config
 
 FORMAT = "xpnet-checkpoint"
 FORMAT_VERSION = 1
@@ -141,7 +141,10 @@ def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray])
                 arrays[f"opt/{slot}/{name}"] = to_numpy(v)
     lr: Any = opt.lr
     if callable(lr):
-        lr = {"schedule": type(lr).__name__, "config": lr.get_config()}
+        try:
+            lr = schedule_config(lr)
+        except TypeError as e:
+            raise CheckpointError(f"save: {e}") from None
     return {"type": type(opt).__name__, "lr": lr, "config": opt.get_config(),
             "steps": opt.steps, "params": order}
 

@@ -1,14 +1,25 @@
-"""Callbacks: hooks that ``fit`` calls at the start, after each epoch, and at the end."""
+"""Callbacks: hooks that ``fit`` calls at the start, after each batch, after each
+epoch, and at the end.
+
+``on_batch_end`` runs only for callbacks that define it: ``fit`` skips the per-batch
+call entirely when none does, and what it passes (:class:`BatchLogs`) holds device
+values that are read on the host only when a callback asks for them.
+"""
 
 from __future__ import annotations
 
+import csv
+import math
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from .. import _args
 from .._compat import namespace
+from ..backend import to_numpy
 from ..checkpoint import save
 from ..layers.base import Layer
-from ..optim import Optimizer
+from ..optim import Optimizer, schedule_config
 
 
 class Callback:
@@ -23,11 +34,76 @@ class Callback:
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
 
+    def on_batch_end(self, step: int, logs: BatchLogs) -> None:
+        """Called after each optimizer step, only for callbacks that override it.
+
+        ``step`` is the batch's index in the epoch (0-based, Keras's ``batch``; the
+        optimizer's own count is ``self.optimizer.steps``). ``logs`` holds device values:
+        ``logs.loss`` is the batch's mean loss as a 0-d device array (no host read);
+        ``logs["loss"]`` reads it as a float (one device sync). Setting
+        ``self.stop_training`` here ends training after this batch.
+        """
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         pass
 
     def on_train_end(self) -> None:
         pass
+
+
+class BatchLogs(Mapping):
+    """What ``on_batch_end`` receives: the batch's values, read only on request.
+
+    Attributes
+    ----------
+    loss : array, shape (), or None
+        The batch's mean loss on the device (this process's share of the batch in a
+        distributed fit; None on a process that got no examples of it).
+    size : int
+        Examples in the batch (all processes together).
+    epoch : int
+        The epoch, 0-based.
+
+    As a mapping (Keras's ``logs``): ``logs["loss"]`` is ``float(loss)``, read from
+    the device on first access (one sync) and kept; ``"size"`` and ``"epoch"``.
+    """
+
+    __slots__ = ("loss", "size", "epoch", "_value")
+
+    def __init__(self, loss: Any, size: int, epoch: int):
+        self.loss, self.size, self.epoch = loss, size, epoch
+        self._value: float | None = None
+
+    def __getitem__(self, key: str) -> float | int:
+        if key == "loss" and self.loss is not None:
+            if self._value is None:
+                self._value = float(to_numpy(self.loss))
+            return self._value
+        if key in ("size", "epoch"):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("loss", "size", "epoch") if self.loss is not None else ("size", "epoch"))
+
+    def __len__(self) -> int:
+        return 3 if self.loss is not None else 2
+
+    def __repr__(self) -> str:
+        return f"BatchLogs(loss={self.loss!r}, size={self.size}, epoch={self.epoch})"
+
+
+def batch_hooks(callbacks: list[Callback]) -> list[Callback]:
+    """The callbacks that define ``on_batch_end`` (fit calls none when there are none)."""
+    return [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+
+
+def batch_end(hooks: list[Callback], step: int, loss: Any, size: int, epoch: int) -> bool:
+    """Call ``on_batch_end`` of each of ``hooks``; whether one asked to stop training."""
+    logs = BatchLogs(loss, size, epoch)
+    for cb in hooks:
+        cb.on_batch_end(step, logs)
+    return any(cb.stop_training for cb in hooks)
 
 
 class _Monitor(Callback):
@@ -110,7 +186,154 @@ class ModelCheckpoint(_Monitor):
             raise FileNotFoundError(f"ModelCheckpoint: folder {str(folder)!r} of "
                                     f"{str(self.path)!r} does not exist; create it first")
 
+    def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
+        super().on_train_begin(model, optimizer)
+        if self.save_optimizer and callable(optimizer.lr):
+            schedule_config(optimizer.lr)  # TypeError now, not after the first epoch
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if (self._improved(logs) or not self.save_best_only) and getattr(self, "rank", 0) == 0:
             save(self.path, self.model, optimizer=self.optimizer if self.save_optimizer else None,
                  epoch=epoch + 1, **{k: v for k, v in logs.items() if isinstance(v, float)})
+
+
+class TerminateOnNaN(Callback):
+    """Stop training at the first batch whose loss is NaN or infinite (Keras's
+    ``TerminateOnNaN``); ``fit`` then raises FloatingPointError, with the weights of
+    the last epoch whose loss was finite.
+
+    It reads one value per batch from the device (the batch's loss): a sync each step,
+    which slows training on a GPU. Without it ``fit`` already stops with the same error
+    at its first read of a non-finite loss: a progress-bar report, or the epoch's end.
+    ``stopped`` is ``(epoch, batch)`` where it stopped, or None.
+    """
+
+    stopped: tuple[int, int] | None = None
+
+    def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
+        super().on_train_begin(model, optimizer)
+        self.stop_training, self.stopped = False, None
+
+    def on_batch_end(self, step: int, logs: BatchLogs) -> None:
+        if "loss" in logs and not math.isfinite(logs["loss"]):
+            self.stop_training, self.stopped = True, (logs.epoch, step)
+
+
+class CSVLogger(Callback):
+    """Write one row per epoch to a CSV file: ``epoch`` (0-based) and every log
+    (``loss``, ``accuracy``, ``val_*``, ``time``...), as Keras's ``CSVLogger``.
+
+    The header (``epoch`` then the log names, sorted) is written once, with the first
+    row; the file is flushed and closed after each row. ``append=False`` starts the file
+    afresh when training begins; ``append=True`` adds rows to it, under its existing
+    header when it has one (resuming a run). A log missing from an epoch is written
+    ``NA``. Only rank 0 of a distributed fit writes.
+    """
+
+    def __init__(self, path: str | Path, separator: str = ",", append: bool = False):
+        if not isinstance(separator, str) or len(separator) != 1:
+            raise ValueError(f"CSVLogger: separator must be one character, got {separator!r}")
+        self.path, self.separator, self.append = Path(path), separator, bool(append)
+        self._columns: list[str] | None = None
+
+    def check(self, logged: set[str]) -> None:
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"CSVLogger: folder {str(self.path.parent)!r} of "
+                                    f"{str(self.path)!r} does not exist; create it first")
+
+    def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
+        super().on_train_begin(model, optimizer)
+        self._columns = None
+        if getattr(self, "rank", 0) != 0:
+            return
+        if self.append and self.path.is_file():
+            with self.path.open(newline="") as f:
+                self._columns = next(csv.reader(f, delimiter=self.separator), None) or None
+        elif not self.append:
+            self.path.write_text("")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if getattr(self, "rank", 0) != 0:
+            return
+        header = self._columns is None
+        if header:
+            self._columns = ["epoch", *sorted(logs)]
+        row = [epoch] + [logs.get(k, "NA") for k in self._columns[1:]]
+        with self.path.open("a", newline="") as f:
+            writer = csv.writer(f, delimiter=self.separator)
+            if header:
+                writer.writerow(self._columns)
+            writer.writerow(row)
+
+
+class ReduceLROnPlateau(_Monitor):
+    """Multiply the optimizer's learning rate by ``factor`` when ``monitor`` stops
+    improving; checked once per epoch (after validation).
+
+    The rule and the numbers are PyTorch's ``ReduceLROnPlateau(mode, factor, patience,
+    threshold=min_delta, threshold_mode="abs", cooldown, min_lr)``: an epoch improves
+    when the value beats the best by more than ``min_delta``; once more than
+    ``patience`` epochs in a row have not, the rate becomes ``max(lr * factor, min_lr)``
+    (unless that changes it by less than 1e-8), and the next ``cooldown`` epochs count
+    no bad epochs. (Keras counts ``patience`` one epoch earlier: its ``patience=p`` is
+    ``patience=p - 1`` here.)
+
+    It changes a fixed rate (``optimizer.lr``, a float): an optimizer whose ``lr`` is a
+    schedule already decides each step's rate, and raises TypeError at the start of
+    ``fit``. ``lr`` holds the lowered rate afterwards, and checkpoints save it.
+
+    Parameters
+    ----------
+    monitor : str
+        A logged metric: ``"val_loss"`` (default; needs validation data), ``"loss"``...
+    factor : float in (0, 1)
+    patience, cooldown : int >= 0
+    min_lr : float >= 0
+    mode : "auto", "min" or "max"
+        ``auto``: max for names containing "acc", min otherwise.
+    min_delta : float >= 0
+    verbose : bool
+        Print a line when the rate is lowered.
+    """
+
+    eps = 1e-8  # PyTorch's: a smaller change is not made
+
+    def __init__(self, monitor: str = "val_loss", factor: float = 0.1, patience: int = 10,
+                 min_lr: float = 0.0, mode: str = "auto", min_delta: float = 1e-4,
+                 cooldown: int = 0, verbose: bool = False):
+        who = "ReduceLROnPlateau"
+        super().__init__(monitor, mode, _args.real(min_delta, "min_delta", who, low=0.0))
+        self.factor = _args.real(factor, "factor", who, low=0.0, high=1.0, low_open=True,
+                                 high_open=True)
+        self.patience = _args.integer(patience, "patience", who, minimum=0)
+        self.cooldown = _args.integer(cooldown, "cooldown", who, minimum=0)
+        self.min_lr = _args.real(min_lr, "min_lr", who, low=0.0)
+        self.verbose = bool(verbose)
+        self.wait, self.cooldown_left = 0, 0
+
+    def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
+        super().on_train_begin(model, optimizer)
+        if callable(optimizer.lr):
+            raise TypeError(f"ReduceLROnPlateau: the optimizer's lr is the schedule "
+                            f"{optimizer.lr!r}, which already sets each step's rate; give "
+                            f"the optimizer a fixed lr (a float) to lower on plateaus, or "
+                            f"drop one of the two")
+        self.best, self.wait, self.cooldown_left = None, 0, 0
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        if self._improved(logs):
+            self.wait = 0
+        else:
+            self.wait += 1
+        if self.cooldown_left > 0:
+            self.cooldown_left -= 1
+            self.wait = 0
+        if self.wait > self.patience:
+            old = float(self.optimizer.lr)
+            new = max(old * self.factor, self.min_lr)
+            if old - new > self.eps:
+                self.optimizer.lr = new
+                if self.verbose and getattr(self, "rank", 0) == 0:
+                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau lowered the learning rate "
+                          f"to {new:.4g}")
+            self.cooldown_left, self.wait = self.cooldown, 0
