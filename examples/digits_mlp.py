@@ -3,6 +3,7 @@
     python examples/digits_mlp.py                          # auto backend
     python examples/digits_mlp.py --backend torch
     python examples/digits_mlp.py --backend array_api_strict --device device1
+    python examples/digits_mlp.py --backend torch --precision bf16-mixed   # mixed precision
 
 Uses scikit-learn's bundled 8x8 digits (offline): 1347 training and 450 test images.
 Trains with Adam and a cosine learning-rate decay, keeps the best checkpoint by
@@ -23,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", default="digits_mlp.xpnet")
+    parser.add_argument("--precision", default="32",
+                        help="32 (default), bf16-mixed (torch, jax) or fp16-mixed")
     args = parser.parse_args(argv)
 
     be = xn.use(args.backend, device=args.device)
@@ -45,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, batch_size=batch_size, seed=args.seed,
         validation_data=(x_test, y_test),
         callbacks=[xn.ModelCheckpoint(args.checkpoint, monitor="val_accuracy")],
+        precision=args.precision,
     )
     best = xn.load(args.checkpoint, backend=be)
     print(f"final test accuracy {xn.evaluate(model, x_test, y_test)['accuracy']:.4f}; "
           f"best checkpoint {xn.evaluate(best, x_test, y_test)['accuracy']:.4f} "
-          f"(epochs run: {len(history.epochs)})")
+          f"(epochs run: {len(history.epochs)}, training {sum(history['time']):.1f} s, "
+          f"precision {args.precision})")
     return 0
 
 

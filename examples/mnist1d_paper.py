@@ -3,6 +3,7 @@
     python examples/mnist1d_paper.py                         # all four models, 6000 steps each
     python examples/mnist1d_paper.py --model cnn --backend torch
     python examples/mnist1d_paper.py --steps 1500            # a quicker look
+    python examples/mnist1d_paper.py --backend torch --precision bf16-mixed
 
 Data: 4000 training and 1000 test sequences of length 40, generated offline by the
 ``mnist1d`` package with the paper's defaults. Training: Adam, learning rate 1e-2,
@@ -34,7 +35,8 @@ def build(kind: str) -> xn.Layer:
     return xn.models.mnist1d_cnn(40, 25, 10)
 
 
-def train(kind: str, data, steps: int, seed: int, progress=False) -> tuple[float, float]:
+def train(kind: str, data, steps: int, seed: int, progress=False, precision="32"
+          ) -> tuple[float, float]:
     """Train one model; return (test accuracy, seconds)."""
     x_train, y_train, x_test, y_test = data
     xn.seed(seed)
@@ -44,7 +46,7 @@ def train(kind: str, data, steps: int, seed: int, progress=False) -> tuple[float
     start = time.perf_counter()
     xn.fit(model, x_train, y_train, loss=xn.SoftmaxCrossEntropy(),
            optimizer=xn.Adam(model.parameters(), lr=1e-2), epochs=epochs, batch_size=batch,
-           seed=seed, progress=progress)
+           seed=seed, progress=progress, precision=precision)
     seconds = time.perf_counter() - start
     return xn.evaluate(model, x_test, y_test)["accuracy"], seconds
 
@@ -56,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--precision", default="32",
+                        help="32 (default), bf16-mixed (torch, jax) or fp16-mixed")
     args = parser.parse_args(argv)
 
     be = xn.use(args.backend, device=args.device)
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     kinds = ["logistic", "mlp", "cnn", "gru"] if args.model == "all" else [args.model]
     print(f"{'model':<10}{'test acc':>10}{'paper':>8}{'seconds':>10}")
     for kind in kinds:
-        acc, seconds = train(kind, data, args.steps, args.seed)
+        acc, seconds = train(kind, data, args.steps, args.seed, precision=args.precision)
         print(f"{kind:<10}{acc:>10.3f}{PAPER[kind]:>8.2f}{seconds:>10.1f}", flush=True)
     return 0
 

@@ -307,7 +307,8 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
                          epochs=args.epochs, batch_size=args.batch_size,
                          validation_data=(x_te, y_te),
                          progress=None if args.progress else False, seed=args.seed,
-                         distributed=comm if comm is not None else False)
+                         distributed=comm if comm is not None else False,
+                         precision=args.precision)
         result = xn.evaluate(model, x_te, y_te)
     if not writer:
         return 0
@@ -462,6 +463,10 @@ def make_parser() -> _Parser:
                    help="write into an --out folder that already holds files")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar or per-epoch lines")
+    t.add_argument("--precision", default="32",
+                   choices=["32", "bf16-mixed", "fp16-mixed", "16-mixed"],
+                   help="32 (default), or forward and backward in bfloat16/float16 on "
+                        "float32 weights (torch, jax: both; numpy, cupy: fp16)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over MPI ranks: mpiexec -n R xpnet train --distributed")
     backend_flags(t)

@@ -44,6 +44,14 @@ class StrictAdapter(Adapter):
         name = "cpu" if dev == strict.Device("CPU_DEVICE") else _device_name(dev)
         return Placement(strict, dev, name)
 
+    def low_precision_dtype(self, xp: Any, name: str) -> Any:
+        if name in ("bfloat16", "float16"):  # what the base class accepts
+            raise TypeError(f"array_api_strict: no {name}: the array API standard defines "
+                            f"neither float16 nor bfloat16, so mixed precision cannot run "
+                            f"here; use precision=\"32\", or torch/jax (bf16, fp16), "
+                            f"cupy/numpy (fp16)")
+        return super().low_precision_dtype(xp, name)
+
     def to_host(self, x):
         import array_api_strict as strict
 

@@ -21,6 +21,11 @@ last axis, in training and inference alike (no running statistics),
     dC/dx = (1 / (D sqrt(var + eps))) * (D g - sum_D(g) - xhat * sum_D(g * xhat))
 
 Training keeps ``xhat`` and ``1 / sqrt(var + eps)``.
+
+Mixed precision: for a float16 or bfloat16 input (``fit(..., precision="bf16-mixed")``)
+both layers compute the statistics, ``xhat`` and backward's sums in float32, and return
+the output and the input gradient in the input's dtype, the parameter gradients in the
+parameters'. Running statistics stay in their own dtype (float32 masters).
 """
 
 from __future__ import annotations
@@ -34,6 +39,14 @@ from .. import _args
 from .._compat import namespace
 from ..backend import Backend, resolve
 from .base import Layer, check_like_parameters
+
+
+def _float32_if_low(xp: Any, a: Any) -> Any:
+    """``a`` upcast to float32 when its dtype is below it (float16, bfloat16: mixed
+    precision), else ``a`` itself: normalisation statistics are computed in float32."""
+    if a.dtype == xp.float32 or a.dtype == xp.float64:
+        return a
+    return xp.astype(a, xp.float32)
 
 
 class _BatchNorm(Layer):
@@ -74,9 +87,10 @@ class _BatchNorm(Layer):
         shape = (1, self.num_features) + (1,) * (x.ndim - 2)
         gamma = xp.reshape(self.weight.value, shape)
         beta = xp.reshape(self.bias.value, shape)
+        xs = _float32_if_low(xp, x)
         if train:
-            mean = xp.mean(x, axis=axes, keepdims=True)
-            centred = x - mean
+            mean = xp.mean(xs, axis=axes, keepdims=True)
+            centred = xs - mean
             var = xp.mean(centred * centred, axis=axes, keepdims=True)
             inv = 1.0 / xp.sqrt(var + self.eps)
             xhat = centred * inv
@@ -89,18 +103,25 @@ class _BatchNorm(Layer):
         else:
             rm = xp.reshape(self.running_mean.value, shape)
             rv = xp.reshape(self.running_var.value, shape)
-            xhat = (x - rm) / xp.sqrt(rv + self.eps)
+            xhat = (xs - rm) / xp.sqrt(rv + self.eps)
             self._cache = None
-        return gamma * xhat + beta
+        y = gamma * xhat + beta
+        return y if xs is x else xp.astype(y, x.dtype)
 
     def backward(self, dy: Any) -> Any:
         xhat, inv, gamma, axes, m = self._require_cache(self._cache)
         xp = namespace(dy)
-        self.weight.accumulate(xp.sum(dy * xhat, axis=axes))
-        self.bias.accumulate(xp.sum(dy, axis=axes))
-        g = dy * gamma
-        return (inv / m) * (m * g - xp.sum(g, axis=axes, keepdims=True)
-                            - xhat * xp.sum(g * xhat, axis=axes, keepdims=True))
+        d = _float32_if_low(xp, dy)  # xhat is float32 then too
+        dgamma, dbeta = xp.sum(d * xhat, axis=axes), xp.sum(d, axis=axes)
+        g = d * gamma
+        dx = (inv / m) * (m * g - xp.sum(g, axis=axes, keepdims=True)
+                          - xhat * xp.sum(g * xhat, axis=axes, keepdims=True))
+        if d is not dy:  # back to the dtypes of the parameters and of the input
+            dgamma, dbeta, dx = (xp.astype(a, dt) for a, dt in (
+                (dgamma, gamma.dtype), (dbeta, gamma.dtype), (dx, dy.dtype)))
+        self.weight.accumulate(dgamma)
+        self.bias.accumulate(dbeta)
+        return dx
 
     def get_config(self) -> dict[str, Any]:
         return {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
@@ -181,22 +202,31 @@ class LayerNorm(Layer):
         gamma = self.weight.value
         check_like_parameters(self, x, gamma)
         xp = namespace(x)
-        centred = x - xp.mean(x, axis=-1, keepdims=True)
+        xs = _float32_if_low(xp, x)
+        centred = xs - xp.mean(xs, axis=-1, keepdims=True)
         inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
         xhat = centred * inv
         self._cache = (xhat, inv) if train else None
-        return xhat * gamma + self.bias.value
+        y = xhat * gamma + self.bias.value
+        return y if xs is x else xp.astype(y, x.dtype)
 
     def backward(self, dy: Any) -> Any:
         xhat, inv = self._require_cache(self._cache)
         xp = namespace(dy)
         lead = tuple(range(dy.ndim - 1))
-        self.weight.accumulate(xp.sum(dy * xhat, axis=lead))
-        self.bias.accumulate(xp.sum(dy, axis=lead))
+        dz = _float32_if_low(xp, dy)  # xhat is float32 then too
+        gamma = self.weight.value
+        dgamma, dbeta = xp.sum(dz * xhat, axis=lead), xp.sum(dz, axis=lead)
         d = self.normalized_shape
-        g = dy * self.weight.value
-        return (inv / d) * (d * g - xp.sum(g, axis=-1, keepdims=True)
-                            - xhat * xp.sum(g * xhat, axis=-1, keepdims=True))
+        g = dz * gamma
+        dx = (inv / d) * (d * g - xp.sum(g, axis=-1, keepdims=True)
+                          - xhat * xp.sum(g * xhat, axis=-1, keepdims=True))
+        if dz is not dy:  # back to the dtypes of the parameters and of the input
+            dgamma, dbeta, dx = (xp.astype(a, dt) for a, dt in (
+                (dgamma, gamma.dtype), (dbeta, gamma.dtype), (dx, dy.dtype)))
+        self.weight.accumulate(dgamma)
+        self.bias.accumulate(dbeta)
+        return dx
 
     def get_config(self) -> dict[str, Any]:
         return {"normalized_shape": self.normalized_shape, "eps": self.eps,
