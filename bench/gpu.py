@@ -18,9 +18,11 @@ from typing import Any
 
 from . import workloads as W
 
-#: (label, backend, device, kind): kind "xpnet" trains through xn.fit, "torch" is eager
+#: (label, backend, device, kind): kind "xpnet" trains through xn.fit, "torch" is eager;
+#: "xpnet-unfused" is xpnet with CuPy's fused kernels off (the standard array API path)
 CASES = [
     ("xpnet-cupy", "cupy", "cuda:0", "xpnet"),
+    ("xpnet-cupy-unfused", "cupy", "cuda:0", "xpnet-unfused"),
     ("xpnet-torch-cuda", "torch", "cuda", "xpnet"),
     ("torch-cuda", "torch", "cuda", "torch"),
 ]
@@ -45,6 +47,25 @@ def usable(cases: list[tuple[str, str, str, str]]) -> tuple[list, dict[str, str]
     return ok, why
 
 
+def unfused(be: Any, run: Callable[[], Any]) -> Callable[[], Any]:
+    """``run`` with the fused kernels of ``be``'s ops turned off while it runs (CuPy's
+    ``CupyOps.fused``); a library without fused kernels runs as it is."""
+    from xpnet.backends import ops
+
+    o = ops(be.xp)
+    if not hasattr(o, "fused"):
+        return run
+
+    def run_unfused() -> Any:
+        o.fused = False
+        try:
+            return run()
+        finally:
+            o.fused = True
+
+    return run_unfused
+
+
 def timed(run: Callable[[], Any], sync: Callable[[], None]) -> float:
     sync()
     start = time.perf_counter()
@@ -65,8 +86,10 @@ def bench(cases: list[tuple[str, str, str, str]], keys: list[str], rounds: int,
         x, y = W.data(w)
         runners = {}
         for label, be, kind in ok:
-            run = (W.make_xpnet(w, x, y, be.name, be.device_name) if kind == "xpnet"
-                   else W.make_torch(w, x, y, be.device_name))
+            run = (W.make_torch(w, x, y, be.device_name) if kind == "torch"
+                   else W.make_xpnet(w, x, y, be.name, be.device_name))
+            if kind == "xpnet-unfused":
+                run = unfused(be, run)
             sync = synchronizer(be)
             timed(run, sync)  # warm-up
             runners[label] = (run, sync)

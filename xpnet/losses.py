@@ -195,9 +195,9 @@ class SoftmaxCrossEntropy(Loss):
         if pred.ndim != 2:
             return self._forward_positions(xp, pred, target)
         y, valid = _target_matrix("SoftmaxCrossEntropy", pred, target)
-        per_example, p = ops(xp).softmax_xent(xp, pred, y)
+        per_example, ctx = ops(xp).softmax_xent(xp, pred, y)
         n = pred.shape[0]
-        self._grad_parts = (p, y, n, None)
+        self._grad_parts = (pred, y, ctx, n, None)
         if valid is not None:
             per_example = xp.where(valid, per_example, xp.full_like(per_example, math.nan))
         return xp.sum(per_example) / n
@@ -222,13 +222,14 @@ class SoftmaxCrossEntropy(Loss):
         else:
             target = xp.reshape(target, (rows, shape[-1]))
         cost = self.forward(xp.reshape(pred, (rows, shape[-1])), target)
-        self._grad_parts = (*self._grad_parts[:3], shape)
+        self._grad_parts = (*self._grad_parts[:4], shape)
         return cost
 
     def backward(self) -> Any:
-        p, y, n, shape = self._cached()
-        g = (p - y) / n
-        return g if shape is None else namespace(g).reshape(g, shape)
+        z, y, ctx, n, shape = self._cached()
+        xp = namespace(z)
+        g = ops(xp).softmax_xent_grad(xp, z, y, ctx, n)
+        return g if shape is None else xp.reshape(g, shape)
 
     def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
         # class-probability targets are classes too: compare the arg-maxes

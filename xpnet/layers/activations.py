@@ -64,7 +64,8 @@ class Tanh(_Activation):
 
     def backward(self, dy: Any) -> Any:
         y = self._require_cache(self._y)
-        return dy * (1.0 - y * y)
+        xp = namespace(y)
+        return ops(xp).tanh_grad(xp, dy, y)
 
 
 class ReLU(_Activation):
@@ -165,13 +166,14 @@ class SiLU(_Activation):
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         xp = namespace(x)
-        s = ops(xp).sigmoid(xp, x)
-        self._cache = (x, s) if train else None
-        return x * s
+        y, ctx = ops(xp).silu(xp, x)  # the ctx holds x (and sigmoid(x) where ops kept it)
+        self._cache = ctx if train else None
+        return y
 
     def backward(self, dy: Any) -> Any:
-        x, s = self._require_cache(self._cache)
-        return dy * (s * (1.0 + x * (1.0 - s)))
+        ctx = self._require_cache(self._cache)
+        xp = namespace(dy)
+        return ops(xp).silu_grad(xp, dy, ctx)
 
 
 class LeakyReLU(_Activation):
