@@ -27,7 +27,8 @@ import numpy as np
 
 from . import workloads as W
 
-IMPLS = ("xpnet-numpy", "xpnet-torch", "numpy", "torch", "jax")
+IMPLS = ("xpnet-numpy", "xpnet-torch", "xpnet-jax", "xpnet-jax-compiled",
+         "xpnet-torch-compiled", "numpy", "torch", "jax")
 PAUSE = 0.3  # seconds between timed phases (OpenBLAS threads spin ~0.1 s after work)
 
 
@@ -41,6 +42,12 @@ def make(impl: str, w: W.Workload, x: np.ndarray, y: np.ndarray):
         return W.make_xpnet(w, x, y, "numpy")
     if impl == "xpnet-torch":
         return W.make_xpnet(w, x, y, "torch") if have("torch") else "torch not installed"
+    if impl == "xpnet-torch-compiled":  # fit(compile=True): torch.compile (inductor)
+        return (W.make_xpnet(w, x, y, "torch", compile=True) if have("torch")
+                else "torch not installed")
+    if impl in ("xpnet-jax", "xpnet-jax-compiled"):  # eager, and fit(compile=True): jax.jit
+        return (W.make_xpnet(w, x, y, "jax", compile=impl.endswith("compiled"))
+                if have("jax") else "jax not installed")
     if impl == "numpy":
         return W.make_numpy(w, x, y) or "no hand-written reference for this workload"
     if impl == "torch":
@@ -101,7 +108,7 @@ def bench_workload(w: W.Workload, impls: list[str], rounds: int) -> dict:
            "results": {}}
     for impl, rs in rates.items():
         entry = {"median": statistics.median(rs), "min": min(rs), "max": max(rs)}
-        for ref, key in (("torch", "vs_torch"), ("numpy", "vs_numpy")):
+        for ref, key in (("torch", "vs_torch"), ("numpy", "vs_numpy"), ("jax", "vs_jax")):
             if ref in rates:  # ratios within a round, then their median
                 entry[key] = statistics.median(a / b for a, b in zip(rs, rates[ref],
                                                                      strict=True))
@@ -151,8 +158,8 @@ def memory(keys: list[str], impls: list[str]) -> dict:
 def report(results: list[dict], rate: float, mem: dict) -> str:
     lines = [f"float32 GEMM rate: {rate / 1e9:.0f} GFLOP/s (best of NumPy and torch over "
              f"{len(GEMM_SHAPES)} shapes)", ""]
-    head = (f"{'implementation':<14}{'samples/s':>12}{'range':>22}{'vs torch':>10}"
-            f"{'vs numpy':>10}{'roofline':>10}")
+    head = (f"{'implementation':<21}{'samples/s':>12}{'range':>22}{'vs torch':>10}"
+            f"{'vs numpy':>10}{'vs jax':>10}{'roofline':>10}")
     for r in results:
         w = next(v for v in W.WORKLOADS.values() if v.name == r["workload"])
         ceiling = rate / (6 * W.macs(w))
@@ -160,10 +167,11 @@ def report(results: list[dict], rate: float, mem: dict) -> str:
         for impl, e in r["results"].items():
             ratio = f"{e['vs_torch']:.2f}x" if "vs_torch" in e else "-"
             vs_np = f"{e['vs_numpy']:.2f}x" if "vs_numpy" in e else "-"
-            lines.append(f"{impl:<14}{e['median']:>12,.0f}{e['min']:>11,.0f} - {e['max']:<8,.0f}"
-                         f"{ratio:>10}{vs_np:>10}{e['median'] / ceiling:>10.1%}")
+            vs_jax = f"{e['vs_jax']:.2f}x" if "vs_jax" in e else "-"
+            lines.append(f"{impl:<21}{e['median']:>12,.0f}{e['min']:>11,.0f} - {e['max']:<8,.0f}"
+                         f"{ratio:>10}{vs_np:>10}{vs_jax:>10}{e['median'] / ceiling:>10.1%}")
         for impl, why in r["skipped"].items():
-            lines.append(f"{impl:<14}{'skipped: ' + why:>12}")
+            lines.append(f"{impl:<21}{'skipped: ' + why:>12}")
         lines.append("")
     if mem:
         lines.append("memory (MiB): resident before training, peak while training, and the "

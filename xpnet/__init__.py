@@ -13,6 +13,8 @@ from . import backends, datasets, distributed, models, random
 from ._version import __version__
 from .backend import Backend, BackendUnavailableError, available, current, to_numpy, use
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
+from .clip import clip_grad_norm, clip_grad_value
+from .compile import TrainStep, compile_step
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
 from .layers import (
@@ -52,11 +54,25 @@ from .layers import (
     TransformerBlock,
 )
 from .losses import BinaryCrossEntropy, Loss, QuadraticCost, SoftmaxCrossEntropy
-from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR
+from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR, WarmupCosineLR
 from .random import RandomStream, seed
-from .train import Callback, EarlyStopping, History, ModelCheckpoint, evaluate, fit, predict
+from .train import (
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    History,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+    evaluate,
+    fit,
+    metrics,
+    predict,
+)
+from .train.precision import MixedPrecision
 
 __all__ = [
+    "TrainStep", "compile_step",
     "__version__",
     "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
     "RandomStream",
@@ -70,7 +86,10 @@ __all__ = [
     "MultiHeadAttention", "TransformerBlock", "PositionalEmbedding",
     "Loss", "QuadraticCost", "SoftmaxCrossEntropy", "BinaryCrossEntropy",
     "Optimizer", "SGD", "Adam", "AdamW", "StepLR", "CosineLR",
+    "WarmupCosineLR", "clip_grad_norm", "clip_grad_value",
+    "CSVLogger", "ReduceLROnPlateau", "TerminateOnNaN", "metrics",
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
+    "MixedPrecision",
     "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
     "backends", "datasets", "distributed", "models", "random",
 ]

@@ -49,7 +49,7 @@ _integral: dict[Any, bool] = {}
 
 def is_integral(xp: Any, dtype: Any) -> bool:
     """``xp.isdtype(dtype, "integral")``, remembered (NumPy's takes ~5 us a call)."""
-    key = (xp, dtype)
+    key = (getattr(xp, "__name__", None) or id(xp), dtype)  # a string: torch.compile traces it
     found = _integral.get(key)
     if found is None:
         found = _integral[key] = bool(xp.isdtype(dtype, "integral"))

@@ -20,38 +20,118 @@ Schedule = Callable[[int], float]
 
 
 # -- learning-rate schedules: callables from the step count (0-based) to a rate ------
-class StepLR:
-    """``lr * gamma ** (step // step_size)``."""
+# Optimizers call ``lr(optimizer.steps)`` before each update: every schedule here is
+# stepped per batch. Any callable of the step works as ``lr``; the classes here (and any
+# class registered in SCHEDULES with ``get_config()``) are also saved in checkpoints.
+class _Schedule:
+    def get_config(self) -> dict[str, Any]:
+        raise NotImplementedError
 
-    def __init__(self, lr: float, step_size: int, gamma: float = 0.1):
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _warmup_steps(value: Any, who: str) -> int:
+    return _args.integer(value, "warmup_steps", who, minimum=0)
+
+
+class StepLR(_Schedule):
+    """``lr * gamma ** (step // step_size)``, after an optional linear warmup.
+
+    Stepped per batch: ``step`` is the optimizer's step count (0-based), so
+    ``step_size`` counts batches (``steps_per_epoch * epochs_per_decay`` for PyTorch's
+    per-epoch ``StepLR``). With ``warmup_steps = w > 0`` the rate first rises linearly,
+    ``lr * step / w`` for ``step < w`` (0 at the first step, as Hugging Face's and
+    Keras's warmups), then decays as ``lr * gamma ** ((step - w) // step_size)``.
+    """
+
+    def __init__(self, lr: float, step_size: int, gamma: float = 0.1, *,
+                 warmup_steps: int = 0):
         self.lr = _args.real(lr, "lr", "StepLR", low=0.0, low_open=True)
         self.step_size = _args.integer(step_size, "step_size", "StepLR", minimum=1)
         self.gamma = _args.real(gamma, "gamma", "StepLR", low=0.0, low_open=True)
+        self.warmup_steps = _warmup_steps(warmup_steps, "StepLR")
 
     def __call__(self, step: int) -> float:
-        return self.lr * self.gamma ** (step // self.step_size)
+        w = self.warmup_steps
+        if step < w:
+            return self.lr * step / w
+        return self.lr * self.gamma ** ((step - w) // self.step_size)
 
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma}
+        return {"lr": self.lr, "step_size": self.step_size, "gamma": self.gamma,
+                "warmup_steps": self.warmup_steps}
 
 
-class CosineLR:
-    """Cosine decay from ``lr`` to ``min_lr`` over ``total_steps``, then ``min_lr``."""
+class CosineLR(_Schedule):
+    """Cosine decay from ``lr`` to ``min_lr``, after an optional linear warmup; then
+    ``min_lr``.
 
-    def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0):
-        self.lr = _args.real(lr, "lr", "CosineLR", low=0.0, low_open=True)
-        self.total_steps = _args.integer(total_steps, "total_steps", "CosineLR", minimum=1)
-        self.min_lr = _args.real(min_lr, "min_lr", "CosineLR", low=0.0, high=self.lr)
+    Stepped per batch: ``step`` is the optimizer's step count (0-based) and
+    ``total_steps`` counts batches (``epochs * steps_per_epoch`` to end with training).
+    With ``warmup_steps = w`` (default 0) the rate is ``lr * step / w`` for ``step < w``
+    (0 at the first step), then ``min_lr + (lr - min_lr) (1 + cos(pi t)) / 2`` with
+    ``t = min(1, (step - w) / (total_steps - w))``: Hugging Face's
+    ``get_cosine_schedule_with_warmup`` (with ``min_lr = 0``) and, without warmup,
+    PyTorch's ``CosineAnnealingLR(T_max=total_steps, eta_min=min_lr)`` over one half
+    period. ``total_steps`` includes the warmup.
+    """
+
+    def __init__(self, lr: float, total_steps: int, min_lr: float = 0.0, *,
+                 warmup_steps: int = 0):
+        who = type(self).__name__
+        self.lr = _args.real(lr, "lr", who, low=0.0, low_open=True)
+        self.total_steps = _args.integer(total_steps, "total_steps", who, minimum=1)
+        self.min_lr = _args.real(min_lr, "min_lr", who, low=0.0, high=self.lr)
+        self.warmup_steps = _warmup_steps(warmup_steps, who)
+        if self.warmup_steps >= self.total_steps:
+            raise ValueError(f"{who}: warmup_steps ({self.warmup_steps}) must be less than "
+                             f"total_steps ({self.total_steps}), which include the warmup")
 
     def __call__(self, step: int) -> float:
-        t = min(step, self.total_steps) / max(self.total_steps, 1)
+        w = self.warmup_steps
+        if step < w:
+            return self.lr * step / w
+        t = min(step - w, self.total_steps - w) / (self.total_steps - w)
         return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1.0 + math.cos(math.pi * t))
 
     def get_config(self) -> dict[str, Any]:
-        return {"lr": self.lr, "total_steps": self.total_steps, "min_lr": self.min_lr}
+        return {"lr": self.lr, "total_steps": self.total_steps, "min_lr": self.min_lr,
+                "warmup_steps": self.warmup_steps}
 
 
-SCHEDULES = {"StepLR": StepLR, "CosineLR": CosineLR}
+class WarmupCosineLR(CosineLR):
+    """Linear warmup over ``warmup_steps`` batches into cosine decay to ``min_lr`` at
+    ``total_steps`` (warmup included): ``CosineLR(lr, total_steps, min_lr,
+    warmup_steps=warmup_steps)``, under the name and argument order of Hugging Face's
+    ``get_cosine_schedule_with_warmup``. Stepped per batch (the optimizer's step count).
+    """
+
+    def __init__(self, lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0):
+        super().__init__(lr, total_steps, min_lr, warmup_steps=warmup_steps)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"lr": self.lr, "warmup_steps": self.warmup_steps,
+                "total_steps": self.total_steps, "min_lr": self.min_lr}
+
+
+SCHEDULES: dict[str, type] = {"StepLR": StepLR, "CosineLR": CosineLR,
+                              "WarmupCosineLR": WarmupCosineLR}
+
+
+def schedule_config(lr: Any) -> dict[str, Any]:
+    """``{"schedule": name, "config": constructor arguments}`` for a schedule that
+    checkpoints can rebuild (a class in :data:`SCHEDULES`); TypeError for any other
+    callable, naming the way out."""
+    name = type(lr).__name__
+    if SCHEDULES.get(name) is not type(lr) or not callable(getattr(lr, "get_config", None)):
+        raise TypeError(f"the learning-rate schedule {lr!r} cannot be saved: checkpoints "
+                        f"rebuild only the classes in xpnet.optim.SCHEDULES "
+                        f"({', '.join(SCHEDULES)}); register your class there (with "
+                        f"get_config() returning its constructor arguments), or save "
+                        f"without the optimizer")
+    return {"schedule": name, "config": lr.get_config()}
 
 
 class Optimizer:
@@ -85,11 +165,36 @@ class Optimizer:
         """Update every parameter that has a gradient."""
         lr = self.current_lr()
         self.steps += 1
+        self.apply(self.coefficients(lr, self.steps))
+
+    def coefficients(self, lr: float, t: int) -> tuple[float, ...]:
+        """The scalars step ``t`` (1-based) multiplies by, computed on the host from the
+        rate and the step count (bias corrections): ``apply`` takes them as they are or
+        as 0-d device arrays, so a compiled step is traced once for every step."""
+        return (lr,)
+
+    def apply(self, coefficients: tuple[Any, ...]) -> None:
+        """Update every parameter that has a gradient with ``coefficients`` (floats, or
+        0-d arrays of the parameters' library and dtype)."""
         for i, p in enumerate(self.params):
             if p.grad is not None:
-                self._update(i, p, lr)
+                self._update(i, p, coefficients)
 
-    def _update(self, i: int, p: Parameter, lr: float) -> None:
+    @property
+    def active_slots(self) -> tuple[str, ...]:
+        """The slots this optimizer's settings use (SGD without momentum: none)."""
+        return self.slots
+
+    def init_state(self) -> None:
+        """Fill every empty slot with zeros, which a first update treats exactly as an
+        empty one (so a compiled step's state has one structure from the start)."""
+        for slot in self.active_slots:
+            arrays = self.state[slot]
+            for i, p in enumerate(self.params):
+                if arrays[i] is None:
+                    arrays[i] = namespace(p.value).zeros_like(p.value)
+
+    def _update(self, i: int, p: Parameter, coefficients: tuple[Any, ...]) -> None:
         raise NotImplementedError(f"{type(self).__name__} does not define _update")
 
     def get_config(self) -> dict[str, Any]:
@@ -118,20 +223,16 @@ class SGD(Optimizer):
         self.momentum, self.nesterov = momentum, bool(nesterov)
         self.weight_decay = _args.real(weight_decay, "weight_decay", "SGD", low=0.0)
 
-    def _update(self, i: int, p: Parameter, lr: float) -> None:
+    def _update(self, i: int, p: Parameter, coefficients: tuple[Any, ...]) -> None:
+        (lr,) = coefficients
         xp = namespace(p.value)
-        g = p.grad
-        if self.weight_decay:
-            g = g + self.weight_decay * p.value
-        if self.momentum:
-            buf = self.state["momentum"][i]
-            if buf is None:
-                buf = xp.asarray(g, copy=True)
-            else:
-                buf = ops(xp).scale_add_(xp, buf, self.momentum, g)
-            self.state["momentum"][i] = buf
-            g = g + self.momentum * buf if self.nesterov else buf
-        p.value = ops(xp).sub_scaled_(xp, p.value, lr, g)
+        p.value, self.state["momentum"][i] = ops(xp).sgd_update_(
+            xp, p.value, p.grad, self.state["momentum"][i], lr, momentum=self.momentum,
+            nesterov=self.nesterov, weight_decay=self.weight_decay)
+
+    @property
+    def active_slots(self) -> tuple[str, ...]:
+        return self.slots if self.momentum else ()
 
     def get_config(self) -> dict[str, Any]:
         return {"momentum": self.momentum, "nesterov": self.nesterov,
@@ -161,25 +262,19 @@ class Adam(Optimizer):
         self.eps = _args.real(eps, "eps", who, low=0.0, low_open=True)
         self.weight_decay = _args.real(weight_decay, "weight_decay", who, low=0.0)
 
-    def _update(self, i: int, p: Parameter, lr: float) -> None:
-        xp = namespace(p.value)
+    def coefficients(self, lr: float, t: int) -> tuple[float, ...]:
+        """``(lr * wd, lr / (1 - b1^t), 1 / sqrt(1 - b2^t))``."""
         b1, b2 = self.betas
-        g = p.grad
-        if self.weight_decay and self.decoupled:
-            p.value = ops(xp).sub_scaled_(xp, p.value, lr * self.weight_decay, p.value)
-        elif self.weight_decay:
-            g = g + self.weight_decay * p.value
-        m, v = self.state["m"][i], self.state["v"][i]
-        if m is None:
-            m, v = (1 - b1) * g, (1 - b2) * (g * g)
-        else:
-            m = ops(xp).scale_add_(xp, m, b1, g, 1 - b1)
-            v = ops(xp).scale_add_(xp, v, b2, g * g, 1 - b2)
-        self.state["m"][i], self.state["v"][i] = m, v
-        t = self.steps
-        bc1, bc2 = 1 - b1**t, 1 - b2**t
-        denom = xp.sqrt(v) * (1.0 / math.sqrt(bc2)) + self.eps
-        p.value = ops(xp).sub_scaled_(xp, p.value, lr / bc1, m / denom)
+        return lr * self.weight_decay, lr / (1 - b1**t), 1.0 / math.sqrt(1 - b2**t)
+
+    def _update(self, i: int, p: Parameter, coefficients: tuple[Any, ...]) -> None:
+        decay, step, unbias = coefficients
+        xp = namespace(p.value)
+        state = self.state
+        p.value, state["m"][i], state["v"][i] = ops(xp).adam_update_(
+            xp, p.value, p.grad, state["m"][i], state["v"][i], decay, step, unbias,
+            betas=self.betas, eps=self.eps, weight_decay=self.weight_decay,
+            decoupled=self.decoupled)
 
     def get_config(self) -> dict[str, Any]:
         return {"betas": list(self.betas), "eps": self.eps, "weight_decay": self.weight_decay}

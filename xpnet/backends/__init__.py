@@ -71,12 +71,14 @@ def adapter_of(x: Any) -> Adapter:
 
 def ops(xp: Any) -> StandardOps:
     """The fastest primitives for namespace ``xp`` (the standard ones by default)."""
-    found = _by_namespace.get(xp)
+    # keyed by the namespace's name: torch.compile traces a lookup by string, not by module
+    name = getattr(xp, "__name__", "")
+    found = _by_namespace.get(name or id(xp))
     if found is None:
-        name = getattr(xp, "__name__", "")
         owner = next((a for a in ADAPTERS.values() if name in a.namespaces), None) or next(
             (a for a in ADAPTERS.values() if name.partition(".")[0] in a.modules), None)
-        found = _by_namespace[xp] = owner.ops if owner is not None else StandardOps()
+        found = _by_namespace[name or id(xp)] = (owner.ops if owner is not None
+                                                  else StandardOps())
     return found
 
 

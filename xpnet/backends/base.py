@@ -10,12 +10,16 @@ none of them. ``xpnet.backend`` turns an adapter's :class:`Placement` into a Bac
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from .standard import StandardOps
+
+#: The dtypes mixed-precision training computes in, below float32.
+LOW_PRECISION = ("bfloat16", "float16")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -135,8 +139,38 @@ class Adapter:
     def make_ops(self) -> StandardOps:
         return StandardOps()
 
+    def compiler(self) -> Any:
+        """How this library compiles a whole training step (``xpnet.compile``): an object
+        with ``name`` and ``compile(fn, donate_argnums)``, plus ``key``/``uniform`` where
+        random draws can be traced, or a CUDA-graph object; None: no compiler."""
+        return None
+
     def synchronize(self, device: Any) -> None:
         """Wait until the device has finished the work queued on it (host: nothing)."""
+
+    # -- mixed precision -------------------------------------------------------------
+    def low_precision_dtype(self, xp: Any, name: str) -> Any:
+        """The library's ``"float16"`` or ``"bfloat16"`` dtype, which mixed-precision
+        training runs forward and backward in (the array API standard has neither).
+
+        Raises TypeError naming the library and the dtype it lacks.
+        """
+        if name not in LOW_PRECISION:
+            raise ValueError(f"{self.name}: {name!r} is not a low-precision dtype; expected "
+                             f"one of {', '.join(LOW_PRECISION)}")
+        dtype = getattr(xp, name, None)
+        if dtype is None:
+            raise TypeError(
+                f"{self.name}: the library has no {name} dtype, so it cannot train in "
+                f"{name} mixed precision (torch and jax have bfloat16 and float16; cupy and "
+                f"numpy float16); use precision=\"32\" here or another backend")
+        return dtype
+
+    def quiet_float_errors(self) -> Any:
+        """A context in which overflow and invalid values in float math raise no
+        warnings: mixed precision expects them in a step it then skips. Nothing for
+        libraries that do not warn."""
+        return contextlib.nullcontext()
 
     def limit_threads(self, n: int) -> None:
         """Use at most ``n`` CPU threads, where the library has a pool of its own."""

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
 from .base import Adapter, BackendUnavailableError, Placement, mix
-from .standard import StandardOps
+from .standard import _INV_SQRT_2PI, _SQRT_HALF, StandardOps
 
 
 def cuda_index(device: str | None, who: str) -> int:
@@ -21,9 +22,265 @@ def cuda_index(device: str | None, who: str) -> int:
     return int(m.group(1))
 
 
-class CupyOps(StandardOps):
-    """CuPy: its own erf and scatter-add kernels."""
+# -- fused kernels ----------------------------------------------------------------------
+# Each kernel is CUDA C written once, with REAL for the type it computes in: ``float``
+# for float16 and float32 arrays, ``double`` for float64 (the word is replaced when the
+# kernel is built, one kernel per compute type). ``T`` is CuPy's placeholder for the
+# arrays' dtype: every value is read as ``REAL(name)`` and written back as ``T(...)``,
+# and each statement does the standard path's operations in the same order. A scalar
+# declared ``T`` takes a Python number or a 0-d array of the arrays' dtype: a compiled
+# step's per-step coefficient, which a CUDA graph reads on the device at each replay.
+# Outputs passed in are updated in place (CuPy binds output parameters by reference).
 
+#: the compute type of each dtype the kernels take, by ``dtype.char``
+_REAL = {"e": "float", "f": "float", "d": "double"}
+
+
+def _c(value: float) -> str:
+    """A constant in kernel source: the double ``value`` in the compute type."""
+    return f"REAL({value!r})"
+
+
+@dataclass(frozen=True)
+class KernelSource:
+    """What a fused kernel is made of: CuPy's parameter lists and its CUDA C body.
+
+    ``reduce`` is None for an ``ElementwiseKernel`` (``body`` is its operation), else
+    ``(reduce_expr, post_map_expr, identity)`` of a ``ReductionKernel`` whose map
+    expression is ``body``, reducing in the compute type.
+    """
+
+    in_params: str
+    out_params: str
+    body: str
+    reduce: tuple[str, str, str] | None = None
+
+
+_HALF, _ONE = _c(0.5), "REAL(1)"
+_PHI = f"REAL u = REAL(x); REAL phi = {_HALF} * ({_ONE} + erf({_c(_SQRT_HALF)} * u));"
+_SIGMOID = f"REAL u = REAL(x); REAL s = {_HALF} * tanh({_HALF} * u) + {_HALF};"
+
+
+def _sgd_source(momentum: bool, nesterov: bool, decay: bool) -> KernelSource:
+    """``p -= lr * d`` with ``d = g (+ wd p)``, through the momentum buffer if any."""
+    ins = ["T g", "T lr"] + ["T wd"] * decay + ["T momentum"] * momentum
+    body = ["REAL d = REAL(g);"] + ["d = d + REAL(wd) * REAL(p);"] * decay
+    if momentum:
+        body += ["REAL b = REAL(momentum) * REAL(buf) + d;", "buf = T(b);",
+                 "d = d + REAL(momentum) * b;" if nesterov else "d = b;"]
+    body.append("p = T(REAL(p) - REAL(lr) * d);")
+    return KernelSource(", ".join(ins), "T p, T buf" if momentum else "T p", " ".join(body))
+
+
+def _adam_source(decay: str) -> KernelSource:
+    """Adam updating ``p, m, v`` in place; ``decay`` "" (none), "l2" (the gradient
+    gets ``wd p``) or "decoupled" (AdamW: ``p -= decay p`` first)."""
+    extra = {"": [], "l2": ["T wd"], "decoupled": ["T decay"]}[decay]
+    ins = ["T g", *extra, "T step", "T unbias", "T beta1", "T rest1", "T beta2", "T rest2",
+           "T eps"]
+    body = ["REAL q = REAL(p);", "REAL d = REAL(g);"]
+    body += {"": [], "l2": ["d = d + REAL(wd) * q;"],
+             "decoupled": ["q = q - REAL(decay) * q;"]}[decay]
+    body += ["REAL mm = REAL(beta1) * REAL(m) + REAL(rest1) * d;",
+             "REAL vv = REAL(beta2) * REAL(v) + REAL(rest2) * (d * d);",
+             "m = T(mm);", "v = T(vv);",
+             "p = T(q - REAL(step) * (mm / (sqrt(vv) * REAL(unbias) + REAL(eps))));"]
+    return KernelSource(", ".join(ins), "T p, T m, T v", " ".join(body))
+
+
+KERNELS: dict[str, KernelSource] = {
+    "sigmoid": KernelSource("T x", "T y", f"{_SIGMOID} y = T(s);"),
+    "sigmoid_grad": KernelSource(
+        "T dy, T y", "T dx", f"REAL s = REAL(y); dx = T(REAL(dy) * (s * ({_ONE} - s)));"),
+    "tanh_grad": KernelSource(
+        "T dy, T y", "T dx", f"REAL t = REAL(y); dx = T(REAL(dy) * ({_ONE} - t * t));"),
+    "relu_grad": KernelSource(
+        "T dy, T y", "T dx", "dx = T(REAL(dy) * REAL(REAL(y) > REAL(0)));"),
+    "gelu": KernelSource("T x", "T y", f"{_PHI} y = T(u * phi);"),
+    "gelu_grad": KernelSource(
+        "T dy, T x", "T dx",
+        f"{_PHI} REAL gauss = exp({_c(-0.5)} * (u * u));"
+        f" dx = T(REAL(dy) * (phi + u * ({_c(_INV_SQRT_2PI)} * gauss)));"),
+    "silu": KernelSource("T x", "T y", f"{_SIGMOID} y = T(u * s);"),
+    "silu_grad": KernelSource(
+        "T dy, T x", "T dx",
+        f"{_SIGMOID} dx = T(REAL(dy) * (s * ({_ONE} + u * ({_ONE} - s))));"),
+    # softmax cross-entropy over rows: m = max(z), ls = log(sum(exp(z - m))), then
+    # loss = sum(y * (ls - (z - m))) per row; the gradient (exp(z - m - ls) - y) / n
+    # is computed from z in backward, so no softmax array is ever stored
+    "logsumexp": KernelSource("T z, T m", "T ls", "exp(REAL(z) - REAL(m))",
+                              reduce=("a + b", "ls = T(log(a))", "0")),
+    "xent_rows": KernelSource("T z, T m, T ls, T y", "T loss",
+                              "REAL(y) * ((REAL(m) - REAL(z)) + REAL(ls))",
+                              reduce=("a + b", "loss = T(a)", "0")),
+    "softmax_xent_grad": KernelSource(
+        "T z, T m, T ls, T y, T n", "T g",
+        "g = T((exp((REAL(z) - REAL(m)) - REAL(ls)) - REAL(y)) / REAL(n));"),
+    "adam": _adam_source(""),
+    "adam_l2": _adam_source("l2"),
+    "adamw": _adam_source("decoupled"),
+}
+for _momentum, _nesterov, _name in ((False, False, "sgd"), (True, False, "sgd_momentum"),
+                                    (True, True, "sgd_nesterov")):
+    KERNELS[_name] = _sgd_source(_momentum, _nesterov, False)
+    KERNELS[_name + "_decay"] = _sgd_source(_momentum, _nesterov, True)
+
+
+def build_kernel(name: str, real: str) -> Any:
+    """CuPy's kernel for ``KERNELS[name]`` computing in ``real`` ("float"/"double")."""
+    import cupy
+
+    src = KERNELS[name]
+    body = src.body.replace("REAL", real)
+    kernel_name = f"xpnet_{name}_{real}"
+    if src.reduce is None:
+        return cupy.ElementwiseKernel(src.in_params, src.out_params, body, name=kernel_name)
+    reduce_expr, post_map_expr, identity = src.reduce
+    return cupy.ReductionKernel(src.in_params, src.out_params, body, reduce_expr,
+                                post_map_expr.replace("REAL", real), identity,
+                                name=kernel_name, reduce_type=real)
+
+
+def _coefficient(c: Any, dtype: Any) -> Any:
+    """A per-step coefficient for a ``T`` scalar: a Python number as it is, an array
+    in the parameters' dtype (CuPy refuses one placeholder bound to two dtypes)."""
+    d = getattr(c, "dtype", None)
+    return c if d is None or d == dtype else c.astype(dtype)
+
+
+class CupyOps(StandardOps):
+    """CuPy: fused element-wise kernels, and its own erf and scatter-add.
+
+    One kernel for each of: sigmoid, SiLU and exact GELU forward; the sigmoid, tanh,
+    ReLU, SiLU and GELU gradients (SiLU and GELU recompute their intermediates from
+    ``x`` instead of storing them); an SGD step (weight decay, momentum, Nesterov) and
+    an Adam/AdamW step, each updating the parameter and its slots in place; softmax
+    cross-entropy in three (row max, log-sum-exp, per-row loss) and its gradient in
+    one. Kernels are built on first use and cached per compute type; arrays that are
+    not all of one float16/32/64 dtype take the standard path.
+    """
+
+    #: Use the fused kernels; ``bench/gpu.py`` turns them off to time the standard path.
+    fused = True
+
+    def __init__(self) -> None:
+        self._kernels: dict[tuple[str, str], Any] = {}
+
+    def kernel(self, name: str, *arrays: Any) -> Any:
+        """The fused kernel ``name`` for ``arrays``' dtype, or None where the standard
+        path runs instead (fused kernels off, or not one float16/32/64 dtype)."""
+        if not self.fused:
+            return None
+        dtype = arrays[0].dtype
+        real = _REAL.get(dtype.char)
+        if real is None or any(a.dtype != dtype for a in arrays[1:]):
+            return None
+        key = (name, real)
+        k = self._kernels.get(key)
+        if k is None:
+            k = self._kernels[key] = build_kernel(name, real)
+        return k
+
+    # -- activations ----------------------------------------------------------------
+    def sigmoid(self, xp, x):
+        k = self.kernel("sigmoid", x)
+        return super().sigmoid(xp, x) if k is None else k(x)
+
+    def sigmoid_grad(self, xp, dy, y):
+        k = self.kernel("sigmoid_grad", dy, y)
+        return super().sigmoid_grad(xp, dy, y) if k is None else k(dy, y)
+
+    def tanh_grad(self, xp, dy, y):
+        k = self.kernel("tanh_grad", dy, y)
+        return super().tanh_grad(xp, dy, y) if k is None else k(dy, y)
+
+    def relu_grad(self, xp, dy, y):
+        k = self.kernel("relu_grad", dy, y)
+        return super().relu_grad(xp, dy, y) if k is None else k(dy, y)
+
+    def gelu(self, xp, x):
+        k = self.kernel("gelu", x)
+        return super().gelu(xp, x) if k is None else (k(x), (x, None, None))
+
+    def gelu_grad(self, xp, dy, ctx):
+        x, phi, gauss = ctx
+        k = self.kernel("gelu_grad", dy, x)
+        if k is not None:
+            return k(dy, x)
+        if phi is None:  # a fused forward kept only x
+            phi = 0.5 * (1.0 + self.erf(xp, _SQRT_HALF * x))
+        return super().gelu_grad(xp, dy, (x, phi, gauss))
+
+    def silu(self, xp, x):
+        k = self.kernel("silu", x)
+        return super().silu(xp, x) if k is None else (k(x), (x, None))
+
+    def silu_grad(self, xp, dy, ctx):
+        x, s = ctx
+        k = self.kernel("silu_grad", dy, x)
+        if k is not None:
+            return k(dy, x)
+        if s is None:  # a fused forward kept only x
+            s = StandardOps.sigmoid(self, xp, x)
+        return super().silu_grad(xp, dy, (x, s))
+
+    # -- softmax cross-entropy: ctx (row max, log-sum-exp) instead of the softmax ---
+    def softmax_xent(self, xp, z, y):
+        lse = self.kernel("logsumexp", z, y)
+        if lse is None or z.ndim != 2:
+            return super().softmax_xent(xp, z, y)
+        m = xp.max(z, axis=1, keepdims=True)
+        ls = lse(z, m, axis=1, keepdims=True)
+        return self.kernel("xent_rows", z)(z, m, ls, y, axis=1), (m, ls)
+
+    def softmax_xent_grad(self, xp, z, y, ctx, n):
+        if not isinstance(ctx, tuple):  # the standard forward's softmax
+            return super().softmax_xent_grad(xp, z, y, ctx, n)
+        m, ls = ctx
+        k = self.kernel("softmax_xent_grad", z, y)
+        if k is not None:
+            return k(z, m, ls, y, n)
+        return super().softmax_xent_grad(xp, z, y, xp.exp((z - m) - ls), n)
+
+    # -- optimizer steps: one kernel updates the parameter and its slots in place ---
+    def sgd_update_(self, xp, value, grad, buf, lr, *, momentum=0.0, nesterov=False,
+                    weight_decay=0.0):
+        name = ("sgd_nesterov" if nesterov else "sgd_momentum") if momentum else "sgd"
+        name += "_decay" if weight_decay else ""
+        slots = (buf,) if momentum and buf is not None else ()
+        k = self.kernel(name, value, grad, *slots)
+        if k is None:
+            return super().sgd_update_(xp, value, grad, buf, lr, momentum=momentum,
+                                       nesterov=nesterov, weight_decay=weight_decay)
+        args = [grad, _coefficient(lr, value.dtype)] + [weight_decay] * bool(weight_decay)
+        if momentum:
+            if buf is None:  # momentum * 0 + g: the first step's buf = g
+                buf = xp.zeros_like(value)
+            k(*args, momentum, value, buf)
+        else:
+            k(*args, value)
+        return value, buf
+
+    def adam_update_(self, xp, value, grad, m, v, decay, step, unbias, *, betas, eps,
+                     weight_decay=0.0, decoupled=False):
+        name = ("adamw" if decoupled else "adam_l2") if weight_decay else "adam"
+        slots = () if m is None else (m, v)
+        k = self.kernel(name, value, grad, *slots)
+        if k is None:
+            return super().adam_update_(xp, value, grad, m, v, decay, step, unbias,
+                                        betas=betas, eps=eps, weight_decay=weight_decay,
+                                        decoupled=decoupled)
+        if m is None:  # moments from zero: the first step's m = (1 - b1) g, v likewise
+            m, v = xp.zeros_like(value), xp.zeros_like(value)
+        dtype, (b1, b2) = value.dtype, betas
+        args = [grad]
+        if weight_decay:
+            args.append(_coefficient(decay, dtype) if decoupled else weight_decay)
+        k(*args, _coefficient(step, dtype), _coefficient(unbias, dtype), b1, 1 - b1, b2,
+          1 - b2, eps, value, m, v)
+        return value, m, v
+
+    # -- the rest -----------------------------------------------------------------------
     def erf(self, xp, x):
         import cupyx.scipy.special
 
@@ -93,6 +350,9 @@ class CupyAdapter(Adapter):
     def make_ops(self) -> StandardOps:
         return CupyOps()
 
+    def compiler(self) -> CudaGraphs:
+        return CudaGraphs()
+
     def synchronize(self, device):
         device.synchronize()
 
@@ -105,3 +365,40 @@ class CupyAdapter(Adapter):
         buf = cupy.concatenate([a.reshape(-1) for a in arrays])
         cupy.cuda.get_current_stream().synchronize()  # the data is ready before MPI reads it
         return buf
+
+
+class CudaGraphs:
+    """CUDA-graph capture and replay of a step (``xpnet.compile`` drives it).
+
+    Arrays made while capturing come from a memory pool of the step's own, so nothing
+    else is handed their memory while the graph still writes to it; the warm-up step
+    runs in the same pool, so capturing finds its blocks already reserved (a
+    ``cudaMalloc`` inside a capture fails)."""
+
+    name = "CUDA graph"
+
+    def __init__(self) -> None:
+        import cupy
+
+        self.cupy = cupy
+        self.pool = cupy.cuda.MemoryPool()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def eager(self, fn: Any) -> Any:
+        with self.cupy.cuda.using_allocator(self.pool.malloc):
+            return fn()
+
+    def capture(self, fn: Any) -> Any:
+        cupy = self.cupy
+        cupy.cuda.get_current_stream().synchronize()  # the static inputs are written
+        with cupy.cuda.using_allocator(self.pool.malloc), self.stream:
+            self.stream.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = self.stream.end_capture()
+        return graph
+
+    def launch(self, graph: Any) -> None:
+        # on the current stream: after the copies into the static inputs, before reads
+        graph.launch(self.cupy.cuda.get_current_stream())

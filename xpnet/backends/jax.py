@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from .base import Adapter, BackendUnavailableError, Placement, mix
+from .base import Adapter, BackendUnavailableError, Placement
 from .cupy import cuda_index
 from .standard import StandardOps
 
@@ -17,6 +18,10 @@ class JaxOps(StandardOps):
 
     def scale_add_(self, xp, a, beta, g, alpha=1.0):
         return beta * a + (g if alpha == 1.0 else alpha * g)
+
+    def split_rows(self, xp, a, size):
+        # one compiled call per epoch instead of an eager slice (~0.3 ms each) per batch
+        return list(_split_rows(a, size))
 
     def add_at(self, xp, target, key, value):
         return target.at[key].add(value)
@@ -32,6 +37,67 @@ class JaxOps(StandardOps):
     def rows_add(self, xp, n_rows, index, values):
         out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype, device=values.device)
         return out.at[index].add(values)  # a scatter-add: repeated indices sum
+
+
+def _split_rows(a: Any, size: int) -> tuple[Any, ...]:
+    global _split_jit
+    if _split_jit is None:
+        import jax
+
+        def split(a, size):
+            n = a.shape[0]
+            return tuple(a[s:min(s + size, n)] for s in range(0, n, size))
+
+        _split_jit = jax.jit(split, static_argnums=1)
+    return _split_jit(a, size)
+
+
+_split_jit: Any = None
+
+
+@functools.lru_cache(maxsize=64)
+def prefix_key(prefix: tuple[int, ...]) -> Any:
+    """A JAX key for the leading elements of a random-stream key (the seed, the epoch):
+    each 64-bit element folded in as two 32-bit halves."""
+    import jax
+
+    k = jax.random.key(0)
+    for v in prefix:
+        k = jax.random.fold_in(jax.random.fold_in(k, v & 0xFFFFFFFF), (v >> 32) & 0xFFFFFFFF)
+    return k
+
+
+def uniform_at(like: Any, shape: tuple[int, ...], key: Any, position: Any) -> Any:
+    """Uniform [0, 1) draws for ``position`` under ``key``: the same numbers whether
+    ``position`` is a Python int (eager) or a traced one (inside a jitted step), for
+    positions below 2**32."""
+    import jax
+
+    k = jax.random.fold_in(jax.random.fold_in(key, position), 0)
+    return jax.random.uniform(k, shape, dtype=like.dtype)
+
+
+def jax_default_device(device: Any) -> Any:
+    import jax
+
+    return jax.default_device(device)
+
+
+class JaxCompiler:
+    """``jax.jit`` of a pure step; random draws come from a key passed in."""
+
+    name = "jax.jit"
+
+    def compile(self, fn: Any, donate_argnums: tuple[int, ...]) -> Any:
+        import jax
+
+        return jax.jit(fn, donate_argnums=donate_argnums)
+
+    def key(self, prefix: tuple[int, ...]) -> Any:
+        return prefix_key(tuple(prefix))
+
+    def uniform(self, like: Any, shape: tuple[int, ...], key: Any, position: Any) -> Any:
+        return uniform_at(like, shape, key, position)
 
 
 class JaxAdapter(Adapter):
@@ -88,10 +154,12 @@ class JaxAdapter(Adapter):
         return np.asarray(x)
 
     def uniform(self, like, shape, key):
-        import jax
+        *prefix, position = key
+        with jax_default_device(like.device):
+            return uniform_at(like, shape, prefix_key(tuple(prefix)), position)
 
-        with jax.default_device(like.device):
-            return jax.random.uniform(jax.random.key(mix(key) % 2**32), shape, dtype=like.dtype)
+    def compiler(self) -> JaxCompiler:
+        return JaxCompiler()
 
     def make_ops(self) -> StandardOps:
         return JaxOps()

@@ -36,7 +36,18 @@ class TorchOps(StandardOps):
     def sigmoid_grad(self, xp, dy, y):
         return self.aten.sigmoid_backward(dy, y)
 
+    def tanh_grad(self, xp, dy, y):
+        return self.aten.tanh_backward(dy, y)
+
+    def silu(self, xp, x):
+        return self.torch.nn.functional.silu(x), (x, None)
+
+    def silu_grad(self, xp, dy, ctx):
+        return self.aten.silu_backward(dy, ctx[0])
+
     def sub_scaled_(self, xp, value, lr, g):
+        if isinstance(lr, self.torch.Tensor):  # a compiled step's per-step coefficient
+            return value.sub_(lr * g)
         return value.add_(g, alpha=-lr)
 
     def erf(self, xp, x):
@@ -67,6 +78,23 @@ class TorchOps(StandardOps):
         return tuple(self.aten.convolution_backward(
             dy, x, W, [W.shape[0]] if has_bias else None, list(stride), list(padding),
             dilation, False, [0] * d, groups, [need_input, True, has_bias]))
+
+
+class TorchCompiler:
+    """``torch.compile`` of a pure step (inductor; on the CPU it needs a C++ compiler).
+
+    Random draws are not traced: a step that draws (Dropout) runs eagerly instead."""
+
+    name = "torch.compile"
+
+    def compile(self, fn: Any, donate_argnums: tuple[int, ...]) -> Any:
+        import torch
+
+        return torch.compile(fn, backend=self.backend)
+
+    #: the torch.compile backend; tests use "aot_eager" to check the trace without the
+    #: minutes inductor takes to generate code
+    backend = "inductor"
 
 
 class TorchAdapter(Adapter):
@@ -138,6 +166,9 @@ class TorchAdapter(Adapter):
         gen = torch.Generator(device=like.device)
         gen.manual_seed(mix(key))
         return torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+
+    def compiler(self) -> TorchCompiler:
+        return TorchCompiler()
 
     def make_ops(self) -> StandardOps:
         return TorchOps()

@@ -3,11 +3,23 @@ kept on the device, and progress reporting."""
 
 from __future__ import annotations
 
-from .callbacks import Callback, EarlyStopping, ModelCheckpoint
+from . import metrics
+from .callbacks import (
+    BatchLogs,
+    Callback,
+    CSVLogger,
+    EarlyStopping,
+    ModelCheckpoint,
+    ReduceLROnPlateau,
+    TerminateOnNaN,
+)
 from .history import History
 from .loop import evaluate, fit, predict
 from .metrics import Metrics
+from .precision import MixedPrecision
 from .progress import Progress
 
-__all__ = ["Callback", "EarlyStopping", "History", "Metrics", "ModelCheckpoint", "Progress",
+__all__ = ["Callback", "EarlyStopping", "History", "Metrics", "MixedPrecision",
+           "ModelCheckpoint", "Progress",
+           "BatchLogs", "CSVLogger", "ReduceLROnPlateau", "TerminateOnNaN", "metrics",
            "evaluate", "fit", "predict"]

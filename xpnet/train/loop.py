@@ -23,21 +23,28 @@ from .. import data as data_mod
 from .. import distributed as distributed_mod
 from .._compat import namespace
 from ..backend import Backend, dtype_name
+from ..clip import clip_grad_norm, clip_grad_value
+from ..compile import TrainStep
 from ..layers import Embedding, Layer, Sigmoid, Softmax, layer_config
 from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy, check_labels
 from ..optim import Optimizer
-from .callbacks import Callback
+from . import metrics as metrics_mod
+from .callbacks import Callback, batch_end, batch_hooks
 from .history import History
 from .metrics import Metrics
+from .precision import MixedPrecision
+from .precision import resolve as resolve_precision
 from .progress import Progress
 
 
-def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
+def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
-        shuffle: bool = True, progress: Any = None, callbacks: list[Callback] | None = None,
+        shuffle: bool | str = True, progress: Any = None, callbacks: list[Callback] | None = None,
         seed: int | None = None, initial_epoch: int = 0, reports_per_epoch: int = 10,
-        metrics: tuple[str, ...] = ("accuracy",),
-        distributed: bool | Any = False) -> History:
+        metrics: tuple[str, ...] = ("accuracy",), steps_per_epoch: int | None = None,
+        distributed: bool | Any = False, compile: bool = False,
+        precision: str | int | MixedPrecision = "32", clip_grad_norm: float | None = None,
+        clip_grad_value: float | None = None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its History.
 
     Parameters
@@ -48,14 +55,22 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         starts with an Embedding. A Graph with several inputs takes a list of arrays
         as ``x``. A model with logits ``(n, ..., k)`` (a language model's
         ``(n, L, vocab)``) takes labels ``(n, ...)``; its accuracy is per position.
+        ``np.memmap`` arrays, and other objects with ``len`` and slice indexing (h5py,
+        zarr), are streamed: a background thread reads a few batches ahead, never the
+        whole (:mod:`xpnet.data`). ``x`` may also be an iterable of ``(x, y)`` batches
+        (a generator, a PyTorch DataLoader) with no ``y``: its batches are used as they
+        come (``batch_size`` and ``shuffle`` do not apply).
     loss, optimizer : Loss and Optimizer
     epochs, batch_size : int
         Train epochs ``initial_epoch .. epochs - 1`` in batches of ``batch_size``
         (the last batch of an epoch may be smaller).
     validation_data : (x_val, y_val), optional
         Uploaded once, evaluated after each epoch: ``val_loss``, ``val_accuracy``.
-    shuffle : bool
-        Reorder the examples each epoch, by a permutation seeded with ``(seed, epoch)``.
+    shuffle : bool or "blocks"
+        Reorder the examples each epoch, by a permutation seeded with ``(seed, epoch)``;
+        ``"blocks"`` shuffles blocks of ``batch_size / 4`` consecutive rows instead
+        (long reads from streamed data). The same seed gives the same batches in
+        memory and streamed.
     progress : None, bool, "bar" or "lines"
         None: a tqdm bar on a terminal, else one line per epoch. False: silent.
     callbacks : list of Callback, e.g. EarlyStopping, ModelCheckpoint
@@ -67,6 +82,10 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         How often per epoch the progress bar reads the running loss from the device.
     metrics : tuple of str
         ``("accuracy",)`` (default) also counts correct predictions; ``()`` only the loss.
+    steps_per_epoch : int, optional
+        Batches per epoch for ``x`` an iterable of batches: needed for a generator (it
+        goes on where it stopped); a re-iterable (a DataLoader) starts again each epoch,
+        for ``len(x)`` batches by default.
     distributed : bool or Communicator
         ``True``: data-parallel over the MPI ranks of this job (``mpiexec -n R``).
         ``batch_size`` stays the global batch: each rank takes its share of every batch
@@ -75,26 +94,58 @@ def fit(model: Layer, x: Any, y: Any, *, loss: Loss, optimizer: Optimizer, epoch
         that layers keep (BatchNorm) come from each rank's share, then rank 0's. The
         ranks check that they agree (model, data size, batch size, epochs) first, and an
         error on any rank ends every rank.
+    compile : bool
+        Run each step as one compiled call (:func:`xpnet.compile_step`): ``jax.jit`` on
+        JAX, ``torch.compile`` on PyTorch, a CUDA graph on CuPy; NumPy and
+        array-api-strict run eagerly and say so. The steps taken are the eager ones.
+    precision : "32", "bf16-mixed", "fp16-mixed" ("16-mixed"), or MixedPrecision
+        Lightning's names. The mixed ones run forward and backward in bfloat16 or
+        float16 on float32 master parameters, with the loss, softmax and normalisation
+        statistics in float32; fp16 scales the loss dynamically and skips steps with
+        inf/NaN gradients (:mod:`xpnet.train.precision`). Pass
+        ``xn.MixedPrecision("fp16-mixed", growth_interval=...)`` to set the scaling.
+        Evaluation runs in float32. TypeError where the backend has no such dtype.
+    clip_grad_norm, clip_grad_value : float, optional
+        Clip the gradients after backward (and after the distributed sum), before each
+        optimizer step: :func:`xpnet.clip_grad_norm` (total 2-norm at most this, as
+        ``torch.nn.utils.clip_grad_norm_``) and/or :func:`xpnet.clip_grad_value`
+        (elements into ``[-v, v]``; value first when both are given). On the device,
+        no host read. ``compile=True`` takes ``clip_grad_norm`` only.
+
+    Callbacks that define ``on_batch_end`` are called after every optimizer step (with
+    the batch loss on the device, read only if they ask); none is, when none does.
 
     Raises
     ------
     FloatingPointError
         When the loss read at a report is NaN or infinite; the weights are then those
-        of the last epoch whose loss was finite (or the starting ones).
+        of the last epoch whose loss was finite (or the starting ones). Without a
+        progress bar the first read is at the epoch's end; ``TerminateOnNaN`` reads
+        every batch's loss and stops at the first bad one.
     """
     strategy = distributed_mod.resolve(distributed)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
+        x, y = data_mod.fit_data(x, y, shuffle, steps_per_epoch)  # checked; iterables read
         return _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuffle,
                     progress, list(callbacks or []), seed, initial_epoch, reports_per_epoch,
-                    metrics, strategy)
+                    metrics, strategy, compile=compile, precision=precision,
+                    clip=(clip_grad_norm, clip_grad_value))
     except Exception as error:
         strategy.fail(error)  # one process: raised as it is
         raise  # a strategy that could not end the job must not look like a finished fit
 
 
 def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuffle, progress,
-         callbacks, seed, initial_epoch, reports_per_epoch, metrics, strategy) -> History:
+         callbacks, seed, initial_epoch, reports_per_epoch, metrics, strategy,
+         compile=False, precision="32", clip=(None, None)) -> History:
     _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
+    clip = _check_clip(clip, compile)
+    mixed = resolve_precision(precision)
+    if mixed is not None:
+        if compile:
+            raise ValueError(f"fit: compile=True does not combine with precision="
+                             f"{mixed.precision!r} yet; pass one of them")
+        mixed.check(model)  # the backend has the dtype: before any work
     be = model.backend
     dtype = _param_dtype(model, be)
     inputs = _inputs_on(model, be, dtype, x, "fit")
@@ -102,7 +153,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuf
     first = model.forward(_first_rows(model, inputs), train=False)
     n_out = _width(first)
     y_dev = _labels_on(be, dtype, y, n_out, "fit")
-    y_enc = loss.encode_targets(y_dev, n_out, be.dtype(dtype))
+    y_enc = data_mod.encode_targets(loss, y_dev, n_out, be.dtype(dtype))
     one_hot = y_enc is not y_dev
     val = None
     if validation_data is not None:
@@ -122,11 +173,19 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuf
                     "initial_epoch": initial_epoch})
     seed = strategy.start(model, seed)  # every rank: rank 0's parameters and seed
     model._fit_loss = loss  # evaluate() reports this loss by default
-    steps = math.ceil(n / batch_size)
+    steps = data_mod.steps(y_enc, n, batch_size)
     run = _Run(model, loss, optimizer, inputs, y_enc, one_hot, strategy,
                random.RandomStream(seed), batch_size, shuffle, count_hits,
                Progress(progress if strategy.rank == 0 else False, epochs, steps),
                max(1, steps // max(1, reports_per_epoch)), loss.positions(first))
+    if compile:
+        if strategy.size > 1:
+            raise ValueError("fit: compile=True does not combine with distributed training "
+                             "yet (gradients are summed across ranks between backward and "
+                             "the update); pass compile=False")
+        run.compiled = _train_step(model, loss, optimizer, count_hits, one_hot, clip[0])
+    run.precision = mixed
+    run.clip, run.hooks = clip, batch_hooks(callbacks)
     for cb in callbacks:
         cb.rank = strategy.rank
         cb.on_train_begin(model, optimizer)
@@ -139,7 +198,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuf
             logs.update({"val_" + k: v for k, v in scores.items()})
         elapsed = time.perf_counter() - start
         logs["time"] = elapsed
-        logs["samples_per_sec"] = n / elapsed if elapsed > 0 else float("inf")
+        logs["samples_per_sec"] = run.n / elapsed if elapsed > 0 else float("inf")
         history.append(epoch, logs)
         run.progress.end(epoch, logs)
         for cb in callbacks:
@@ -170,6 +229,10 @@ class _Run:
     progress: Progress
     report_every: int
     positions: int = 1  # predictions judged per example: accuracy is hits / (n * positions)
+    compiled: TrainStep | None = None  # fit(compile=True): the whole step in one call
+    precision: MixedPrecision | None = None  # fit(precision="bf16-mixed"...): see precision.py
+    clip: tuple[float | None, float | None] = (None, None)  # fit(clip_grad_norm/_value=)
+    hooks: tuple[Callback, ...] | list[Callback] = ()  # callbacks with on_batch_end
 
     def __post_init__(self) -> None:
         self.n = int(self.y.shape[0])
@@ -181,14 +244,15 @@ class _Run:
         self.progress.start(epoch)
         seed = self.stream.seed
         self.stream.restart(seed, epoch)  # dropout masks, like the order, per epoch
-        order = data_mod.epoch_order(self.n, seed, epoch) if self.shuffle else None
-        arrays = data_mod.shuffled(self.model.backend, [*self.inputs, self.y], order)
+        batches = data_mod.epoch_batches(self.model.backend, [*self.inputs, self.y],
+                                         self.batch_size, self.shuffle, seed, epoch)
         sums = Metrics(self.loss, self.count_hits, self.one_hot)
         step = 0
-        with self.stream.active():
-            for step, (size, batch) in enumerate(data_mod.batches(arrays, self.batch_size),
-                                                 1):
-                self._step(sums, self.strategy.shard(batch, size), size)
+        with self.stream.active(), batches:  # leaving it ends a reader thread
+            for step, (size, batch) in enumerate(batches, 1):
+                cost = self._step(sums, self.strategy.shard(batch, size), size)
+                if self.hooks and self._batch_end(epoch, step - 1, cost, size):
+                    break  # a callback stopped training (TerminateOnNaN...)
                 # the one host read inside the loop, at the reporting interval
                 if (self.progress.bar is not None and step % self.report_every == 0
                         and sums.seen > 0):
@@ -197,6 +261,7 @@ class _Run:
                     self.progress.step(1, means)
                 else:
                     self.progress.step(1, None)
+        self.n = batches.seen  # an iterable's epoch may be shorter than estimated
         loss_sum, hits = sums.read()
         total_loss, total_hits = self.strategy.totals([loss_sum or 0.0, hits or 0.0])
         logs = {"loss": total_loss / self.n}
@@ -206,19 +271,42 @@ class _Run:
         self._finite = _snapshot(self.model)
         return logs
 
-    def _step(self, sums: Metrics, batch: list[Any], size: int) -> None:
-        """Forward, loss, backward and one optimizer step on this rank's share."""
+    def _step(self, sums: Metrics, batch: list[Any], size: int) -> Any:
+        """Forward, loss, backward and one optimizer step on this rank's share; the
+        batch's mean loss on the device (None for a share without examples)."""
         *xb, yb = batch
         local = int(yb.shape[0])
+        cost = None
+        if self.compiled is not None:
+            before = sums.loss_sum
+            totals = sums.totals if sums.totals is not None else self.compiled.zero_totals()
+            sums.set_totals(*self.compiled.run(xb if self.multi else xb[0], yb, totals),
+                            local, self.positions)
+            if self.hooks and local:  # the batch's loss, for on_batch_end: on the device
+                cost = (sums.loss_sum if before is None else sums.loss_sum - before) / local
+            return cost
         self.optimizer.zero_grad()
-        if local:
+        if local and self.precision is not None:  # low-precision passes, float32 grads
+            pred, cost = self.precision.forward_backward(
+                self.model, self.loss, xb if self.multi else xb[0], yb)
+        elif local:
             pred = self.model.forward(xb if self.multi else xb[0], train=True)
             cost = self.loss.forward(pred, yb)
             self.model.backward_params(self.loss.backward())  # no gradient for the data
         self.strategy.reduce_gradients(self.optimizer.params, local, size)
-        self.optimizer.step()
+        _clip(self.optimizer.params, self.clip)
+        if self.precision is not None:
+            self.precision.step(self.optimizer)  # fp16: skips a step with inf/NaN grads
+        else:
+            self.optimizer.step()
         if local:
             sums.add(pred, yb, cost, local)
+        return cost
+
+    def _batch_end(self, epoch: int, index: int, cost: Any, size: int) -> bool:
+        """Call the per-batch callbacks; whether one stopped training (on any rank)."""
+        stop = batch_end(self.hooks, index, cost, size, epoch)
+        return self.strategy.totals([float(stop)])[0] > 0 if self.strategy.size > 1 else stop
 
     def _check_finite(self, loss: float | None, epoch: int, step: int) -> None:
         if loss is None or math.isfinite(loss):
@@ -229,6 +317,39 @@ class _Run:
             f"stopped and the weights are those from before that epoch. Lower the learning "
             f"rate, check the data for NaN or inf, or clip gradients"
         )
+
+
+def _check_clip(clip: tuple[Any, Any], compiled: bool) -> tuple[Any, Any]:
+    norm, value = clip
+    if norm is not None:
+        norm = _args.real(norm, "clip_grad_norm", "fit", low=0.0)
+    if value is not None:
+        value = _args.real(value, "clip_grad_value", "fit", low=0.0, low_open=True)
+        if compiled:
+            raise ValueError("fit: compile=True does not combine with clip_grad_value yet; "
+                             "pass clip_grad_norm, or compile=False")
+    return norm, value
+
+
+def _clip(params: list[Any], clip: tuple[Any, Any]) -> None:
+    """fit's gradient clipping, on the device (no host read)."""
+    if clip[1] is not None:
+        clip_grad_value(params, clip[1])
+    if clip[0] is not None:
+        clip_grad_norm(params, clip[0])
+
+
+def _train_step(model: Layer, loss: Loss, optimizer: Optimizer, count_hits: bool,
+                one_hot: bool, clip_grad_norm: float | None) -> TrainStep:
+    """The model's compiled step for this loss, optimizer and settings, kept on the
+    model so that calling ``fit`` again (an epoch at a time) does not compile again."""
+    steps = model.__dict__.setdefault("_train_steps", {})
+    key = (id(loss), id(optimizer), count_hits, one_hot, clip_grad_norm)
+    found = steps.get(key)
+    if found is None or found.loss is not loss or found.optimizer is not optimizer:
+        found = steps[key] = TrainStep(model, loss, optimizer, count_hits=count_hits,
+                                       one_hot=one_hot, clip_grad_norm=clip_grad_norm)
+    return found
 
 
 def _snapshot(model: Layer) -> list[Any]:
@@ -242,13 +363,19 @@ def _restore(model: Layer, values: list[Any]) -> None:
 
 
 def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
-             batch_size: int = 1024) -> dict[str, float]:
+             batch_size: int = 1024, metrics: Any = None) -> dict[str, Any]:
     """Mean loss and accuracy of ``model`` on ``(x, y)``, computed on its device.
 
     Returns ``{"loss": ..., "accuracy": ...}``: ``loss`` when a loss is given or was
     used in ``fit``; ``accuracy`` for classification targets. ``x`` and ``y`` may be
     host arrays (uploaded once here) or arrays already on the model's device; a Graph
     with several inputs takes a list of arrays as ``x``.
+
+    ``metrics``: names (``"accuracy"``, ``"top_k_accuracy"`` (k=5), ``"mae"``,
+    ``"confusion_matrix"``) or :class:`xpnet.metrics.Metric` objects
+    (``xn.metrics.TopKAccuracy(k=3)``): then the result has ``loss`` (when known) and
+    exactly those, each summed on the device batch by batch and read once at the end;
+    a confusion matrix is a ``(k, k)`` NumPy int64 array (rows: true class).
     """
     _args.integer(batch_size, "batch_size", "evaluate", minimum=1)
     be = model.backend
@@ -259,12 +386,16 @@ def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
     n_out = _out_width(model, inputs)
     y_dev = _labels_on(be, dtype, y, n_out, "evaluate")
     _warn_if_squashed(model, loss)
-    sums = Metrics(loss)
+    extra = metrics_mod.resolve(metrics, loss, n_out)  # None: loss and accuracy
+    sums = Metrics(loss, count_hits=extra is None)
     multi = model.multi_input
-    for size, (*xb, yb) in data_mod.batches([*inputs, y_dev], batch_size):
-        pred = model.forward(xb if multi else xb[0], train=False)
-        sums.add(pred, yb, loss.forward(pred, yb) if loss is not None else None, size)
-    return sums.means()
+    with data_mod.epoch_batches(be, [*inputs, y_dev], batch_size) as batches:
+        for size, (*xb, yb) in batches:
+            pred = model.forward(xb if multi else xb[0], train=False)
+            sums.add(pred, yb, loss.forward(pred, yb) if loss is not None else None, size)
+            for m in extra or ():
+                m.update(pred, yb)
+    return {**sums.means(), **metrics_mod.results(extra or [])}
 
 
 def predict(model: Layer, x: Any, *, batch_size: int = 1024) -> Any:
@@ -276,8 +407,8 @@ def predict(model: Layer, x: Any, *, batch_size: int = 1024) -> Any:
     inputs = _inputs_on(model, be, _param_dtype(model, be), x, "predict")
     _check_counts("predict", inputs, None)
     multi = model.multi_input
-    outs = [model.forward(xb if multi else xb[0], train=False)
-            for _, xb in data_mod.batches(inputs, batch_size)]
+    with data_mod.epoch_batches(be, inputs, batch_size) as batches:
+        outs = [model.forward(xb if multi else xb[0], train=False) for _, xb in batches]
     return outs[0] if len(outs) == 1 else be.xp.concat(outs, axis=0)
 
 
