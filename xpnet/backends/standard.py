@@ -49,12 +49,34 @@ class StandardOps:
     def sigmoid_grad(self, xp: Any, dy: Any, y: Any) -> Any:
         return dy * (y * (1.0 - y))
 
+    def tanh_grad(self, xp: Any, dy: Any, y: Any) -> Any:
+        """``dy * (1 - y^2)`` for ``y = tanh(x)``."""
+        return dy * (1.0 - y * y)
+
+    def silu(self, xp: Any, x: Any) -> tuple[Any, Any]:
+        """``(y, ctx)``: ``y = x sigmoid(x)`` and what :meth:`silu_grad` needs
+        (here ``(x, sigmoid(x))``)."""
+        s = self.sigmoid(xp, x)
+        return x * s, (x, s)
+
+    def silu_grad(self, xp: Any, dy: Any, ctx: Any) -> Any:
+        """``dy * s (1 + x (1 - s))`` with ``s = sigmoid(x)``; ``ctx`` from :meth:`silu`."""
+        x, s = ctx
+        return dy * (s * (1.0 + x * (1.0 - s)))
+
     def softmax_xent(self, xp: Any, z: Any, y: Any) -> tuple[Any, Any]:
-        """``(-sum(y * log softmax(z)) per row, softmax(z))`` for logits ``z`` (n, k)."""
+        """``(-sum(y * log softmax(z)) per row, ctx)`` for logits ``z`` (n, k) and target
+        rows ``y`` (n, k); ``ctx`` is what :meth:`softmax_xent_grad` needs (here
+        ``softmax(z)``)."""
         shifted = z - xp.max(z, axis=1, keepdims=True)
         e = xp.exp(shifted)
         s = xp.sum(e, axis=1, keepdims=True)
         return -xp.sum(y * (shifted - xp.log(s)), axis=1), e / s
+
+    def softmax_xent_grad(self, xp: Any, z: Any, y: Any, ctx: Any, n: int) -> Any:
+        """``(softmax(z) - y) / n``: the gradient of the mean of :meth:`softmax_xent`'s
+        rows over ``n`` (``ctx`` from that call on the same ``z`` and ``y``)."""
+        return (ctx - y) / n
 
     def sum_axes(self, xp: Any, a: Any, axes: int | tuple[int, ...] | None) -> Any:
         """``sum(a, axis=axes)``."""
@@ -143,6 +165,57 @@ class StandardOps:
         a *= beta
         a += g if alpha == 1.0 else alpha * g
         return a
+
+    def sgd_update_(self, xp: Any, value: Any, grad: Any, buf: Any, lr: Any, *,
+                    momentum: float = 0.0, nesterov: bool = False,
+                    weight_decay: float = 0.0) -> tuple[Any, Any]:
+        """One SGD step (:class:`xpnet.optim.SGD`); returns ``(value, buf)`` to keep.
+
+        ``g = grad + weight_decay * value``; with momentum ``buf = momentum * buf + g``
+        (``buf = g`` when ``buf`` is None) and ``g = buf``, or ``g + momentum * buf``
+        with ``nesterov``; then ``value - lr * g``. ``lr`` is a float or a 0-d array;
+        without momentum ``buf`` comes back as given.
+        """
+        g = grad
+        if weight_decay:
+            g = g + weight_decay * value
+        if momentum:
+            buf = (xp.asarray(g, copy=True) if buf is None
+                   else self.scale_add_(xp, buf, momentum, g))
+            g = g + momentum * buf if nesterov else buf
+        return self.sub_scaled_(xp, value, lr, g), buf
+
+    def adam_update_(self, xp: Any, value: Any, grad: Any, m: Any, v: Any, decay: Any,
+                     step: Any, unbias: Any, *, betas: tuple[float, float], eps: float,
+                     weight_decay: float = 0.0, decoupled: bool = False
+                     ) -> tuple[Any, Any, Any]:
+        """One Adam/AdamW step (:class:`xpnet.optim.Adam`); returns ``(value, m, v)``.
+
+        ``decay, step, unbias`` are ``Adam.coefficients``: ``lr * wd``,
+        ``lr / (1 - b1^t)`` and ``1 / sqrt(1 - b2^t)``, floats or 0-d arrays. With
+        ``decoupled`` (AdamW) ``value -= decay * value`` first, else the gradient gets
+        ``weight_decay * value``; ``m = b1 m + (1 - b1) g``, ``v = b2 v + (1 - b2) g^2``
+        (from zero when None), ``value -= step * m / (sqrt(v) * unbias + eps)``.
+        """
+        b1, b2 = betas
+        g = grad
+        if weight_decay and decoupled:
+            value = self.sub_scaled_(xp, value, decay, value)
+        elif weight_decay:
+            g = g + weight_decay * value
+        if m is None:
+            m, v = (1 - b1) * g, (1 - b2) * (g * g)
+        else:
+            m = self.scale_add_(xp, m, b1, g, 1 - b1)
+            v = self.scale_add_(xp, v, b2, g * g, 1 - b2)
+        denom = xp.sqrt(v) * unbias + eps
+        return self.sub_scaled_(xp, value, step, m / denom), m, v
+
+    def split_rows(self, xp: Any, a: Any, size: int) -> list[Any]:
+        """``[a[s:s + size] for s in range(0, n, size)]``: an epoch's batches (the last
+        may be smaller)."""
+        n = int(a.shape[0])
+        return [a[s:min(s + size, n), ...] for s in range(0, n, size)]
 
     def add_at(self, xp: Any, target: Any, key: tuple, value: Any) -> Any:
         """``target[key] += value`` for a key of slices (each element named once, so an
@@ -272,6 +345,46 @@ class StandardOps:
         dxpad = xp.reshape(xp.permute_dims(dxl, (1, 0, d + 2, *range(2, 2 + d))),
                            (n, g * cg, *padded_shape[2:2 + d]))
         return _unpad(dxpad, padding), dW, db
+
+    # -- pooling: (y, ctx) forward, dx backward ----------------------------------------
+    def pool_forward(self, xp: Any, x: Any, kernel: tuple[int, ...], stride: tuple[int, ...],
+                     mode: str, train: bool) -> tuple[Any, Any]:
+        """Max (``mode="max"``) or mean (``"avg"``) over each window of ``x (N, C,
+        *spatial)``: a running ``maximum`` (or sum) over the windows' strided slices, one
+        per kernel offset. Returns ``(y, ctx)``; ``ctx`` (what :meth:`pool_backward`
+        needs) is None unless ``train``. The kernel must fit (the layer checks)."""
+        _, keys = _windows.plan(tuple(x.shape[2:]), kernel, stride, "pooling")
+        y = x[keys[0]]
+        for key in keys[1:]:
+            y = xp.maximum(y, x[key]) if mode == "max" else y + x[key]
+        if mode == "avg":
+            y = y / len(keys)
+        if not train:
+            return y, None
+        kept = (x, y) if mode == "max" else None
+        return y, (mode, tuple(x.shape), kept, keys, _windows.overlapping(kernel, stride))
+
+    def pool_backward(self, xp: Any, ctx: Any, dy: Any) -> Any:
+        """``dx``: each window's gradient to the element that won it (the first one on
+        ties, as PyTorch) for max, shared equally for mean; summed where windows overlap."""
+        mode, shape, kept, keys, overlap = ctx
+        if mode == "avg":
+            share = dy / len(keys)
+            parts: Any = [share] * len(keys)
+        else:
+            parts = self._pool_winner_grads(xp, *kept, dy, keys)
+        return _windows.scatter(xp, self, parts, shape, keys, overlap)
+
+    def _pool_winner_grads(self, xp: Any, x: Any, y: Any, dy: Any, keys: list[tuple]):
+        """Per offset, ``dy`` where that offset holds its window's first maximum, else 0."""
+        free = None  # windows whose winner is not found yet
+        for i, key in enumerate(keys):
+            won = x[key] == y
+            if free is not None:
+                won = won & free
+            if i < len(keys) - 1:
+                free = ~won if free is None else free ^ won  # won lies inside free
+            yield self.keep(xp, dy, won)
 
 
 def _unpad(dxpad: Any, padding: tuple[int, ...]) -> Any:

@@ -2,9 +2,10 @@
 
 One small kernel is applied at every position, so the weight gradient is the sum over
 positions. The arithmetic is the backend's ``conv_forward``/``conv_backward``: im2col
-in standard calls (``xpnet.backends.standard``), or a library's own convolution where
-it has one (torch). With the windows laid out as rows, ``cols``, and ``W2`` the
-weight as a matrix:
+in standard calls (``xpnet.backends.standard``), the same products laid out
+channel-major with one strided gather on NumPy (``xpnet.backends.numpy``), or a
+library's own convolution where it has one (torch). With the windows laid out as
+rows, ``cols``, and ``W2`` the weight as a matrix:
 
     forward   Y = cols @ W2.T + b              (one matmul for the whole batch)
     kept      cols (the windows) and W, when train is true

@@ -5,7 +5,16 @@ The windows are strided slices of the input, one per kernel offset (see
 their sum over K: element-wise work on whole arrays, no reduction over a short axis.
 ``MaxPool`` sends each window's gradient to the element that won it (the first one
 on ties, as PyTorch); ``AvgPool`` shares it equally. Where windows overlap
-(``stride < kernel_size``) their gradients add up.
+(``stride < kernel_size``) their gradients add up. The arithmetic is the backend's
+``pool_forward``/``pool_backward`` (``xpnet.backends.standard``; NumPy keeps the
+winning offset of each window instead of the input):
+
+    forward   y = max (or mean) over the K offsets' slices x_k
+    kept      max: the input and y (NumPy: each window's winning offset k*, one byte
+              per output); avg: the input's shape; only when train is true
+    backward  max: dC/dx_k = dy where offset k won its window (k = k*), else 0
+              avg: dC/dx_k = dy / K
+              each added into its slice of zeros(x.shape)
 
 ``GlobalAvgPool1D``/``2D`` average each channel over all ``P`` positions:
 
@@ -44,39 +53,16 @@ class _PoolND(Layer):
         if x.ndim != 2 + self.dims:
             layout = "(N, C, L)" if self.dims == 1 else "(N, C, H, W)"
             raise ValueError(f"{self.label}: expected input {layout}, got shape {tuple(x.shape)}")
+        _windows.check_fits(tuple(x.shape[2:]), self.kernel_size, self)
         xp = namespace(x)
-        _, keys = _windows.plan(tuple(x.shape[2:]), self.kernel_size, self.stride, self)
-        y = x[keys[0]]
-        for key in keys[1:]:
-            y = xp.maximum(y, x[key]) if self.mode == "max" else y + x[key]
-        if self.mode == "avg":
-            y = y / len(keys)
-        self._cache = (x, y, keys) if train else None
+        y, ctx = ops(xp).pool_forward(xp, x, self.kernel_size, self.stride, self.mode, train)
+        self._cache = ctx
         return y
 
     def backward(self, dy: Any) -> Any:
-        x, y, keys = self._require_cache(self._cache)
+        ctx = self._require_cache(self._cache)
         xp = namespace(dy)
-        if self.mode == "avg":
-            share = dy / len(keys)
-            parts = [share] * len(keys)
-        else:
-            parts = self._winner_grads(xp, x, y, dy, keys)
-        return _windows.scatter(xp, ops(xp), parts, tuple(x.shape), keys,
-                                _windows.overlapping(self.kernel_size, self.stride))
-
-    @staticmethod
-    def _winner_grads(xp: Any, x: Any, y: Any, dy: Any, keys: list[tuple]):
-        """Per offset, ``dy`` where that offset holds its window's first maximum, else 0."""
-        fast = ops(xp)
-        free = None  # windows whose winner is not found yet
-        for i, key in enumerate(keys):
-            won = x[key] == y
-            if free is not None:
-                won = won & free
-            if i < len(keys) - 1:
-                free = ~won if free is None else free ^ won  # won lies inside free
-            yield fast.keep(xp, dy, won)
+        return ops(xp).pool_backward(xp, ctx, dy)
 
     def get_config(self) -> dict[str, Any]:
         if self.dims == 1:
@@ -85,25 +71,81 @@ class _PoolND(Layer):
 
 
 class MaxPool1D(_PoolND):
-    """Max over windows of ``kernel_size`` along L; ``stride`` defaults to ``kernel_size``."""
+    """Max over windows of ``kernel_size`` along L of ``(N, C, L)`` (as PyTorch's
+    ``MaxPool1d``, no padding).
+
+    Parameters
+    ----------
+    kernel_size : int
+    stride : int, optional
+        Defaults to ``kernel_size`` (windows side by side).
+    name : str, optional
+
+    Shapes
+    ------
+    input ``(N, C, L)``; output ``(N, C, L_out)`` with
+    ``L_out = (L - kernel_size) // stride + 1``. No parameters.
+    """
 
     dims, mode = 1, "max"
 
 
 class MaxPool2D(_PoolND):
-    """Max over ``(kh, kw)`` windows of ``(N, C, H, W)``; ``stride`` defaults to the kernel."""
+    """Max over ``(kh, kw)`` windows of ``(N, C, H, W)`` (as PyTorch's
+    ``MaxPool2d``, no padding).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (windows side by side).
+    name : str, optional
+
+    Shapes
+    ------
+    input ``(N, C, H, W)``; output ``(N, C, H_out, W_out)`` with, per axis,
+    ``H_out = (H - kh) // stride + 1``. No parameters.
+    """
 
     dims, mode = 2, "max"
 
 
 class AvgPool1D(_PoolND):
-    """Mean over windows of ``kernel_size`` along L; ``stride`` defaults to ``kernel_size``."""
+    """Mean over windows of ``kernel_size`` along L of ``(N, C, L)`` (as PyTorch's
+    ``AvgPool1d``, no padding).
+
+    Parameters
+    ----------
+    kernel_size : int
+    stride : int, optional
+        Defaults to ``kernel_size`` (windows side by side).
+    name : str, optional
+
+    Shapes
+    ------
+    input ``(N, C, L)``; output ``(N, C, L_out)`` with
+    ``L_out = (L - kernel_size) // stride + 1``. No parameters.
+    """
 
     dims, mode = 1, "avg"
 
 
 class AvgPool2D(_PoolND):
-    """Mean over ``(kh, kw)`` windows of ``(N, C, H, W)``; ``stride`` defaults to the kernel."""
+    """Mean over ``(kh, kw)`` windows of ``(N, C, H, W)`` (as PyTorch's
+    ``AvgPool2d``, no padding).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int or (int, int), optional
+        Defaults to ``kernel_size`` (windows side by side).
+    name : str, optional
+
+    Shapes
+    ------
+    input ``(N, C, H, W)``; output ``(N, C, H_out, W_out)`` with, per axis,
+    ``H_out = (H - kh) // stride + 1``. No parameters.
+    """
 
     dims, mode = 2, "avg"
 
