@@ -259,7 +259,7 @@ class NumpyOps(StandardOps):
         output, so backward needs neither the input nor a comparison with it. Each
         offset's slice is copied to a contiguous block first: NumPy runs element-wise
         work on contiguous operands several times faster than on stride-2 views."""
-        _, keys = _windows.plan(tuple(x.shape[2:]), kernel, stride, "pooling")
+        keys = _pool_keys(tuple(x.shape[2:]), tuple(kernel), tuple(stride))
         if mode != "max" or not train or len(keys) > 255:  # 255: the offset is one byte
             return super().pool_forward(xp, x, kernel, stride, mode, train)
         y = x[keys[0]].copy()
@@ -313,6 +313,13 @@ class _PoolTape:
                  kernel: tuple[int, ...], stride: tuple[int, ...]):
         self.shape, self.keys, self.winner = shape, keys, winner
         self.kernel, self.stride = kernel, stride
+
+
+@functools.lru_cache(maxsize=64)
+def _pool_keys(spatial: tuple[int, ...], kernel: tuple[int, ...],
+               stride: tuple[int, ...]) -> tuple[tuple, ...]:
+    """Each kernel offset's slice of a pooling input (``_windows.plan``, made once)."""
+    return tuple(_windows.plan(spatial, kernel, stride, "pooling")[1])
 
 
 @functools.lru_cache(maxsize=64)
