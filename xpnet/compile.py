@@ -159,14 +159,20 @@ class TrainStep:
         hits = self.loss.correct(pred, y, one_hot=self.one_hot) if self.count_hits else None
         return cost, hits
 
-    def _eager_counting(self, x: Any, y: Any, coefficients: tuple[Any, ...],
-                        around: Callable[[Callable[[], Any]], Any] | None = None
-                        ) -> tuple[tuple[Any, Any], bool]:
-        """The eager step, and whether it drew random numbers."""
+    def _warm_up(self, sig: tuple, x: Any, y: Any, coefficients: tuple[Any, ...],
+                 around: Callable[[Callable[[], Any]], Any] | None = None) -> tuple[Any, Any]:
+        """One eager step for a new input shape. A compiler that cannot trace random
+        draws would replay one: a step that draws makes the whole step eager from now."""
+        self._warm.add(sig)
         stream = random.current()
         before = (stream.key, stream.position)
         out = (around or (lambda f: f()))(lambda: self._body(x, y, coefficients))
-        return out, (stream.key, stream.position) != before
+        if (stream.key, stream.position) != before:
+            self.kind = "eager"
+            name = self.compiler.name
+            _say_once(f"{name}-random", f"compile_step: the step draws random numbers "
+                      f"(Dropout) and {name} would replay one draw: it runs eagerly")
+        return out
 
     # -- JAX and torch: a pure function of every array ---------------------------------
     def _pure(self, values: list[Any], slots: dict[str, list[Any]], totals: Any,
@@ -195,14 +201,7 @@ class TrainStep:
         traced_draws = hasattr(self.compiler, "uniform")
         sig = _signature(x, y)
         if not traced_draws and sig not in self._warm:
-            # one eager step first: it tells whether the step draws random numbers
-            self._warm.add(sig)
-            out, drew = self._eager_counting(x, y, coefficients)
-            if drew:
-                self.kind = "eager"
-                _say_once(f"{self.compiler.name}-random",
-                          f"compile_step: the step draws random numbers (Dropout) and "
-                          f"{self.compiler.name} would replay one draw: it runs eagerly")
+            out = self._warm_up(sig, x, y, coefficients)
             return out if totals is None else self._add(totals, *out, y)
         if self._fn is None:
             opt.init_state()
@@ -236,14 +235,7 @@ class TrainStep:
         captured = self._graphs.get(sig)
         if captured is None:
             if sig not in self._warm:
-                self._warm.add(sig)
-                out, drew = self._eager_counting(x, y, coefficients, self.compiler.eager)
-                if drew:
-                    self.kind = "eager"
-                    _say_once("graph-random", "compile_step: the step draws random numbers "
-                              "(Dropout) and a CUDA graph would replay one draw: it runs "
-                              "eagerly")
-                return out
+                return self._warm_up(sig, x, y, coefficients, self.compiler.eager)
             captured = self._graphs[sig] = self._capture(x, y, coefficients)
         captured.x[...] = x
         captured.y[...] = y
