@@ -5,6 +5,7 @@
 ``pool_forward``/``pool_backward`` keep each window's winning offset: each is checked
 against ``StandardOps`` on the same arrays, on every layout it can choose, and the
 layers that use them against ``torch.nn`` and through ``check_layer`` on every case.
+``JaxOps.conv_forward``/``conv_backward`` (XLA's convolution) are checked the same way.
 """
 
 from __future__ import annotations
@@ -96,6 +97,45 @@ def test_numpy_conv_float32_and_grouped():
     assert not isinstance(ctx, _ConvTape)
     np.testing.assert_allclose(y, y_ref, rtol=1e-6, atol=1e-6)
     assert fast.conv_backward(np, ctx, y, True)[0].shape == x.shape
+
+
+@pytest.mark.parametrize("case", range(len(CONVS) + 1))
+def test_jax_conv_matches_standard(case):
+    """JaxOps' convolution (XLA's own, backward by its transposes) against the
+    standard im2col path, float64, with and without bias and the input gradient; the
+    last case is grouped and strided."""
+    pytest.importorskip("jax", reason="jax is not installed")
+    from xpnet.backends.jax import JaxOps, _JaxConvTape
+
+    xn.use("jax")  # float64 enabled
+    import jax.numpy as jnp
+
+    if case < len(CONVS):
+        shape, wshape, stride, padding, dilation = CONVS[case]
+        groups = 1
+    else:
+        shape, wshape, stride, padding, dilation, groups = (
+            (2, 4, 7, 6), (6, 2, 3, 3), (1, 2), (1, 1), None, 2)
+    rng = np.random.default_rng(case)
+    x, W = rng.standard_normal(shape), rng.standard_normal(wshape)
+    fast, ref = JaxOps(), StandardOps()
+    for b in (rng.standard_normal(wshape[0]), None):
+        args = (stride, padding, dilation, groups)
+        y, ctx = fast.conv_forward(jnp, jnp.asarray(x), jnp.asarray(W),
+                                   None if b is None else jnp.asarray(b), *args)
+        y_ref, ctx_ref = ref.conv_forward(np, x, W, b, *args)
+        assert isinstance(ctx, _JaxConvTape) and y.dtype == jnp.float64
+        np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-12, atol=1e-12)
+        dy = rng.standard_normal(y_ref.shape)
+        for need_input in (True, False):
+            got = fast.conv_backward(jnp, ctx, jnp.asarray(dy), need_input)
+            want = ref.conv_backward(np, ctx_ref, dy, need_input)
+            for g, w, what in zip(got, want, ("dx", "dW", "db"), strict=True):
+                if w is None:
+                    assert g is None, what
+                else:
+                    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-11, atol=1e-11,
+                                               err_msg=what)
 
 
 @pytest.mark.parametrize("case", range(len(CONVS)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 from .base import Adapter, BackendUnavailableError, Placement
 from .cupy import cuda_index
@@ -37,6 +37,72 @@ class JaxOps(StandardOps):
     def rows_add(self, xp, n_rows, index, values):
         out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype, device=values.device)
         return out.at[index].add(values)  # a scatter-add: repeated indices sum
+
+    def conv_forward(self, xp, x, W, b, stride, padding, dilation=None, groups=1):
+        """:meth:`StandardOps.conv_forward` as XLA's own convolution.
+
+        im2col written in standard calls traces to gathers, concatenations and one GEMM,
+        which XLA cannot turn back into a convolution; ``lax.conv_general_dilated`` is the
+        op it compiles best. The context is the inputs: the backward pass is the
+        convolution's transposes (``jax.vjp``), compiled once per shape.
+        """
+        config = (tuple(stride), tuple(padding),
+                  None if dilation is None else tuple(dilation), groups)
+        y = _conv_jits()[0](x, W, config)
+        if b is not None:
+            y = y + xp.reshape(b, (1, -1) + (1,) * (W.ndim - 2))
+        return y, _JaxConvTape(x, W, config, b is not None)
+
+    def conv_backward(self, xp, ctx, dy, need_input):
+        """``(dx or None, dW, db or None)`` through the convolution's transposes."""
+        if not isinstance(ctx, _JaxConvTape):
+            return super().conv_backward(xp, ctx, dy, need_input)
+        dx, dW = _conv_jits()[1](ctx.x, ctx.W, dy, ctx.config, need_input)
+        db = self.sum_axes(xp, dy, (0, *range(2, dy.ndim))) if ctx.has_bias else None
+        return dx, dW, db
+
+
+class _JaxConvTape(NamedTuple):
+    """What :meth:`JaxOps.conv_backward` needs: the forward's operands and settings."""
+
+    x: Any
+    W: Any
+    config: tuple
+    has_bias: bool
+
+
+def _conv(x: Any, W: Any, config: tuple) -> Any:
+    import jax
+
+    stride, padding, dilation, groups = config
+    spatial = "DHW"[3 - len(stride):]
+    dims = ("NC" + spatial, "OI" + spatial, "NC" + spatial)
+    # HIGHEST: float32 products in float32, as every other backend computes them
+    return jax.lax.conv_general_dilated(
+        x, W, stride, [(p, p) for p in padding], rhs_dilation=dilation,
+        dimension_numbers=dims, feature_group_count=groups,
+        precision=jax.lax.Precision.HIGHEST)
+
+
+def _conv_grads(x: Any, W: Any, dy: Any, config: tuple, need_input: bool) -> tuple[Any, Any]:
+    import jax
+
+    if need_input:
+        _, back = jax.vjp(lambda x, W: _conv(x, W, config), x, W)
+        return back(dy)
+    # the input gradient is not wanted: differentiate in W alone, so XLA never builds it
+    _, back = jax.vjp(lambda W: _conv(x, W, config), W)
+    return None, back(dy)[0]
+
+
+@functools.lru_cache(maxsize=1)
+def _conv_jits() -> tuple[Any, Any]:
+    """The forward and backward convolutions, jitted (static settings): eagerly one
+    compiled call each; inside a traced step, inlined into it."""
+    import jax
+
+    return (jax.jit(_conv, static_argnums=2),
+            jax.jit(_conv_grads, static_argnums=(3, 4)))
 
 
 def _split_rows(a: Any, size: int) -> tuple[Any, ...]:
