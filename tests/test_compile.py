@@ -257,3 +257,32 @@ def test_cuda_graph_runs_eagerly_when_the_step_draws():
 
 def _mlp_8():
     return xn.Sequential(xn.Linear(8, 8), xn.ReLU(), xn.Dropout(0.3), xn.Linear(8, 3))
+
+
+def test_torch_compiles_every_model_not_just_the_first_eight(monkeypatch):
+    """torch.compile keeps at most 8 graphs per code object and then runs that code
+    eagerly, saying so only in a log line: every TrainStep's step must have its own.
+    Nine models of different widths, two steps each: nine graphs reach the backend."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from xpnet.backends.torch import TorchCompiler
+
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    monkeypatch.setattr(TorchCompiler, "backend", staticmethod(counting))
+    torch._dynamo.reset()
+    be = xn.use("torch")
+    rng = np.random.default_rng(0)
+    for width in range(3, 12):
+        x = be.asarray(rng.standard_normal((4, width)), dtype="float32")
+        y = be.asarray(rng.integers(0, 2, 4))
+        model = xn.Sequential(xn.Linear(width, 5), xn.Tanh(), xn.Linear(5, 2))
+        step = TrainStep(model, xn.SoftmaxCrossEntropy(), xn.SGD(model.parameters(), lr=0.1))
+        before = len(graphs)
+        for _ in range(2):  # the first step runs eagerly (it checks for random draws)
+            step(x, y)
+        assert step.kind == "jit"
+        assert len(graphs) == before + 1, f"width {width}: no graph compiled"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
+import types
 from typing import Any
 
 from .base import Adapter, BackendUnavailableError, Placement, mix
@@ -90,11 +92,31 @@ class TorchCompiler:
     def compile(self, fn: Any, donate_argnums: tuple[int, ...]) -> Any:
         import torch
 
-        return torch.compile(fn, backend=self.backend)
+        return torch.compile(_own_code(fn), backend=self.backend)
 
     #: the torch.compile backend; tests use "aot_eager" to check the trace without the
     #: minutes inductor takes to generate code
     backend = "inductor"
+
+
+_compiled_count = itertools.count()
+
+
+def _own_code(fn: Any) -> Any:
+    """``fn`` (a function or bound method) on a code object of its own.
+
+    Dynamo keeps its compiled graphs per code object, at most
+    ``torch._dynamo.config.recompile_limit`` (8) of them, then runs that code eagerly
+    with only a logged warning. Every TrainStep's step is the same method, so the ninth
+    model or batch shape in a process would silently lose its compilation."""
+    func = getattr(fn, "__func__", fn)
+    n = next(_compiled_count)
+    code = func.__code__.replace(co_name=f"{func.__code__.co_name}_{n}")
+    own = types.FunctionType(code, func.__globals__, code.co_name, func.__defaults__,
+                             func.__closure__)
+    own.__kwdefaults__ = func.__kwdefaults__
+    bound = getattr(fn, "__self__", None)
+    return own if bound is None else types.MethodType(own, bound)
 
 
 class TorchAdapter(Adapter):
