@@ -109,6 +109,7 @@ class TrainStep:
         self._draws: dict[tuple, int] = {}  # input signature -> random draws per step
         self._warm: set[tuple] = set()      # signatures that ran their eager warm-up
         self._graphs: dict[tuple, _Captured] = {}
+        self._key: tuple[Any, Any] = (None, None)  # (stream key, the compiler's key)
 
     def __call__(self, x: Any, y: Any) -> Any:
         return self.run(x, y)[0]
@@ -211,7 +212,9 @@ class TrainStep:
         xp = namespace(x)
         if traced_draws:
             stream = random.current()
-            key, offset = self.compiler.key(stream.key), np.uint32(stream.position)
+            if self._key[0] is not stream.key:  # a new epoch's key: once per epoch
+                self._key = (stream.key, self.compiler.key(stream.key))
+            key, offset = self._key[1], np.uint32(stream.position)
         else:
             key = offset = None
             dtype = self.state[0].value.dtype
@@ -305,5 +308,8 @@ class _TracedDraws(random.RandomStream):
 
 
 def _signature(x: Any, y: Any) -> tuple:
-    xs = x if isinstance(x, (list, tuple)) else [x]
-    return tuple((tuple(a.shape), a.dtype) for a in [*xs, y])
+    """The shapes and dtypes of one step's inputs: what a compiled step is traced for
+    (called every step, so the common single input has a short path)."""
+    if not isinstance(x, (list, tuple)):
+        return (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
+    return tuple((tuple(a.shape), a.dtype) for a in [*x, y])
