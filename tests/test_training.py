@@ -187,6 +187,11 @@ def test_early_stopping_in_fit_and_unknown_metric():
         h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
                    epochs=10, progress=False, callbacks=[stop])
         assert len(h.epochs) == 2  # nothing improves by 10: stops after patience
+        # the same callback in a second fit starts afresh, as Keras's does: two epochs
+        # again, not one (stop_training and the count left over from the first fit)
+        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
+                   epochs=10, progress=False, callbacks=[stop])
+        assert len(h.epochs) == 2 and stop.best_epoch == 0
         with pytest.raises(KeyError, match="val_accuracy.*validation_data"):
             xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(),
                    optimizer=xn.SGD(model, lr=0.1), epochs=1, progress=False,

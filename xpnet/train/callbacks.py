@@ -150,6 +150,13 @@ class EarlyStopping(_Monitor):
         self.patience, self.restore_best_weights = patience, restore_best_weights
         self.wait, self.best_epoch, self._best_state = 0, None, None
 
+    def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
+        super().on_train_begin(model, optimizer)
+        # each fit starts afresh (as Keras's): a callback reused from a fit that it
+        # stopped would otherwise stop the next one after its first epoch
+        self.stop_training, self.wait, self.best = False, 0, None
+        self.best_epoch, self._best_state = None, None
+
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self._improved(logs):
             self.wait, self.best_epoch = 0, epoch
