@@ -28,7 +28,7 @@ import numpy as np
 from . import workloads as W
 
 IMPLS = ("xpnet-numpy", "xpnet-torch", "xpnet-jax", "xpnet-jax-compiled",
-         "xpnet-torch-compiled", "numpy", "torch", "jax")
+         "xpnet-jax-compiled-x8", "xpnet-torch-compiled", "numpy", "torch", "jax")
 PAUSE = 0.3  # seconds between timed phases (OpenBLAS threads spin ~0.1 s after work)
 
 
@@ -47,6 +47,9 @@ def make(impl: str, w: W.Workload, x: np.ndarray, y: np.ndarray):
                 else "torch not installed")
     if impl in ("xpnet-jax", "xpnet-jax-compiled"):  # eager, and fit(compile=True): jax.jit
         return (W.make_xpnet(w, x, y, "jax", compile=impl.endswith("compiled"))
+                if have("jax") else "jax not installed")
+    if impl == "xpnet-jax-compiled-x8":  # and steps_per_execution=8: 8 steps per call
+        return (W.make_xpnet(w, x, y, "jax", compile=True, steps_per_execution=8)
                 if have("jax") else "jax not installed")
     if impl == "numpy":
         return W.make_numpy(w, x, y) or "no hand-written reference for this workload"

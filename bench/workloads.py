@@ -109,7 +109,8 @@ def initial_state(w: Workload) -> dict[str, np.ndarray]:
 
 
 def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str,
-               device: str | None = None, compile: bool = False) -> Callable[[], Any]:
+               device: str | None = None, compile: bool = False,
+               steps_per_execution: int = 1) -> Callable[[], Any]:
     import xpnet as xn
 
     be = xn.use(backend, device=device)
@@ -122,7 +123,8 @@ def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str,
 
     def run():
         xn.fit(model, xd, yd, loss=loss, optimizer=opt, epochs=1, batch_size=w.batch,
-               shuffle=False, progress=False, metrics=(), compile=compile)
+               shuffle=False, progress=False, metrics=(), compile=compile,
+               steps_per_execution=steps_per_execution)
         be.synchronize()  # JAX returns before its queued steps have run
         return model
 

@@ -286,3 +286,42 @@ def test_torch_compiles_every_model_not_just_the_first_eight(monkeypatch):
             step(x, y)
         assert step.kind == "jit"
         assert len(graphs) == before + 1, f"width {width}: no graph compiled"
+
+
+def test_steps_per_execution_takes_the_single_steps(be, aot_eager, recwarn):
+    """fit(compile=True, steps_per_execution=3): the steps of steps_per_execution=1 (a
+    Dropout model, so each step's masks; a schedule, so each step's lr), the groups cut
+    where the last, smaller batch starts; on JAX three steps per compiled call."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((31, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 31)
+    runs = []
+    for k in (1, 3):
+        xn.seed(5)
+        model = _mlp(0.3)
+        opt = xn.Adam(model.parameters(), lr=xn.CosineLR(0.02, 16))
+        hist = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, epochs=2,
+                      batch_size=4, seed=3, progress=False, compile=True,
+                      steps_per_execution=k)
+        assert opt.steps == 16
+        runs.append((hist, [np.asarray(xn.to_numpy(p.value)) for p in model.parameters()],
+                     model))
+    (h1, p1, _), (h3, p3, model) = runs
+    for a, b in zip(p1, p3, strict=True):
+        np.testing.assert_allclose(b, a, rtol=2e-4, atol=2e-5)
+    for key in ("loss", "accuracy"):
+        np.testing.assert_allclose(h3.history[key], h1.history[key], rtol=1e-4, atol=1e-6)
+    if be.name == "jax":
+        (step,) = model._train_steps.values()
+        # 8 batches an epoch (7 of 4, 1 of 3): calls of 3, 3, then 1 and 1 singly
+        assert step._fn_many._cache_size() == 1
+        assert set(step._draws.values()) == {1, 3}  # one mask a step, traced
+
+
+def test_steps_per_execution_needs_compile():
+    x = np.zeros((4, 6), np.float32)
+    model = _mlp()
+    with pytest.raises(ValueError, match="steps_per_execution=4.*compile=True"):
+        xn.fit(model, x, np.zeros(4, int), loss=xn.SoftmaxCrossEntropy(),
+               optimizer=xn.SGD(model.parameters(), lr=0.1), steps_per_execution=4,
+               progress=False)

@@ -110,6 +110,7 @@ class TrainStep:
         self._warm: set[tuple] = set()      # signatures that ran their eager warm-up
         self._graphs: dict[tuple, _Captured] = {}
         self._key: tuple[Any, Any] = (None, None)  # (stream key, the compiler's key)
+        self._fn_many: Callable[..., Any] | None = None  # several steps in one call
 
     def __call__(self, x: Any, y: Any) -> Any:
         return self.run(x, y)[0]
@@ -129,6 +130,41 @@ class TrainStep:
         out = (self._run_graph(x, y, coefficients) if self.kind == "graph"
                else self._body(x, y, coefficients))
         return out if totals is None else self._add(totals, *out, y)
+
+    def run_many(self, xs: list[Any], ys: list[Any], totals: tuple[Any, Any]
+                 ) -> tuple[Any, Any]:
+        """One step per batch of ``xs, ys`` (batches of one shape), in order, with the
+        running sums of :meth:`run` returned after the last.
+
+        With ``jax.jit`` the steps are one compiled call (Keras's
+        ``steps_per_execution``): the Python between steps is paid once per call. They
+        are the steps :meth:`run` takes one by one: each its own coefficients (a
+        schedule's lr) and random draws. Elsewhere this is :meth:`run` per batch."""
+        if self.kind != "jit" or not hasattr(self.compiler, "uniform") or len(xs) < 2:
+            for x, y in zip(xs, ys, strict=True):
+                totals = self.run(x, y, totals)
+            return totals
+        opt = self.optimizer
+        coefficients = []
+        for _ in xs:
+            lr = opt.current_lr()
+            opt.steps += 1
+            coefficients.append(opt.coefficients(lr, opt.steps))
+        sig = (len(xs), _signature(xs[0], ys[0]))
+        if self._fn_many is None:
+            opt.init_state()
+            self._fn_many = self.compiler.compile(self._pure_many, donate_argnums=(0, 1, 2))
+            warnings.filterwarnings("ignore", "Some donated buffers were not usable")
+        stream = random.current()
+        if self._key[0] is not stream.key:
+            self._key = (stream.key, self.compiler.key(stream.key))
+        values, slots = self._load_args()
+        values, slots, totals = self._fn_many(
+            values, slots, totals, tuple(coefficients), self._key[1],
+            np.uint32(stream.position), tuple(xs), tuple(ys))
+        self._store(values, slots)
+        stream.position += self._draws[sig]
+        return totals
 
     def zero_totals(self) -> tuple[Any, Any]:
         """Running sums to start an epoch with: two 0-d zeros on the device."""
@@ -179,22 +215,49 @@ class TrainStep:
     def _pure(self, values: list[Any], slots: dict[str, list[Any]], totals: Any,
               coefficients: tuple[Any, ...], key: Any, offset: Any, x: Any, y: Any
               ) -> tuple[list[Any], dict[str, list[Any]], Any, Any]:
-        opt = self.optimizer
-        for p, v in zip(self.state, values, strict=True):
-            p.value, p.grad = v, None
-        for s, arrays in slots.items():
-            opt.state[s] = list(arrays)
+        self._store(values, slots)
         draws = _TracedDraws(self.compiler, key, offset) if key is not None else None
         with draws.active() if draws is not None else contextlib.nullcontext():
             cost, hits = self._body(x, y, coefficients)
         self._draws[_signature(x, y)] = draws.count if draws is not None else 0
         if totals is not None:
             cost, hits = self._add(totals, cost, hits, y)
-        out = ([p.value for p in self.state], {s: list(opt.state[s]) for s in slots},
-               cost, hits)
+        return (*self._take_out(slots), cost, hits)
+
+    def _pure_many(self, values: list[Any], slots: dict[str, list[Any]], totals: Any,
+                   coefficients: tuple[tuple[Any, ...], ...], key: Any, offset: Any,
+                   xs: tuple[Any, ...], ys: tuple[Any, ...]
+                   ) -> tuple[list[Any], dict[str, list[Any]], Any]:
+        """:meth:`_pure` for several batches: the steps unrolled in one trace, their
+        draws at consecutive stream positions, as eager steps make them."""
+        self._store(values, slots)
+        draws = _TracedDraws(self.compiler, key, offset)
+        with draws.active():
+            for x, y, c in zip(xs, ys, coefficients, strict=True):
+                totals = self._add(totals, *self._body(x, y, c), y)
+        self._draws[(len(xs), _signature(xs[0], ys[0]))] = draws.count
+        return (*self._take_out(slots), totals)
+
+    def _store(self, values: list[Any], slots: dict[str, list[Any]]) -> None:
+        """Bind arrays to the parameters and the optimizer's slots (gradients cleared)."""
+        for p, v in zip(self.state, values, strict=True):
+            p.value, p.grad = v, None
+        for s, arrays in slots.items():
+            self.optimizer.state[s] = list(arrays)
+
+    def _take_out(self, slots: dict[str, list[Any]]) -> tuple[list[Any], dict[str, list[Any]]]:
+        """The parameters' and the slots' arrays after a traced step; no traced value
+        outlives the trace in a gradient."""
+        out = ([p.value for p in self.state],
+               {s: list(self.optimizer.state[s]) for s in slots})
         for p in self.state:
-            p.grad = None  # no traced value outlives the trace in a gradient
+            p.grad = None
         return out
+
+    def _load_args(self) -> tuple[list[Any], dict[str, list[Any]]]:
+        """The parameters' and active slots' current arrays, to pass to a compiled call."""
+        opt = self.optimizer
+        return [p.value for p in self.state], {s: list(opt.state[s]) for s in opt.active_slots}
 
     def _run_jit(self, x: Any, y: Any, coefficients: tuple[Any, ...],
                  totals: tuple[Any, Any] | None) -> tuple[Any, Any]:
@@ -220,14 +283,10 @@ class TrainStep:
             dtype = self.state[0].value.dtype
             coefficients = tuple(xp.asarray(c, dtype=dtype, device=x.device)
                                  for c in coefficients)
-        values = [p.value for p in self.state]
-        slots = {s: list(opt.state[s]) for s in opt.active_slots}
+        values, slots = self._load_args()
         values, slots, cost, hits = self._fn(values, slots, totals, coefficients, key,
                                              offset, x, y)
-        for p, v in zip(self.state, values, strict=True):
-            p.value, p.grad = v, None
-        for s, arrays in slots.items():
-            opt.state[s] = list(arrays)
+        self._store(values, slots)
         if traced_draws:
             stream.position += self._draws[sig]
         return cost, hits

@@ -44,7 +44,7 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         metrics: tuple[str, ...] = ("accuracy",), steps_per_epoch: int | None = None,
         distributed: bool | Any = False, compile: bool = False,
         precision: str | int | MixedPrecision = "32", clip_grad_norm: float | None = None,
-        clip_grad_value: float | None = None) -> History:
+        clip_grad_value: float | None = None, steps_per_execution: int = 1) -> History:
     """Train ``model`` with mini-batch gradient descent and return its History.
 
     Parameters
@@ -111,6 +111,11 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         ``torch.nn.utils.clip_grad_norm_``) and/or :func:`xpnet.clip_grad_value`
         (elements into ``[-v, v]``; value first when both are given). On the device,
         no host read. ``compile=True`` takes ``clip_grad_norm`` only.
+    steps_per_execution : int
+        With ``compile=True``, run this many consecutive steps (batches of one shape) as
+        one compiled call, as Keras's option: the same steps, with the Python between
+        them paid once per call (JAX; elsewhere the steps run one by one). Callbacks
+        with ``on_batch_end`` see every batch, so with one of them steps run singly.
 
     Callbacks that define ``on_batch_end`` are called after every optimizer step (with
     the batch loss on the device, read only if they ask); none is, when none does.
@@ -129,7 +134,8 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         return _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuffle,
                     progress, list(callbacks or []), seed, initial_epoch, reports_per_epoch,
                     metrics, strategy, compile=compile, precision=precision,
-                    clip=(clip_grad_norm, clip_grad_value))
+                    clip=(clip_grad_norm, clip_grad_value),
+                    steps_per_execution=steps_per_execution)
     except Exception as error:
         strategy.fail(error)  # one process: raised as it is
         raise  # a strategy that could not end the job must not look like a finished fit
@@ -137,8 +143,12 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
 
 def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuffle, progress,
          callbacks, seed, initial_epoch, reports_per_epoch, metrics, strategy,
-         compile=False, precision="32", clip=(None, None)) -> History:
+         compile=False, precision="32", clip=(None, None), steps_per_execution=1) -> History:
     _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
+    _args.integer(steps_per_execution, "steps_per_execution", "fit", minimum=1)
+    if steps_per_execution > 1 and not compile:
+        raise ValueError(f"fit: steps_per_execution={steps_per_execution} groups compiled "
+                         f"steps; pass compile=True with it")
     clip = _check_clip(clip, compile)
     mixed = resolve_precision(precision)
     if mixed is not None:
@@ -184,6 +194,7 @@ def _fit(model, x, y, loss, optimizer, epochs, batch_size, validation_data, shuf
                              "yet (gradients are summed across ranks between backward and "
                              "the update); pass compile=False")
         run.compiled = _train_step(model, loss, optimizer, count_hits, one_hot, clip[0])
+        run.steps_per_execution = steps_per_execution
     run.precision = mixed
     run.clip, run.hooks = clip, batch_hooks(callbacks)
     for cb in callbacks:
@@ -233,6 +244,7 @@ class _Run:
     precision: MixedPrecision | None = None  # fit(precision="bf16-mixed"...): see precision.py
     clip: tuple[float | None, float | None] = (None, None)  # fit(clip_grad_norm/_value=)
     hooks: tuple[Callback, ...] | list[Callback] = ()  # callbacks with on_batch_end
+    steps_per_execution: int = 1  # fit(steps_per_execution=): compiled steps per call
 
     def __post_init__(self) -> None:
         self.n = int(self.y.shape[0])
@@ -249,7 +261,10 @@ class _Run:
         sums = Metrics(self.loss, self.count_hits, self.one_hot)
         step = 0
         with self.stream.active(), batches:  # leaving it ends a reader thread
-            for step, (size, batch) in enumerate(batches, 1):
+            grouped = self.steps_per_execution > 1 and not self.hooks
+            done = self._grouped_steps(sums, batches, epoch) if grouped else 0
+            step = done  # the loop below takes what is left: nothing after grouping
+            for step, (size, batch) in enumerate(batches, done + 1):
                 cost = self._step(sums, self.strategy.shard(batch, size), size)
                 if self.hooks and self._batch_end(epoch, step - 1, cost, size):
                     break  # a callback stopped training (TerminateOnNaN...)
@@ -270,6 +285,38 @@ class _Run:
             logs["accuracy"] = total_hits / (self.n * self.positions)
         self._finite = _snapshot(self.model)
         return logs
+
+    def _grouped_steps(self, sums: Metrics, batches: Any, epoch: int) -> int:
+        """The epoch's batches, ``steps_per_execution`` of one shape per compiled call
+        (:meth:`TrainStep.run_many`); the number of steps taken."""
+        step, group = 0, []
+
+        def flush() -> None:
+            nonlocal step
+            totals = sums.totals if sums.totals is not None else self.compiled.zero_totals()
+            xs = [b[:-1] if self.multi else b[0] for _, b in group]
+            totals = self.compiled.run_many(xs, [b[-1] for _, b in group], totals)
+            sums.set_totals(*totals, sum(n for n, _ in group), self.positions)
+            first, step = step + 1, step + len(group)
+            # a report falls in this group: the one host read, as in the single-step loop
+            if (self.progress.bar is not None and sums.seen > 0
+                    and step // self.report_every > (first - 1) // self.report_every):
+                means = sums.means()
+                self._check_finite(means.get("loss"), epoch, step)
+                self.progress.step(len(group), means)
+            else:
+                self.progress.step(len(group), None)
+            group.clear()
+
+        for size, batch in batches:
+            if group and int(batch[-1].shape[0]) != int(group[0][1][-1].shape[0]):
+                flush()  # another shape (the last, smaller batch): its own call
+            group.append((size, batch))
+            if len(group) == self.steps_per_execution:
+                flush()
+        if group:
+            flush()
+        return step
 
     def _step(self, sums: Metrics, batch: list[Any], size: int) -> Any:
         """Forward, loss, backward and one optimizer step on this rank's share; the
