@@ -45,6 +45,17 @@ def _ops(grid: str, dw: str) -> NumpyOps:
     return ops
 
 
+def _assert_grads_equal(got, want):
+    """``(dx, dW, db)`` of a fast path against the standard one's (None where it is)."""
+    for g, w, what in zip(got, want, ("dx", "dW", "db"), strict=True):
+        if w is None:
+            assert g is None, what
+        else:
+            g = np.asarray(g)
+            assert g.shape == w.shape, what
+            np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11, err_msg=what)
+
+
 @pytest.mark.parametrize("grid, dw", [("flat", "per_tap"), ("flat", "cols"),
                                       ("exact", "cols")])
 @pytest.mark.parametrize("case", range(len(CONVS)))
@@ -67,12 +78,7 @@ def test_numpy_conv_matches_standard(case, grid, dw):
         for need_input in (True, False):
             got = fast.conv_backward(np, ctx, dy, need_input)
             want = ref.conv_backward(np, ctx_ref, dy, need_input)
-            for g, w, what in zip(got, want, ("dx", "dW", "db"), strict=True):
-                if w is None:
-                    assert g is None, what
-                else:
-                    assert g.shape == w.shape, what
-                    np.testing.assert_allclose(g, w, rtol=1e-11, atol=1e-11, err_msg=what)
+            _assert_grads_equal(got, want)
 
 
 def test_numpy_conv_float32_and_grouped():
@@ -130,12 +136,7 @@ def test_jax_conv_matches_standard(case):
         for need_input in (True, False):
             got = fast.conv_backward(jnp, ctx, jnp.asarray(dy), need_input)
             want = ref.conv_backward(np, ctx_ref, dy, need_input)
-            for g, w, what in zip(got, want, ("dx", "dW", "db"), strict=True):
-                if w is None:
-                    assert g is None, what
-                else:
-                    np.testing.assert_allclose(np.asarray(g), w, rtol=1e-11, atol=1e-11,
-                                               err_msg=what)
+            _assert_grads_equal(got, want)
 
 
 @pytest.mark.parametrize("case", range(len(CONVS)))
