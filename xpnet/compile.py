@@ -155,13 +155,11 @@ class TrainStep:
             opt.init_state()
             self._fn_many = self.compiler.compile(self._pure_many, donate_argnums=(0, 1, 2))
             warnings.filterwarnings("ignore", "Some donated buffers were not usable")
-        stream = random.current()
-        if self._key[0] is not stream.key:
-            self._key = (stream.key, self.compiler.key(stream.key))
+        stream, key = self._stream_key()
         values, slots = self._load_args()
         values, slots, totals = self._fn_many(
-            values, slots, totals, tuple(coefficients), self._key[1],
-            np.uint32(stream.position), tuple(xs), tuple(ys))
+            values, slots, totals, tuple(coefficients), key, np.uint32(stream.position),
+            tuple(xs), tuple(ys))
         self._store(values, slots)
         stream.position += self._draws[sig]
         return totals
@@ -254,6 +252,14 @@ class TrainStep:
             p.grad = None
         return out
 
+    def _stream_key(self) -> tuple[random.RandomStream, Any]:
+        """The current random stream and the compiler's key for it (made once per
+        stream key, i.e. once per epoch, not every step)."""
+        stream = random.current()
+        if self._key[0] is not stream.key:
+            self._key = (stream.key, self.compiler.key(stream.key))
+        return stream, self._key[1]
+
     def _load_args(self) -> tuple[list[Any], dict[str, list[Any]]]:
         """The parameters' and active slots' current arrays, to pass to a compiled call."""
         opt = self.optimizer
@@ -274,10 +280,8 @@ class TrainStep:
             warnings.filterwarnings("ignore", "Some donated buffers were not usable")
         xp = namespace(x)
         if traced_draws:
-            stream = random.current()
-            if self._key[0] is not stream.key:  # a new epoch's key: once per epoch
-                self._key = (stream.key, self.compiler.key(stream.key))
-            key, offset = self._key[1], np.uint32(stream.position)
+            stream, key = self._stream_key()
+            offset = np.uint32(stream.position)
         else:
             key = offset = None
             dtype = self.state[0].value.dtype
