@@ -192,6 +192,25 @@ def test_adam_update_matches_numpy(be, rng, config, as_array):
 
 
 # -- the fused kernels against StandardOps on CuPy arrays (a GPU) ----------------------
+def _activation_pairs(o, ref, xp, x, dy):
+    """``{name: (ops o's result, the standard one's)}`` for each fused activation kernel,
+    forward and backward, on the same ``x`` and ``dy``."""
+    return {
+        "sigmoid": (o.sigmoid(xp, x), ref.sigmoid(xp, x)),
+        "sigmoid_grad": (o.sigmoid_grad(xp, dy, ref.sigmoid(xp, x)),
+                         ref.sigmoid_grad(xp, dy, ref.sigmoid(xp, x))),
+        "tanh_grad": (o.tanh_grad(xp, dy, xp.tanh(x)), ref.tanh_grad(xp, dy, xp.tanh(x))),
+        "relu_grad": (o.relu_grad(xp, dy, ref.relu(xp, x)),
+                      ref.relu_grad(xp, dy, ref.relu(xp, x))),
+        "gelu": (o.gelu(xp, x)[0], ref.gelu(xp, x)[0]),
+        "gelu_grad": (o.gelu_grad(xp, dy, o.gelu(xp, x)[1]),
+                      ref.gelu_grad(xp, dy, ref.gelu(xp, x)[1])),
+        "silu": (o.silu(xp, x)[0], ref.silu(xp, x)[0]),
+        "silu_grad": (o.silu_grad(xp, dy, o.silu(xp, x)[1]),
+                      ref.silu_grad(xp, dy, ref.silu(xp, x)[1])),
+    }
+
+
 @pytest.fixture
 def cupy_be():
     """The cupy-cuda0 case, or a skip saying why it cannot run here."""
@@ -208,20 +227,7 @@ def test_cupy_activation_kernels_match_standard(cupy_be, rng, dtype, tol):
     dy = cupy_be.asarray(rng.standard_normal((37, 19)), dtype=dtype)
     o = backends.ops(xp)
     assert isinstance(o, CupyOps) and o.fused
-    checks = {
-        "sigmoid": (o.sigmoid(xp, x), ref.sigmoid(xp, x)),
-        "sigmoid_grad": (o.sigmoid_grad(xp, dy, ref.sigmoid(xp, x)),
-                         ref.sigmoid_grad(xp, dy, ref.sigmoid(xp, x))),
-        "tanh_grad": (o.tanh_grad(xp, dy, xp.tanh(x)), ref.tanh_grad(xp, dy, xp.tanh(x))),
-        "relu_grad": (o.relu_grad(xp, dy, ref.relu(xp, x)),
-                      ref.relu_grad(xp, dy, ref.relu(xp, x))),
-        "gelu": (o.gelu(xp, x)[0], ref.gelu(xp, x)[0]),
-        "gelu_grad": (o.gelu_grad(xp, dy, o.gelu(xp, x)[1]),
-                      ref.gelu_grad(xp, dy, ref.gelu(xp, x)[1])),
-        "silu": (o.silu(xp, x)[0], ref.silu(xp, x)[0]),
-        "silu_grad": (o.silu_grad(xp, dy, o.silu(xp, x)[1]),
-                      ref.silu_grad(xp, dy, ref.silu(xp, x)[1])),
-    }
+    checks = _activation_pairs(o, ref, xp, x, dy)
     for name, (got, want) in checks.items():
         assert (name, "double" if dtype == "float64" else "float") in o._kernels, name
         assert got.dtype == want.dtype, name
@@ -508,20 +514,7 @@ def test_activation_kernels_on_the_stand_in(fake_cupy, rng, dtype, tol):
     o, ref, xp = fake_cupy, StandardOps(), np
     x = (rng.standard_normal((5, 7)) * 4).astype(dtype)
     dy = rng.standard_normal((5, 7)).astype(dtype)
-    pairs = {
-        "sigmoid": (o.sigmoid(xp, x), ref.sigmoid(xp, x)),
-        "sigmoid_grad": (o.sigmoid_grad(xp, dy, ref.sigmoid(xp, x)),
-                         ref.sigmoid_grad(xp, dy, ref.sigmoid(xp, x))),
-        "tanh_grad": (o.tanh_grad(xp, dy, np.tanh(x)), ref.tanh_grad(xp, dy, np.tanh(x))),
-        "relu_grad": (o.relu_grad(xp, dy, ref.relu(xp, x)),
-                      ref.relu_grad(xp, dy, ref.relu(xp, x))),
-        "gelu": (o.gelu(xp, x)[0], ref.gelu(xp, x)[0]),
-        "gelu_grad": (o.gelu_grad(xp, dy, o.gelu(xp, x)[1]),
-                      ref.gelu_grad(xp, dy, ref.gelu(xp, x)[1])),
-        "silu": (o.silu(xp, x)[0], ref.silu(xp, x)[0]),
-        "silu_grad": (o.silu_grad(xp, dy, o.silu(xp, x)[1]),
-                      ref.silu_grad(xp, dy, ref.silu(xp, x)[1])),
-    }
+    pairs = _activation_pairs(o, ref, xp, x, dy)
     _kernels_called(*pairs)
     for name, (got, want) in pairs.items():
         assert got.dtype == want.dtype == dtype, name
