@@ -12,7 +12,7 @@ import pytest
 import xpnet as xn
 from xpnet.layers import build_layer, layer_config
 from xpnet.testing import check_layer
-from xpnet.train.metrics import Metrics
+from xpnet.train.metrics import Accuracy, MetricSet, positions
 
 #: small, and one size throughout: JAX compiles each operation once per shape
 N, L, E, HEADS = 2, 4, 4, 2
@@ -331,11 +331,13 @@ def test_cross_entropy_sequence_errors_and_correct(be, rng):
                                          rf"shape \({N}, {L}\) for logits of shape "
                                          rf"\({N}, {L}, 3\), got \({N}, 3\)"):
         loss.forward(pred, be.asarray(labels[:, :3]))
-    hits = xn.to_numpy(loss.correct(pred, be.asarray(labels)))
-    assert hits == np.sum(z.argmax(axis=-1) == labels) and loss.positions(pred) == L
-    m = Metrics(loss)
-    m.add(pred, be.asarray(labels), None, N)
-    assert m.means()["accuracy"] == pytest.approx(np.mean(z.argmax(axis=-1) == labels))
+    acc = Accuracy()
+    acc.prepare(loss, 3)
+    hits = xn.to_numpy(acc.correct(pred, be.asarray(labels)))
+    assert hits == np.sum(z.argmax(axis=-1) == labels) and positions(pred) == L
+    m = MetricSet([acc], loss=False)
+    m.update(pred, be.asarray(labels), None, N)
+    assert m.results()["accuracy"] == pytest.approx(np.mean(z.argmax(axis=-1) == labels))
 
 
 def _copy_task(rng, n, vocab=8, length=8):

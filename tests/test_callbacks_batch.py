@@ -135,9 +135,12 @@ def test_terminate_on_nan_stops_at_the_batch_and_restores_the_weights(be):
         np.testing.assert_array_equal(v, start[k])
 
 
-def test_a_nan_loss_stops_fit_at_the_epoch_end_by_default(be):
-    """No per-batch read: the first read of the loss (the epoch's end, with no bar) stops
-    training; the weights are those of the last finite epoch."""
+@pytest.mark.parametrize("reports, caught_at", [(10, 1), (1, 3)])
+def test_a_nan_loss_is_caught_at_the_same_report_with_or_without_a_bar(be, reports, caught_at):
+    """The loss is read at the reporting interval whatever shows it: the same NaN stops
+    fit at the same step silent, with lines, and with a bar (it used to wait for the
+    epoch's end without a bar). 3 steps an epoch: 10 reports an epoch read every step, 1
+    only at the end. The weights are those of the last finite epoch."""
     x, y = _blobs()
     saved = {}
 
@@ -148,13 +151,18 @@ def test_a_nan_loss_stops_fit_at_the_epoch_end_by_default(be):
                 p = self.model.parameters()[0]
                 p.value = p.value * np.nan
 
-    model = xn.Sequential(xn.Linear(4, 3))
-    opt = xn.SGD(model, lr=0.1)
-    with pytest.raises(FloatingPointError, match="loss became nan in epoch 2, by step 3"):
-        _fit(model, x, y, epochs=3, callbacks=[Poison()], optimizer=opt)
-    assert opt.steps == 6  # the whole second epoch ran: nothing was read during it
-    for k, v in model.state_dict().items():
-        np.testing.assert_array_equal(v, saved[k])
+    for progress in (False, "lines", "bar"):
+        xn.seed(0)
+        model = xn.Sequential(xn.Linear(4, 3))
+        opt = xn.SGD(model, lr=0.1)
+        with pytest.raises(FloatingPointError,
+                           match=f"loss became nan in epoch 2, by step {caught_at}"):
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, batch_size=16,
+                   seed=0, epochs=3, callbacks=[Poison()], progress=progress,
+                   reports_per_epoch=reports)
+        assert opt.steps == 3 + caught_at, progress
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, saved[k])
 
 
 def test_a_nan_loss_stops_fit_at_the_first_progress_report():

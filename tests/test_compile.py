@@ -8,6 +8,10 @@ inductor itself takes ~15 s per model on this machine and runs in one test); Num
 array-api-strict run eagerly. The CUDA-graph logic (warm-up, capture, replay, static
 inputs, arrays a layer rebinds) runs on NumPy arrays through a fake graph object whose
 replay re-runs the captured code on the captured arrays.
+
+Every training option combines with every other: a table of combinations (compile,
+precision, clipping, steps_per_execution, gradient accumulation, per-batch callbacks,
+Dropout and BatchNorm) is walked on every backend case, compiled against eager.
 """
 
 from __future__ import annotations
@@ -16,7 +20,10 @@ import numpy as np
 import pytest
 
 import xpnet as xn
-from xpnet.compile import TrainStep
+from xpnet.backends.base import CapturingCompiler
+from xpnet.train import MetricSet, Step, TrainStep
+from xpnet.train import compiled as compiled_mod
+from xpnet.train import loop as loop_mod
 
 STEPS = 20
 
@@ -64,7 +71,7 @@ def _train(be, build, width, compiled, schedule=False, sizes=(5, 5, 5, 3), compi
     model = build()
     lr = xn.CosineLR(0.02, STEPS) if schedule else 0.02
     opt = xn.Adam(model.parameters(), lr=lr)
-    step = TrainStep(model, xn.SoftmaxCrossEntropy(), opt,
+    step = TrainStep(Step(model, xn.SoftmaxCrossEntropy(), opt),
                      compiler=compiler if compiled else False)
     stream = xn.RandomStream(7).restart(7, 0)
     costs = []
@@ -84,10 +91,8 @@ def test_compiled_step_takes_the_eager_steps(be, name, aot_eager, recwarn):
     sizes = (5, 5, 5, 5)  # one shape: one trace (shape changes: the fit test below)
     eager, eager_costs, _ = _train(be, build, width, compiled=False, sizes=sizes)
     compiled, costs, step = _train(be, build, width, compiled=True, sizes=sizes)
-    expected = {"jax": "jit", "torch": "jit"}.get(be.name, "eager")
-    if be.name == "torch" and name == "mlp":
-        expected = "eager"  # Dropout draws: torch.compile would replay one mask
-    assert step.kind == expected
+    # Dropout too: the stream's position is an argument of the compiled call
+    assert step.kind == {"jax": "jit", "torch": "jit"}.get(be.name, "eager")
     assert eager.keys() == compiled.keys()
     for key in eager:
         a, b = compiled[key], eager[key]
@@ -109,7 +114,8 @@ def test_jax_traces_once_per_shape_and_schedule_does_not_retrace(rng):
     _, _, step = _train(be, _mlp, 6, compiled=True, schedule=True)
     assert step.kind == "jit"
     # two input shapes (batches of 5 and the last of 3): two traces, whatever the lr
-    assert step._fn._cache_size() == 2
+    (fn,) = step._compiled.values()
+    assert fn._cache_size() == 2
     assert set(step._draws.values()) == {1}  # one Dropout mask per step, traced
 
 
@@ -160,9 +166,7 @@ def test_inductor_mlp_matches_eager():
 
 
 def test_numpy_says_once_that_it_runs_eagerly():
-    import xpnet.compile as compile_mod
-
-    compile_mod._said.discard("numpy")
+    compiled_mod._said.discard("numpy")
     xn.use("numpy")
     model = xn.Sequential(xn.Linear(2, 2))
     with pytest.warns(UserWarning, match="numpy has no compiler; the step runs eagerly"):
@@ -179,11 +183,11 @@ def test_optimizer_of_other_parameters_is_refused():
     xn.use("numpy")
     model, other = xn.Sequential(xn.Linear(2, 2)), xn.Linear(2, 2)
     with pytest.raises(ValueError, match="not .*'s .*model.parameters"):
-        TrainStep(model, xn.QuadraticCost(), xn.SGD(other.parameters()), compiler=False)
+        xn.compile_step(model, xn.QuadraticCost(), xn.SGD(other.parameters()))
 
 
 # -- the CUDA-graph logic, on NumPy arrays ---------------------------------------------
-class FakeGraphs:
+class FakeGraphs(CapturingCompiler):
     """Stands for ``backends.cupy.CudaGraphs``. Capturing runs the step's Python (as a
     real capture does) but undoes what it computed (a capture records kernels without
     running them); a launch re-runs the captured code, which reads and writes exactly
@@ -191,8 +195,8 @@ class FakeGraphs:
 
     name = "fake CUDA graph"
 
-    def __init__(self, arrays_of):
-        self.arrays_of = arrays_of  # () -> every array the step may write
+    def __init__(self):
+        self.step = None  # the Step whose arrays a capture must leave as they were
         self.captures = self.launches = self.eager_runs = 0
 
     def eager(self, fn):
@@ -201,7 +205,7 @@ class FakeGraphs:
 
     def capture(self, fn):
         self.captures += 1
-        saved = [(a, a.copy()) for a in self.arrays_of()]
+        saved = [(a, a.copy()) for a in self.step.arrays()]
         fn()
         for a, old in saved:
             a[...] = old
@@ -212,7 +216,7 @@ class FakeGraphs:
         graph()
 
 
-def _graph_run(build, compiled, sizes, schedule=True, stream_seed=None):
+def _graph_run(build, compiled, sizes, schedule=True, epochs=3):
     xn.use("numpy")
     rng = np.random.default_rng(4)
     x = rng.standard_normal((sum(sizes), 8)).astype(np.float32)
@@ -220,43 +224,59 @@ def _graph_run(build, compiled, sizes, schedule=True, stream_seed=None):
     xn.seed(2)
     model = build()
     opt = xn.Adam(model.parameters(), lr=xn.StepLR(0.02, 4, 0.5) if schedule else 0.02)
-    fake = FakeGraphs(lambda: [p.value for _, p in model.named_state()]
-                      + [a for s in opt.slots for a in opt.state[s] if a is not None])
-    step = TrainStep(model, xn.SoftmaxCrossEntropy(), opt, count_hits=True,
-                     compiler=fake if compiled else False)
+    loss = xn.SoftmaxCrossEntropy()
+    step = Step(model, loss, opt, metrics=MetricSet(xn.metrics.resolve(["accuracy"], loss, 3)))
+    fake = FakeGraphs()
+    fake.step = step
+    runner = TrainStep(step, compiler=fake if compiled else False)
     bounds = np.cumsum((0,) + tuple(sizes))
-    out = []
-    for _epoch in range(3):
-        for i in range(len(sizes)):
-            xb = x[bounds[i]:bounds[i + 1]].copy()  # a fresh array each step, as fit's
-            cost, hits = step.run(xb, y[bounds[i]:bounds[i + 1]].copy())
-            out.append((float(cost), float(hits)))
-    return model, out, fake, step
+    costs = []
+    stream = xn.RandomStream(9).restart(9, 0)
+    with stream.active():
+        for _epoch in range(epochs):
+            for i in range(len(sizes)):
+                xb = x[bounds[i]:bounds[i + 1]].copy()  # a fresh array each step, as fit's
+                costs.append(float(runner.run(xb, y[bounds[i]:bounds[i + 1]].copy())))
+    return model, costs, runner.metrics.results(), fake, runner
 
 
 def test_cuda_graph_logic_replays_the_eager_steps():
     sizes = (6, 6, 4)  # two shapes: the last, smaller batch is captured on its own
-    ref, ref_out, _, _ = _graph_run(_cnn, False, sizes)
-    model, out, fake, step = _graph_run(_cnn, True, sizes)
+    ref, ref_costs, ref_sums, _, _ = _graph_run(_cnn, False, sizes)
+    model, costs, sums, fake, step = _graph_run(_cnn, True, sizes)
     assert step.kind == "graph"
     assert fake.captures == 2 and fake.eager_runs == 2
     assert fake.launches == 3 * len(sizes) - 2  # every step after each shape's warm-up
-    np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(costs, ref_costs, rtol=1e-6, atol=1e-7)
+    assert sums == pytest.approx(ref_sums, rel=1e-6)  # the metric sums live in the graph
     for (name, a), (_, b) in zip(model.named_state(), ref.named_state(), strict=True):
         # running statistics are rebound by BatchNorm: copied back into the graph's arrays
         np.testing.assert_allclose(a.value, b.value, rtol=1e-6, atol=1e-7, err_msg=name)
 
 
-def test_cuda_graph_runs_eagerly_when_the_step_draws():
-    with pytest.warns(UserWarning, match="draws random numbers"):
-        _, out, fake, step = _graph_run(_mlp_8, True, (5, 5))
-    assert step.kind == "eager" and fake.captures == 0
-    _, ref_out, _, _ = _graph_run(_mlp_8, False, (5, 5))
-    np.testing.assert_allclose(out, ref_out)
+def test_cuda_graph_captures_the_steps_random_draws(monkeypatch):
+    """Dropout inside a captured step: each replay reads the stream's position from the
+    graph's own array, so it draws the masks the eager steps draw (CuPy draws eagerly
+    with the same counter-based generator; NumPy is made to here)."""
+    from xpnet.backends import ADAPTERS
+    from xpnet.backends.standard import counter_uniform, fold_key
+
+    def counter(like, shape, key):
+        *prefix, position = key
+        return counter_uniform(xn.current().xp, shape, like.dtype, "cpu",
+                               fold_key(tuple(prefix)), position)
+
+    monkeypatch.setattr(ADAPTERS["numpy"], "uniform", counter)
+    _, ref_costs, _, _, _ = _graph_run(_mlp_8, False, (5, 5))
+    _, costs, _, fake, step = _graph_run(_mlp_8, True, (5, 5))
+    assert step.kind == "graph" and fake.captures == 1 and fake.launches == 5
+    np.testing.assert_allclose(costs, ref_costs, rtol=1e-6)
+    _, p0_costs, _, _, _ = _graph_run(lambda: _mlp_8(0.0), True, (5, 5))
+    assert not np.allclose(costs, p0_costs)  # the masks did something
 
 
-def _mlp_8():
-    return xn.Sequential(xn.Linear(8, 8), xn.ReLU(), xn.Dropout(0.3), xn.Linear(8, 3))
+def _mlp_8(p=0.3):
+    return xn.Sequential(xn.Linear(8, 8), xn.ReLU(), xn.Dropout(p), xn.Linear(8, 3))
 
 
 def test_torch_compiles_every_model_not_just_the_first_eight(monkeypatch):
@@ -280,9 +300,10 @@ def test_torch_compiles_every_model_not_just_the_first_eight(monkeypatch):
         x = be.asarray(rng.standard_normal((4, width)), dtype="float32")
         y = be.asarray(rng.integers(0, 2, 4))
         model = xn.Sequential(xn.Linear(width, 5), xn.Tanh(), xn.Linear(5, 2))
-        step = TrainStep(model, xn.SoftmaxCrossEntropy(), xn.SGD(model.parameters(), lr=0.1))
+        step = xn.compile_step(model, xn.SoftmaxCrossEntropy(),
+                               xn.SGD(model.parameters(), lr=0.1))
         before = len(graphs)
-        for _ in range(2):  # the first step runs eagerly (it checks for random draws)
+        for _ in range(2):
             step(x, y)
         assert step.kind == "jit"
         assert len(graphs) == before + 1, f"width {width}: no graph compiled"
@@ -312,16 +333,195 @@ def test_steps_per_execution_takes_the_single_steps(be, aot_eager, recwarn):
     for key in ("loss", "accuracy"):
         np.testing.assert_allclose(h3.history[key], h1.history[key], rtol=1e-4, atol=1e-6)
     if be.name == "jax":
-        (step,) = model._train_steps.values()
+        (step,) = loop_mod._compiled[opt].values()
         # 8 batches an epoch (7 of 4, 1 of 3): calls of 3, 3, then 1 and 1 singly
-        assert step._fn_many._cache_size() == 1
+        grouped = [fn for (contexts, _), fn in step._compiled.items() if len(contexts) == 3]
+        assert len(grouped) == 1 and grouped[0]._cache_size() == 1
         assert set(step._draws.values()) == {1, 3}  # one mask a step, traced
 
 
-def test_steps_per_execution_needs_compile():
-    x = np.zeros((4, 6), np.float32)
+def test_steps_per_execution_without_compile_takes_the_same_steps():
+    """Keras's steps_per_execution without a compiler: the steps run one by one, the
+    same steps (it was refused without compile=True)."""
+    rng = np.random.default_rng(2)
+    x, y = rng.standard_normal((10, 6)).astype(np.float32), rng.integers(0, 3, 10)
+    runs = []
+    for k in (1, 4):
+        xn.seed(5)
+        model = _mlp(0.3)
+        xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
+               steps_per_execution=k, progress=False, batch_size=3, seed=1)
+        runs.append(model.state_dict())
+    for key in runs[0]:
+        np.testing.assert_array_equal(runs[1][key], runs[0][key])
+
+
+# -- every option with every other: the table the README shows -------------------------------
+class _BatchLosses(xn.Callback):
+    """A per-batch callback: it reads nothing, so it must not change any step."""
+
+    def on_train_begin(self, model, optimizer):
+        super().on_train_begin(model, optimizer)
+        self.seen = []
+
+    def on_batch_end(self, step, logs):
+        self.seen.append(step)
+
+
+def _bn():
+    return xn.Sequential(xn.Linear(6, 8), xn.ReLU(), xn.BatchNorm1D(8), xn.Linear(8, 3))
+
+
+#: (name, model, fit keywords): one option at a time, then options together
+COMBINATIONS = [
+    ("plain", _mlp, {}),
+    ("bf16", _mlp, {"precision": "bf16-mixed"}),
+    ("fp16", _mlp, {"precision": "fp16-mixed"}),
+    ("clip-norm", _mlp, {"clip_grad_norm": 0.05}),
+    ("clip-value", _mlp, {"clip_grad_value": 0.01}),
+    ("steps-per-execution", _mlp, {"steps_per_execution": 3}),
+    ("accumulate", _mlp, {"accumulate_grad_batches": 3}),
+    ("callback", _mlp, {"callbacks": True}),
+    ("batchnorm", _bn, {"clip_grad_norm": 0.5}),
+    ("fp16-clip-value-accumulate", _mlp,
+     {"precision": "fp16-mixed", "clip_grad_value": 0.01, "accumulate_grad_batches": 2}),
+    # SGD here: bf16 rounds a BatchNorm'd unit's small gradients to noise, which Adam
+    # turns into steps of random sign (compiled and eager would then differ by design)
+    ("bf16-norm-groups-callback-bn", _bn,
+     {"precision": "bf16-mixed", "clip_grad_norm": 0.05, "steps_per_execution": 2,
+      "callbacks": True, "sgd": True}),
+    ("everything", _mlp,
+     {"precision": "fp16-mixed", "clip_grad_norm": 0.05, "clip_grad_value": 0.01,
+      "steps_per_execution": 3, "accumulate_grad_batches": 2, "callbacks": True}),
+]
+
+#: the rows that combine every option: all a compiling backend runs (~10 s a row there)
+COMBINED = {"plain", "fp16-clip-value-accumulate", "bf16-norm-groups-callback-bn", "everything"}
+
+#: which low-precision dtypes each library has (tests/test_precision.py asserts it)
+_LOW = {"numpy": {"float16"}, "torch": {"float16", "bfloat16"},
+        "jax": {"float16", "bfloat16"}, "cupy": {"float16"}, "array_api_strict": set()}
+
+
+def _combined_fit(be, build, options, compile):
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((40, 6)).astype(np.float32)
+    y = rng.integers(0, 3, 40)
+    kw = dict(options)
+    recorder = _BatchLosses() if kw.pop("callbacks", False) else None
+    xn.seed(3)
+    model = build()
+    opt = (xn.SGD(model.parameters(), lr=xn.CosineLR(0.2, 30, warmup_steps=2), momentum=0.9)
+           if kw.pop("sgd", False)
+           else xn.Adam(model.parameters(), lr=xn.CosineLR(0.02, 30, warmup_steps=2)))
+    hist = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, epochs=2,
+                  batch_size=4, seed=5, progress=False, compile=compile,
+                  callbacks=[recorder] if recorder else None, **kw)
+    state = {n: np.asarray(xn.to_numpy(p.value), dtype=np.float64)
+             for n, p in model.named_state()}
+    return state, hist, opt.steps, recorder
+
+
+@pytest.mark.parametrize("name, build, options", COMBINATIONS, ids=[c[0] for c in COMBINATIONS])
+def test_every_option_combines_compiled_as_eager(be, name, build, options, aot_eager, recwarn):
+    """fit(compile=True) takes the steps fit(compile=False) takes with every combination
+    (2 epochs of 10 batches, Adam on a warmup-cosine schedule); a precision the library
+    lacks is refused alike, before training."""
+    if be.name in ("jax", "torch") and name not in COMBINED:
+        pytest.skip(f"{be.name}: compiling takes ~10 s a row, so it runs the rows that "
+                    f"combine every option; each option alone runs on the eager backends")
+    low = options.get("precision", "32")
+    dtype = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16"}.get(low)
+    if dtype is not None and dtype not in _LOW[be.name]:
+        for compile in (False, True):
+            with pytest.raises(TypeError, match=f"precision='{low}'"):
+                _combined_fit(be, build, options, compile)
+        return
+    eager, h0, steps0, rec0 = _combined_fit(be, build, options, False)
+    compiled, h1, steps1, rec1 = _combined_fit(be, build, options, True)
+    k = options.get("accumulate_grad_batches", 1)
+    assert steps0 == steps1 == 2 * -(-10 // k)  # 10 batches an epoch, groups of k
+    if rec0 is not None:
+        assert rec0.seen == rec1.seen == list(range(10)) * 2  # every batch, grouped or not
+    # float32 rounding through 20 steps; half precision rounds at 1e-3 (fp16), 1e-2 (bf16)
+    rtol = {None: 2e-4, "float16": 2e-3, "bfloat16": 2e-2}[dtype]
+    atol = {None: 2e-5, "float16": 2e-4, "bfloat16": 1e-2}[dtype]  # bf16: one ulp at 0.4
+    for key in eager:
+        np.testing.assert_allclose(compiled[key], eager[key], rtol=rtol, atol=atol,
+                                   err_msg=f"{name}: {key}")
+    np.testing.assert_allclose(h1["loss"], h0["loss"], rtol=rtol, atol=atol)
+    xn.seed(3)
+    start = {n: np.asarray(xn.to_numpy(p.value)) for n, p in build().named_state()}
+    assert max(np.abs(eager[k] - start[k]).max() for k in start) > 1e-3  # it trained
+
+
+# -- gradient accumulation: the step of a k-times larger batch -------------------------------
+@pytest.mark.parametrize("compile", [False, True])
+def test_accumulated_batches_take_the_larger_batchs_step(be, compile, aot_eager, recwarn):
+    """accumulate_grad_batches=3 on batches of 4 equals batches of 12, in float64: 26
+    examples make groups of 12, 12 and the last 2 (weighted by examples, not batches),
+    with momentum and weight decay so any difference in a gradient stays visible."""
+    dtype = "float64" if be.device_name != "no_float64" else "float32"
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((26, 5))
+    y = rng.integers(0, 3, 26)
+    runs = []
+    for batch, k in ((4, 3), (12, 1)):
+        xn.seed(2)
+        model = xn.Sequential(xn.Linear(5, 7, dtype=dtype), xn.Tanh(),
+                              xn.Linear(7, 3, dtype=dtype))
+        opt = xn.SGD(model.parameters(), lr=0.3, momentum=0.9, weight_decay=0.01)
+        hist = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, epochs=2,
+                      batch_size=batch, shuffle=False, progress=False, seed=0,
+                      accumulate_grad_batches=k, compile=compile)
+        assert opt.steps == 6
+        runs.append(({n: np.asarray(xn.to_numpy(p.value)) for n, p in model.named_state()},
+                     hist))
+    (acc, h_acc), (big, h_big) = runs
+    tol = 1e-12 if dtype == "float64" else 2e-6
+    for key in big:
+        np.testing.assert_allclose(acc[key], big[key], rtol=tol, atol=tol, err_msg=key)
+    # the logged loss is the mean over the epoch's examples either way
+    np.testing.assert_allclose(h_acc["loss"], h_big["loss"], rtol=1e-6)
+
+
+def test_accumulate_grad_batches_is_checked():
     model = _mlp()
-    with pytest.raises(ValueError, match="steps_per_execution=4.*compile=True"):
-        xn.fit(model, x, np.zeros(4, int), loss=xn.SoftmaxCrossEntropy(),
-               optimizer=xn.SGD(model.parameters(), lr=0.1), steps_per_execution=4,
-               progress=False)
+    with pytest.raises(ValueError, match="fit: accumulate_grad_batches must be >= 1"):
+        xn.fit(model, np.zeros((4, 6), np.float32), np.zeros(4, int),
+               loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model.parameters()),
+               accumulate_grad_batches=0, progress=False)
+
+
+# -- a step that fails leaves the model as it was ------------------------------------------
+def test_a_failed_compiled_step_leaves_the_model_as_it_was(be, aot_eager, recwarn):
+    """A batch of the wrong width fails inside the trace (JAX, torch) or the forward: the
+    parameters are still the model's own arrays (no tracer left bound), training goes on,
+    and predict and save work."""
+    rng = np.random.default_rng(0)
+    xn.seed(1)
+    model = _mlp(0.0)
+    opt = xn.Adam(model.parameters(), lr=0.01)
+    step = xn.compile_step(model, xn.SoftmaxCrossEntropy(), opt)
+    x = be.asarray(rng.standard_normal((4, 6)), dtype="float32")
+    y = be.asarray(rng.integers(0, 3, 4))
+    step(x, y)
+    before = model.arrays(copy=True)
+    with pytest.raises(Exception, match="Linear"):
+        step(be.asarray(rng.standard_normal((4, 5)), dtype="float32"), y)
+    for a, b in zip(model.arrays(), before, strict=True):
+        np.testing.assert_array_equal(xn.to_numpy(a), xn.to_numpy(b))
+    assert xn.predict(model, x).shape == (4, 3)
+    step(x, y)  # and it trains on
+    assert opt.steps == 3  # the failed step counted: its coefficients were made
+
+
+def test_compile_step_refuses_a_moved_model():
+    pytest.importorskip("jax")
+    xn.use("jax")
+    model = _mlp(0.0)
+    step = xn.compile_step(model, xn.SoftmaxCrossEntropy(), xn.SGD(model.parameters()))
+    model.to("numpy")
+    x, y = np.zeros((2, 6), np.float32), np.zeros(2, np.int64)
+    with pytest.raises(RuntimeError, match="the model moved .* compile a new step"):
+        step(x, y)

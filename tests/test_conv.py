@@ -142,12 +142,16 @@ def test_dropout(be, rng):
 
 
 def test_cupy_dropout_draws_on_the_device(monkeypatch):
-    """The CuPy branch seeds CuPy's own generator inside the array's device."""
-    import sys
+    """The CuPy branch draws inside the array's device with the counter-based generator
+    (no generator state set up per draw): the numbers its captured steps draw, and the
+    same bits on every library that uses it."""
     import types
 
+    import array_api_compat.numpy as npx
+
     from xpnet.backends import ADAPTERS
-    from xpnet.backends.base import mix
+    from xpnet.backends.base import Placement
+    from xpnet.backends.standard import counter_uniform, fold_key
 
     calls = []
 
@@ -158,22 +162,15 @@ def test_cupy_dropout_draws_on_the_device(monkeypatch):
         def __exit__(self, *a):
             calls.append("exit")
 
-    class FakeGenerator:
-        def __init__(self, seed):
-            calls.append(("seed", seed))
-
-        def random(self, shape, dtype):
-            calls.append(("random", shape, dtype))
-            return np.zeros(shape, dtype=dtype)
-
-    cupy = types.ModuleType("cupy")
-    cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    cupy = ADAPTERS["cupy"]
+    monkeypatch.setattr(cupy, "placement_of", lambda x: Placement(npx, "cpu", "cpu"))
     like = types.SimpleNamespace(device=FakeDevice(), dtype=np.float32)
-    out = ADAPTERS["cupy"].uniform(like, (2, 3), (7, 5))
-    assert out.shape == (2, 3)
-    assert calls == ["enter", ("seed", mix((7, 5))), ("random", (2, 3), np.float32), "exit"]
-    assert mix((7, 5)) != mix((7, 6)) and 0 <= mix((7, 5)) < 2**63
+    out = cupy.uniform(like, (2, 3), (7, 5, 4))
+    assert calls == ["enter", "exit"]
+    want = counter_uniform(npx, (2, 3), np.float32, "cpu", fold_key((7, 5)), 4)
+    np.testing.assert_array_equal(out, want)
+    assert out.dtype == np.float32 and 0 <= out.min() and out.max() < 1
+    assert not np.array_equal(out, cupy.uniform(like, (2, 3), (7, 5, 5)))
 
 
 def test_conv_bad_input_is_named():

@@ -142,10 +142,17 @@ def test_data_parallel_shards_and_averages():
     assert isinstance(dp, distributed.DataParallel) and dp.rank == 1
     x = np.arange(10).reshape(5, 2)
     np.testing.assert_array_equal(dp.shard([x], 5)[0], x[2:5])  # rank 1 of 2: rows 2..4
+    from xpnet.train.transforms import AllReduce, Normalize, StepContext
+
     p = xn.Parameter("w", np.zeros(3))
-    p.grad = np.full(3, 0.5)  # mean over this rank's 3 examples
-    dp.reduce_gradients([p], local=3, size=6)
+    p.grad = np.full(3, 0.5) * 3  # this rank's mean over its 3 examples, weighted by them
+    ctx = StepContext(total=6)  # the global batch
+    for t in (AllReduce(dp.comm), Normalize()):
+        t([p], ctx)
     np.testing.assert_allclose(p.grad, np.full(3, 0.5))  # (0.5*3 + 0.5*3) / 6
+    empty = xn.Parameter("v", np.zeros(2))  # a rank with no examples sends zeros
+    AllReduce(dp.comm)([empty], ctx)
+    np.testing.assert_array_equal(empty.grad, np.zeros(2))
     assert dp.totals([1.5, 2.0]) == [3.0, 4.0]
 
 

@@ -245,8 +245,15 @@ def test_validation_data_is_uploaded_once(monkeypatch):
     assert uploads.count((30, 4)) == 1 and uploads.count((30,)) == 1, uploads
 
 
-def test_loss_correct_counts_each_kind_of_target(be):
-    """Loss.correct against counts made by hand in NumPy."""
+def _hits(loss, pred, target, one_hot=False):
+    acc = xn.metrics.Accuracy()
+    acc.prepare(loss, int(pred.shape[-1]), one_hot)
+    found = acc.correct(pred, target)
+    return None if found is None else float(xn.to_numpy(found))
+
+
+def test_accuracy_counts_each_kind_of_target(be):
+    """Accuracy's counts (as each loss defines classes) against counts made by hand."""
     pred_host = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 2.0, 1.0]])
     labels = np.array([0, 2, 2, 0])
     pred = be.asarray(pred_host, dtype="float32")
@@ -255,27 +262,30 @@ def test_loss_correct_counts_each_kind_of_target(be):
     soft = be.asarray(np.eye(3)[labels] * 0.8 + 0.2 / 3, dtype="float32")
     hand = float(np.sum(pred_host.argmax(axis=1) == labels))  # 3
     for loss in (xn.SoftmaxCrossEntropy(), xn.QuadraticCost()):
-        assert float(xn.to_numpy(loss.correct(pred, y))) == hand
-        assert float(xn.to_numpy(loss.correct(pred, onehot, one_hot=True))) == hand
-    assert float(xn.to_numpy(xn.SoftmaxCrossEntropy().correct(pred, soft))) == hand
-    assert xn.QuadraticCost().correct(pred, soft) is None  # regression targets: no classes
+        assert _hits(loss, pred, y) == hand
+        assert _hits(loss, pred, onehot, one_hot=True) == hand
+    assert _hits(xn.SoftmaxCrossEntropy(), pred, soft) == hand
+    assert _hits(xn.QuadraticCost(), pred, soft) is None  # regression targets: no classes
     logits_host = np.array([[0.3], [-1.0], [2.0], [-0.1]])
     logits = be.asarray(logits_host, dtype="float32")
     binary = np.array([1, 0, 0, 1])
     want = float(np.sum((logits_host[:, 0] > 0) == (binary > 0.5)))  # 2
     bce = xn.BinaryCrossEntropy()
-    assert float(xn.to_numpy(bce.correct(logits, be.asarray(binary)))) == want
-    assert float(xn.to_numpy(bce.correct(logits, be.asarray(binary, dtype="float32")))) == want
+    assert _hits(bce, logits, be.asarray(binary)) == want
+    assert _hits(bce, logits, be.asarray(binary, dtype="float32")) == want
 
 
 def test_metrics_sum_on_the_device_and_read_once(be):
-    from xpnet.train import Metrics
+    from xpnet.train import MetricSet
 
-    m = Metrics(xn.SoftmaxCrossEntropy())
+    acc = xn.metrics.Accuracy()
+    acc.prepare(xn.SoftmaxCrossEntropy(), 2)
+    m = MetricSet([acc])
     pred = be.asarray(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), dtype="float32")
     y = be.asarray(np.array([0, 0, 0]))
-    m.add(pred[0:2, ...], y[0:2], be.asarray(np.array(0.5), dtype="float32"), 2)
-    m.add(pred[2:3, ...], y[2:3], be.asarray(np.array(2.0), dtype="float32"), 1)
-    assert_on(be, m.loss_sum)
-    assert_on(be, m.hits)
-    assert m.means() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})
+    m.update(pred[0:2, ...], y[0:2], be.asarray(np.array(0.5), dtype="float32"), 2)
+    m.update(pred[2:3, ...], y[2:3], be.asarray(np.array(2.0), dtype="float32"), 1)
+    assert_on(be, m.loss.total)
+    for count in (acc.hits, acc.judged, m.loss.count):  # integer counts on the device
+        assert xn.backend.backend_of(count) == be and be.xp.isdtype(count.dtype, "integral")
+    assert m.results() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})

@@ -14,7 +14,6 @@ from ._version import __version__
 from .backend import Backend, BackendUnavailableError, available, current, to_numpy, use
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .clip import clip_grad_norm, clip_grad_value
-from .compile import TrainStep, compile_step
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
 from .layers import (
@@ -63,7 +62,10 @@ from .train import (
     History,
     ModelCheckpoint,
     ReduceLROnPlateau,
+    Step,
     TerminateOnNaN,
+    TrainStep,
+    compile_step,
     evaluate,
     fit,
     metrics,
@@ -72,7 +74,7 @@ from .train import (
 from .train.precision import MixedPrecision
 
 __all__ = [
-    "TrainStep", "compile_step",
+    "Step", "TrainStep", "compile_step",
     "__version__",
     "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
     "RandomStream",

@@ -46,8 +46,9 @@ import numpy as np
 
 from . import _args
 from ._compat import namespace
-from .backend import Backend, backend_of, to_numpy
+from .backend import Backend, backend_of, dtype_name, to_numpy
 from .backends import ops
+from .losses import check_labels
 
 #: Batches read ahead of the step that trains: the bound of the reader thread's queue.
 PREFETCH = 2
@@ -154,6 +155,142 @@ def batches(arrays: list[Any], batch_size: int) -> Iterator[tuple[int, list[Any]
     arrays = []  # the batches are all that is kept (JAX's are copies)
     for batch in zip(*parts, strict=True):
         yield int(batch[0].shape[0]), list(batch)
+
+
+# -- data placed for one model: what fit, evaluate and predict iterate ----------------------
+class Source:
+    """A model's data, placed and checked once: the inputs (device arrays, or
+    :class:`HostData` that streams), the targets, and how an epoch is cut into batches.
+    Made by :func:`prepare`; the loop asks it for batches and never looks at array types.
+
+    Attributes
+    ----------
+    inputs : list
+        One entry per model input (a Graph may take several).
+    y : array, HostData or None
+        The targets on the device (as the loss takes them per step, for fit), or None.
+    n : int
+        Examples (for an iterable of batches: its estimate, batches x first batch size).
+    first : array
+        The model's output for the first example (shapes, classes per position).
+    outputs : int
+        The output width: classes on the last axis, 1 for ``(n,)`` outputs.
+    one_hot : bool
+        Integer labels were made one-hot rows for the loss.
+    steps : int
+        Batches per epoch.
+    """
+
+    def __init__(self, model: Any, inputs: list[Any], y: Any, n: int, batch_size: int,
+                 shuffle: bool | str, be: Backend, dtype: str):
+        self.model, self.inputs, self.y, self.n = model, inputs, y, n
+        self.batch_size, self.shuffle, self.be, self.dtype = batch_size, shuffle, be, dtype
+        self.multi = model.multi_input
+        self.first = model.forward(self.x([a[0:1, ...] for a in inputs]), train=False)
+        self.outputs = int(self.first.shape[-1]) if self.first.ndim >= 2 else 1
+        self.one_hot = False
+        self.steps = steps(y, n, batch_size) if y is not None else math.ceil(n / batch_size)
+
+    def x(self, arrays: list[Any]) -> Any:
+        """What ``model.forward`` takes from one array per input."""
+        return arrays if self.multi else arrays[0]
+
+    def first_target(self) -> Any:
+        return self.y[0:1, ...]
+
+    def batches(self, epoch: int = 0, seed: int = 0, shuffle: bool | str | None = None
+                ) -> EpochBatches:
+        """The epoch's mini-batches: ``(size, [*inputs, y])`` (no ``y`` without targets),
+        every array on the device, in the order ``shuffle`` and ``(seed, epoch)`` give."""
+        arrays = self.inputs + ([self.y] if self.y is not None else [])
+        return EpochBatches(self.be, arrays, self.batch_size,
+                            self.shuffle if shuffle is None else shuffle, seed, epoch)
+
+    def encode(self, loss: Any) -> None:
+        """Targets as ``loss`` wants them per step (one-hot rows, made once here)."""
+        encoded = encode_targets(loss, self.y, self.outputs, self.be.dtype(self.dtype))
+        self.one_hot = encoded is not self.y
+        self.y = encoded
+
+    def facts(self) -> dict[str, Any]:
+        """What ranks of a data-parallel run must agree on about their data."""
+        return {"examples": self.n, "input_shapes": [list(a.shape[1:]) for a in self.inputs],
+                "dtype": self.dtype}
+
+
+def prepare(model: Any, x: Any, y: Any = None, *, who: str = "fit", batch_size: int = 32,
+            shuffle: bool | str = False, steps_per_epoch: int | None = None,
+            targets: bool = True, like: Source | None = None) -> Source:
+    """``x`` (and ``y``) on the model's device, checked, as a :class:`Source`.
+
+    ``x``: host or device arrays (a list of them for a Graph with several inputs),
+    streamed data (:func:`streams`), or for ``fit`` an iterable of ``(x, y)`` batches with
+    no ``y``. Inputs become the model's float dtype, except integer ids for inputs an
+    Embedding reads; integer labels still on the host are checked there (free, and the
+    error names the bad values). ``targets=False``: inputs only (predict). ``like``: the
+    training data whose example shapes these must have (validation data).
+    """
+    if targets and who == "fit":
+        x, y = fit_data(x, y, shuffle, steps_per_epoch)
+    be = model.backend
+    state = model.named_state()
+    dtype = dtype_name(be.xp, state[0][1].value.dtype) if state else "float32"
+    inputs = _inputs_on(model, be, dtype, x, who)
+    n = _check_counts(who, inputs, y if targets else None)
+    if like is not None:
+        for i, (a, b) in enumerate(zip(inputs, like.inputs, strict=True)):
+            if tuple(a.shape[1:]) != tuple(b.shape[1:]):
+                raise ValueError(f"{who}: x_val{f'[{i}]' if len(inputs) > 1 else ''} has "
+                                 f"examples of shape {tuple(a.shape[1:])}, the training data "
+                                 f"{tuple(b.shape[1:])}")
+    source = Source(model, inputs, None, n, batch_size, shuffle, be, dtype)
+    if targets:
+        source.y = _labels_on(be, dtype, y, source.outputs, who)
+        source.steps = steps(source.y, n, batch_size)
+    return source
+
+
+def _inputs_on(model: Any, be: Backend, dtype: str, x: Any, who: str) -> list[Any]:
+    """The model's input arrays on its device, as a list (one entry per Graph input)."""
+    wanted = getattr(model, "input_count", 1)
+    kinds = model.input_dtypes
+    if model.multi_input:
+        if not isinstance(x, (list, tuple)) or len(x) != wanted:
+            got = f"{len(x)} arrays" if isinstance(x, (list, tuple)) else type(x).__name__
+            raise ValueError(f"{who}: {model.label} has {wanted} inputs; give x as a list "
+                             f"of {wanted} arrays, got {got}")
+        return [on_backend(be, a, dtype, f"{who} (x[{i}])", labels=kinds[i] is not None)
+                for i, a in enumerate(x)]
+    # token ids for an Embedding stay integers (kept as labels are)
+    return [on_backend(be, x, dtype, f"{who} (x)", labels=kinds[0] is not None)]
+
+
+def _count(a: Any) -> int:
+    """Examples in ``a`` (array-api-strict arrays have no ``len``)."""
+    return int(a.shape[0]) if hasattr(a, "shape") else len(a)
+
+
+def _check_counts(who: str, inputs: list[Any], y: Any) -> int:
+    """The number of examples, the same in every input and in ``y``; at least one."""
+    xs = [_count(a) for a in inputs]
+    counts = xs + ([] if y is None else [_count(y)])
+    if len(set(counts)) != 1:
+        x_text = f"x has {xs[0]}" if len(xs) == 1 else f"the inputs x[i] have {xs}"
+        y_text = f" but y has {counts[-1]}" if y is not None else ""
+        raise ValueError(f"{who}: {x_text} examples{y_text}; they must agree")
+    if counts[0] == 0:
+        raise ValueError(f"{who}: the data has no examples (0 rows); give at least one")
+    return counts[0]
+
+
+def _labels_on(be: Backend, dtype: str, y: Any, n_out: int, who: str) -> Any:
+    """``y`` on the device. Integer labels still on the host are checked there first:
+    free, and the error names the bad values (on a device the loss turns NaN instead)."""
+    if isinstance(y, (list, tuple)):
+        y = np.asarray(y)
+    if isinstance(y, np.ndarray):
+        check_labels(who, y, max(n_out, 2), outputs=n_out)  # one output: labels 0 and 1
+    return on_backend(be, y, dtype, f"{who} (y)", labels=True)
 
 
 # -- the data fit trains on -----------------------------------------------------------------

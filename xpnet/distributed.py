@@ -182,6 +182,9 @@ class Strategy:
 
     rank = 0
     size = 1
+    #: The processes' communicator (None for one process): ``fit``'s step sums the
+    #: gradients over it (:class:`xpnet.train.transforms.AllReduce`).
+    comm: Communicator | None = None
 
     def agree(self, facts: dict[str, Any]) -> None:
         """Raise ValueError on every rank unless all ranks passed equal ``facts`` (a small
@@ -195,11 +198,12 @@ class Strategy:
         """This rank's rows of a global batch of ``size`` examples."""
         return arrays
 
-    def reduce_gradients(self, params: list[Any], local: int, size: int) -> None:
-        """Turn each rank's mean gradient over ``local`` examples into the global mean."""
+    def reduce_sums(self, arrays: list[Any]) -> list[Any]:
+        """Device sums (the epoch's loss and metric sums) summed over ranks."""
+        return arrays
 
     def totals(self, values: list[float]) -> list[float]:
-        """Host numbers summed over ranks (the epoch's loss and correct counts)."""
+        """Host numbers summed over ranks."""
         return values
 
     def finish(self, model: Any) -> None:
@@ -230,19 +234,15 @@ class DataParallel(Strategy):
                 f"{k}: " + _by_rank([f.get(k, _MISSING) for f in every]) for k in differ))
 
     def start(self, model: Any, seed: int) -> int:
-        _set_state(model, self.comm.broadcast([p.value for _, p in model.named_state()]))
+        model.bind(self.comm.broadcast(model.arrays()))
         return self.comm.bcast_object(seed)
 
     def shard(self, arrays: list[Any], size: int) -> list[Any]:
         lo, hi = size * self.rank // self.size, size * (self.rank + 1) // self.size
         return [a[lo:hi, ...] for a in arrays]
 
-    def reduce_gradients(self, params: list[Any], local: int, size: int) -> None:
-        # sum over ranks of (local mean * local), divided by the global batch size
-        grads = [p.value * 0.0 if p.grad is None or not local else p.grad * float(local)
-                 for p in params]
-        for p, g in zip(params, self.comm.allreduce_sum(grads), strict=True):
-            p.grad = g / float(size)
+    def reduce_sums(self, arrays: list[Any]) -> list[Any]:
+        return [self.comm.allreduce_sum([a])[0] for a in arrays]  # dtypes differ: one each
 
     def totals(self, values: list[float]) -> list[float]:
         return [float(v) for v in self.comm.allreduce_sum([np.array(values)])[0]]
@@ -290,11 +290,6 @@ def _by_rank(values: list[Any], width: int = 80) -> str:
                else f"ranks {', '.join(map(str, ranks))} have")
         parts.append(f"{who} {text}")
     return ", ".join(parts)
-
-
-def _set_state(model: Any, values: list[Any]) -> None:
-    for (_, p), v in zip(model.named_state(), values, strict=True):
-        p.value = v
 
 
 def resolve(distributed: bool | Communicator | None) -> Strategy:

@@ -131,6 +131,21 @@ class Graph(Layer):
         return len(self._inputs)
 
     @property
+    def input_dtypes(self) -> list[str | None]:
+        """Per input, what the layers reading it take: ``"int64"`` ids for an Embedding,
+        None for the parameters' floating dtype."""
+        out = []
+        for i in self._input_index:
+            readers = [self._node_layers[j] for j, ins in enumerate(self._node_inputs)
+                       if i in ins]
+            out.append(next((r.input_dtype for r in readers if r.input_dtype), None))
+        return out
+
+    @property
+    def input_dtype(self) -> str | None:  # type: ignore[override]
+        return None if self._multi else self.input_dtypes[0]
+
+    @property
     def output_layer(self) -> Layer | None:
         """The layer that makes the output (None when an input is the output)."""
         return self._output.layer

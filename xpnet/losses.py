@@ -5,7 +5,7 @@ Targets are arrays on the same backend and device as the predictions. Integer cl
 labels of shape ``(n,)`` are accepted wherever a one-hot target would be.
 ``SoftmaxCrossEntropy`` also takes logits with classes on the last axis of any leading
 shape, ``(n, ..., k)`` (a language model's ``(n, L, vocab)``), with labels ``(n, ...)``:
-the mean is then over every position, and ``correct`` counts right positions.
+the mean is then over every position (and accuracy is per position).
 """
 
 from __future__ import annotations
@@ -49,45 +49,6 @@ class Loss:
         return y
 
     one_hot_labels = False
-
-    def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
-        """How many predictions in the batch are right, as a 0-d device array, or None
-        where the targets have no classes (regression).
-
-        Integer labels ``(n,)`` are compared with the arg-max of ``(n, k)`` predictions,
-        or, for one output column, with ``pred > 0.5``. ``one_hot``: ``target`` holds
-        labels that ``encode_targets`` made one-hot rows.
-        """
-        xp = namespace(pred)
-        if pred.ndim == 2 and pred.shape[1] > 1:
-            if is_integral(xp, target.dtype):
-                right = xp.argmax(pred, axis=1) == target
-            elif one_hot:
-                right = xp.argmax(pred, axis=1) == xp.argmax(target, axis=1)
-            else:
-                return None
-        elif pred.ndim > 2 and pred.shape[-1] > 1:  # classes per position: (n, ..., k)
-            if is_integral(xp, target.dtype):
-                right = xp.argmax(pred, axis=-1) == target
-            elif one_hot:
-                right = xp.argmax(pred, axis=-1) == xp.argmax(target, axis=-1)
-            else:
-                return None
-        elif is_integral(xp, target.dtype):
-            right = self._above(xp, pred, 0.5) == (xp.reshape(target, (-1,)) > 0)
-        else:
-            return None
-        return xp.sum(xp.astype(right, pred.dtype))
-
-    def positions(self, pred: Any) -> int:
-        """How many predictions ``correct`` judges per example: one, or for logits
-        ``(n, ..., k)`` with classes on the last axis, one per position (the product of
-        the middle axes), so accuracy is hits over positions."""
-        return math.prod(pred.shape[1:-1]) if pred.ndim > 2 and pred.shape[-1] > 1 else 1
-
-    @staticmethod
-    def _above(xp: Any, pred: Any, threshold: float) -> Any:
-        return xp.reshape(pred, (-1,)) > threshold
 
     def get_config(self) -> dict[str, Any]:
         return {}
@@ -184,8 +145,8 @@ class SoftmaxCrossEntropy(Loss):
     Logits ``(n, ..., k)`` (classes on the last axis, e.g. a language model's
     ``(n, L, vocab)``) with labels ``(n, ...)`` or probabilities ``(n, ..., k)`` are
     read as ``m = n * ...`` rows: ``n`` above becomes ``m``, the mean over every
-    position (PyTorch's ``cross_entropy`` on the flattened tokens), and ``correct``
-    counts right positions.
+    position (PyTorch's ``cross_entropy`` on the flattened tokens), and accuracy is
+    per position (:mod:`xpnet.train.metrics`).
     """
 
     one_hot_labels = True
@@ -230,10 +191,6 @@ class SoftmaxCrossEntropy(Loss):
         xp = namespace(z)
         g = ops(xp).softmax_xent_grad(xp, z, y, ctx, n)
         return g if shape is None else xp.reshape(g, shape)
-
-    def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
-        # class-probability targets are classes too: compare the arg-maxes
-        return super().correct(pred, target, one_hot=True)
 
 
 class BinaryCrossEntropy(Loss):
@@ -283,17 +240,6 @@ class BinaryCrossEntropy(Loss):
             return (z - y) / (z * (1.0 - z) * size)
         sig = 0.5 * namespace(z).tanh(0.5 * z) + 0.5
         return (sig - y) / size
-
-    def correct(self, pred: Any, target: Any, *, one_hot: bool = False) -> Any:
-        """For one output per example: logit above 0 (probability above 0.5) against
-        target above 0.5."""
-        xp = namespace(pred)
-        if pred.ndim == 2 and pred.shape[1] > 1:
-            return super().correct(pred, target, one_hot=one_hot)
-        y = xp.reshape(target, (-1,))
-        cut = 0.0 if self.from_logits else 0.5
-        right = self._above(xp, pred, cut) == (y > 0 if is_integral(xp, y.dtype) else y > 0.5)
-        return xp.sum(xp.astype(right, pred.dtype))
 
     def get_config(self) -> dict[str, Any]:
         return {"from_logits": self.from_logits}

@@ -185,6 +185,17 @@ class Optimizer:
         """The slots this optimizer's settings use (SGD without momentum: none)."""
         return self.slots
 
+    def arrays(self) -> list[Any]:
+        """The active slots' arrays, slot by slot, in parameter order (None for a slot not
+        filled yet: :meth:`init_state` fills them)."""
+        return [a for s in self.active_slots for a in self.state[s]]
+
+    def bind(self, arrays: list[Any]) -> None:
+        """Put arrays from :meth:`arrays` (or a compiled step's results) in place."""
+        n = len(self.params)
+        for k, s in enumerate(self.active_slots):
+            self.state[s] = list(arrays[k * n:(k + 1) * n])
+
     def init_state(self) -> None:
         """Fill every empty slot with zeros, which a first update treats exactly as an
         empty one (so a compiled step's state has one structure from the start)."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -75,6 +76,28 @@ _active: contextvars.ContextVar[RandomStream | None] = contextvars.ContextVar(
     "xpnet_random", default=None)
 
 
+class _Compiled(threading.local):
+    """The stream of the compiled call running in this thread, if any: torch.compile
+    cannot trace a ContextVar, and reads a thread-local attribute as a constant."""
+
+    stream: RandomStream | None = None
+
+
+_compiled = _Compiled()
+
+
+@contextlib.contextmanager
+def compiled(stream: RandomStream) -> Iterator[RandomStream]:
+    """Make ``stream`` the current one for a compiled step's call, in this thread (what
+    :func:`current` answers first)."""
+    before = _compiled.stream
+    _compiled.stream = stream
+    try:
+        yield stream
+    finally:
+        _compiled.stream = before
+
+
 def seed(value: int) -> None:
     """Seed weight initialisation, shuffling and dropout on every backend."""
     global _default
@@ -83,5 +106,8 @@ def seed(value: int) -> None:
 
 def current() -> RandomStream:
     """The stream in force: the innermost ``stream.active()``, else the default one."""
+    traced = _compiled.stream
+    if traced is not None:
+        return traced
     found = _active.get()
     return found if found is not None else _default

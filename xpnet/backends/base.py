@@ -16,7 +16,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from .standard import StandardOps
+from .._compat import device, namespace
+from .standard import StandardOps, counter_uniform, fold_key
 
 #: The dtypes mixed-precision training computes in, below float32.
 LOW_PRECISION = ("bfloat16", "float16")
@@ -121,8 +122,8 @@ class Adapter:
     def uniform(self, like: Any, shape: tuple[int, ...], key: tuple[int, ...]) -> Any:
         """Uniform [0, 1) samples of ``like``'s dtype and device, seeded by ``key`` alone.
 
-        By default drawn on the host and copied over; libraries with their own
-        generators draw on the device instead.
+        By default drawn on the host and copied over; libraries with a compiler draw on
+        the device, the same numbers their compiled steps draw (:class:`Compiler`).
         """
         host = np.random.default_rng(list(key)).random(shape, dtype=np.float32)
         place = self.placement_of(like)
@@ -139,10 +140,9 @@ class Adapter:
     def make_ops(self) -> StandardOps:
         return StandardOps()
 
-    def compiler(self) -> Any:
-        """How this library compiles a whole training step (``xpnet.compile``): an object
-        with ``name`` and ``compile(fn, donate_argnums)``, plus ``key``/``uniform`` where
-        random draws can be traced, or a CUDA-graph object; None: no compiler."""
+    def compiler(self) -> Compiler | None:
+        """How this library compiles a whole training step (:class:`Compiler`); None: it
+        has no compiler and steps run eagerly."""
         return None
 
     def synchronize(self, device: Any) -> None:
@@ -184,3 +184,86 @@ class Adapter:
         """The arrays (all of this library, MPI-direct) as one contiguous 1-D buffer,
         ready for MPI to read (queued device work finished)."""
         raise NotImplementedError(f"{self.name}: arrays are not handed to MPI directly")
+
+
+class Compiler:
+    """How one library compiles a whole training step; :mod:`xpnet.train.compiled` drives
+    it with the one step body (:class:`xpnet.train.step.Step`).
+
+    Two kinds: :class:`TracingCompiler` (``jax.jit``, ``torch.compile``) traces the body
+    into a function of every array the step changes; :class:`CapturingCompiler` (CUDA
+    graphs) records the body's kernels once and replays them on the same arrays.
+
+    Random draws inside a compiled step (Dropout) come from :meth:`uniform` at a stream
+    position that is an argument of the call, not a constant of the trace, so each step
+    draws new numbers and they are the ones an eager step draws. By default that is the
+    counter-based generator of ``backends.standard`` (torch and CuPy draw eagerly with it
+    too); JAX uses its own.
+    """
+
+    name = ""
+    #: "jit" (traced) or "graph" (captured): what ``TrainStep.kind`` reports.
+    kind = ""
+
+    def accepts(self, transform: Any) -> bool:
+        """Whether a gradient transform can run inside this compiler's steps."""
+        raise NotImplementedError
+
+    def key(self, prefix: tuple[int, ...], like: Any) -> Any:
+        """A random stream's key (seed, epoch) as the compiled step takes it."""
+        xp = namespace(like)
+        return xp.asarray(fold_key(tuple(prefix)), dtype=xp.int64, device=device(like))
+
+    def position(self, position: int, like: Any) -> Any:
+        """A stream position as the compiled step takes it."""
+        xp = namespace(like)
+        return xp.asarray(position, dtype=xp.int64, device=device(like))
+
+    def scalars(self, values: tuple[Any, ...], like: Any) -> tuple[Any, ...]:
+        """A step's host numbers (the optimizer's coefficients) as the compiled call takes
+        them: 0-d arrays of ``like``'s dtype and device, since a Python number would be
+        baked into the trace as a constant."""
+        xp = namespace(like)
+        return tuple(xp.asarray(v, dtype=like.dtype, device=device(like)) for v in values)
+
+    def uniform(self, like: Any, shape: tuple[int, ...], key: Any, position: Any) -> Any:
+        """Uniform [0, 1) draws of ``like``'s dtype and device for ``position`` under
+        ``key`` (both from the methods above, or traced)."""
+        return counter_uniform(namespace(like), shape, like.dtype, device(like), key, position)
+
+
+class TracingCompiler(Compiler):
+    """Traces a pure function of arrays once per input signature (``jax.jit``,
+    ``torch.compile``); a gradient transform that calls out of the library (MPI) cannot
+    run inside it."""
+
+    kind = "jit"
+
+    def accepts(self, transform: Any) -> bool:
+        return transform.traceable
+
+    def compile(self, fn: Any, donate_argnums: tuple[int, ...]) -> Any:
+        """``fn`` compiled; the arguments at ``donate_argnums`` may be reused for the
+        results (their arrays are not read again)."""
+        raise NotImplementedError
+
+
+class CapturingCompiler(Compiler):
+    """Records a step's kernels once (a CUDA graph) and replays them on the same arrays."""
+
+    kind = "graph"
+
+    def accepts(self, transform: Any) -> bool:
+        return transform.capturable
+
+    def eager(self, fn: Any) -> Any:
+        """Run ``fn`` eagerly as a capture will see it (its memory pool): the warm-up."""
+        return fn()
+
+    def capture(self, fn: Any) -> Any:
+        """Record ``fn``'s device work as a graph, without running it."""
+        raise NotImplementedError
+
+    def launch(self, graph: Any) -> None:
+        """Replay a captured graph."""
+        raise NotImplementedError

@@ -6,8 +6,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Adapter, BackendUnavailableError, Placement, mix
-from .standard import _INV_SQRT_2PI, _SQRT_HALF, StandardOps
+from .base import Adapter, BackendUnavailableError, CapturingCompiler, Placement
+from .standard import _INV_SQRT_2PI, _SQRT_HALF, StandardOps, counter_uniform, fold_key
 
 
 def cuda_index(device: str | None, who: str) -> int:
@@ -342,10 +342,13 @@ class CupyAdapter(Adapter):
         return x.get()
 
     def uniform(self, like, shape, key):
-        import cupy
-
+        # counter-based: no generator state to set up per draw, and the numbers a captured
+        # step draws (it reads the position from a device array)
+        *prefix, position = key
+        place = self.placement_of(like)
         with like.device:
-            return cupy.random.default_rng(mix(key)).random(shape, dtype=like.dtype)
+            return counter_uniform(place.xp, shape, like.dtype, place.device,
+                                   fold_key(tuple(prefix)), position)
 
     def make_ops(self) -> StandardOps:
         return CupyOps()
@@ -367,7 +370,7 @@ class CupyAdapter(Adapter):
         return buf
 
 
-class CudaGraphs:
+class CudaGraphs(CapturingCompiler):
     """CUDA-graph capture and replay of a step (``xpnet.compile`` drives it).
 
     Arrays made while capturing come from a memory pool of the step's own, so nothing

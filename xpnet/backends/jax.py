@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 from typing import Any, NamedTuple
 
-from .base import Adapter, BackendUnavailableError, Placement
+from .._compat import device
+from .base import Adapter, BackendUnavailableError, Placement, TracingCompiler
 from .cupy import cuda_index
 from .standard import StandardOps
 
@@ -149,7 +150,7 @@ def jax_default_device(device: Any) -> Any:
     return jax.default_device(device)
 
 
-class JaxCompiler:
+class JaxCompiler(TracingCompiler):
     """``jax.jit`` of a pure step; random draws come from a key passed in."""
 
     name = "jax.jit"
@@ -159,8 +160,16 @@ class JaxCompiler:
 
         return jax.jit(fn, donate_argnums=donate_argnums)
 
-    def key(self, prefix: tuple[int, ...]) -> Any:
+    def key(self, prefix: tuple[int, ...], like: Any) -> Any:
         return prefix_key(tuple(prefix))
+
+    def position(self, position: int, like: Any) -> Any:
+        import numpy as np
+
+        return np.uint32(position)
+
+    def scalars(self, values: tuple[Any, ...], like: Any) -> tuple[Any, ...]:
+        return values  # Python floats are traced as (weakly typed) values, not constants
 
     def uniform(self, like: Any, shape: tuple[int, ...], key: Any, position: Any) -> Any:
         return uniform_at(like, shape, key, position)
@@ -206,7 +215,9 @@ class JaxAdapter(Adapter):
     def placement_of(self, x: Any) -> Placement:
         import jax.numpy as xp
 
-        dev = x.device
+        dev = device(x)
+        if dev is None:  # a tracer inside a compiled step: placed by the compiled call
+            return Placement(xp, None, "traced")
         return Placement(xp, dev, "cpu" if dev.platform == "cpu" else f"cuda:{dev.id}")
 
     def to_device(self, place, host, dtype, copy):

@@ -394,3 +394,52 @@ def _unpad(dxpad: Any, padding: tuple[int, ...]) -> Any:
     inner = (slice(None), slice(None)) + tuple(
         slice(p, m - p) for p, m in zip(padding, dxpad.shape[2:], strict=True))
     return dxpad[inner]
+
+
+# -- counter-based random numbers, in standard integer arithmetic ---------------------------
+# A draw is a pure function of (key, position, element index), so it needs no generator
+# state: the same numbers come out eagerly and inside a traced or captured step, where
+# the position is a device array the step reads. torch and CuPy draw this way (JAX uses
+# its own counter-based generator). Every value stays in [0, 2**32) in int64 arithmetic,
+# and products are split into 16-bit halves, so nothing overflows on any library.
+_M32 = 0xFFFFFFFF
+
+
+def _mul32(x: Any, c: int) -> Any:
+    """``(x * c) mod 2**32`` for ``x`` in [0, 2**32) (an int or an int64 array)."""
+    return (x * (c & 0xFFFF) + ((x * (c >> 16)) & 0xFFFF) * 65536) & _M32
+
+
+def hash32(x: Any) -> Any:
+    """A 32-bit integer hash with full avalanche (Wellons' "lowbias32"), on ints or int64
+    arrays with values in [0, 2**32)."""
+    x = x ^ (x >> 16)
+    x = _mul32(x, 0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = _mul32(x, 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def fold_key(prefix: tuple[int, ...]) -> int:
+    """One 32-bit key from a random stream's key (the seed, the epoch): each element's
+    two 32-bit halves hashed in."""
+    k = 0x2545F491
+    for v in prefix:
+        v = int(v) % 2**64
+        for half in (v & _M32, v >> 32):
+            k = hash32(k ^ hash32(half))
+    return k
+
+
+def counter_uniform(xp: Any, shape: tuple[int, ...], dtype: Any, dev: Any, key: Any,
+                    position: Any) -> Any:
+    """Uniform [0, 1) draws of ``shape`` for stream position ``position`` under ``key``
+    (from :func:`fold_key`): ints, or 0-d int64 arrays on ``dev``. 24 random bits per
+    element, made in float32 and cast to ``dtype``."""
+    n = math.prod(shape)
+    k = hash32(key ^ hash32(position))
+    idx = xp.arange(n, dtype=xp.int64, device=dev)
+    bits = hash32((hash32(idx ^ k) + k) & _M32)
+    u = xp.astype(bits >> 8, xp.float32) * (1.0 / 2**24)
+    u = xp.reshape(u, shape)
+    return u if u.dtype == dtype else xp.astype(u, dtype)

@@ -7,8 +7,8 @@ import sys
 import types
 from typing import Any
 
-from .base import Adapter, BackendUnavailableError, Placement, mix
-from .standard import StandardOps
+from .base import Adapter, BackendUnavailableError, Placement, TracingCompiler
+from .standard import StandardOps, counter_uniform, fold_key
 
 
 class TorchOps(StandardOps):
@@ -82,10 +82,11 @@ class TorchOps(StandardOps):
             dilation, False, [0] * d, groups, [need_input, True, has_bias]))
 
 
-class TorchCompiler:
+class TorchCompiler(TracingCompiler):
     """``torch.compile`` of a pure step (inductor; on the CPU it needs a C++ compiler).
 
-    Random draws are not traced: a step that draws (Dropout) runs eagerly instead."""
+    Random draws are traced: the counter-based generator's key and position are tensors
+    the step takes, so each step draws new masks, the ones an eager step draws."""
 
     name = "torch.compile"
 
@@ -185,9 +186,9 @@ class TorchAdapter(Adapter):
 
         if like.device.type == "meta":  # shapes only
             return torch.empty(shape, dtype=like.dtype, device=like.device)
-        gen = torch.Generator(device=like.device)
-        gen.manual_seed(mix(key))
-        return torch.rand(shape, generator=gen, dtype=like.dtype, device=like.device)
+        *prefix, position = key  # counter-based: what a compiled step draws too
+        return counter_uniform(self.placement_of(like).xp, shape, like.dtype, like.device,
+                               fold_key(tuple(prefix)), position)
 
     def compiler(self) -> TorchCompiler:
         return TorchCompiler()

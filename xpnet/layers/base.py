@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .. import summary as summary_mod
+from .._compat import namespace
 from ..backend import (
     Backend,
     backend_of,
@@ -92,11 +93,19 @@ class Layer:
     rebuild them.
     """
 
+    #: The Loss that ``fit`` last trained this model with: ``evaluate``'s default, and
+    #: saved in checkpoints (None until then).
+    loss: Any = None
     #: Whether forward takes a list of inputs (merge layers such as Add and Concat).
     multi_input = False
     #: The dtype of the input a graph or a summary should probe the layer with: None for
     #: the parameters' floating dtype, ``"int64"`` for layers that read ids (Embedding).
     input_dtype: str | None = None
+
+    @property
+    def input_dtypes(self) -> list[str | None]:
+        """``input_dtype`` for each array ``forward`` takes (a Graph may take several)."""
+        return [self.input_dtype]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -161,6 +170,28 @@ class Layer:
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [(n, p) for n, p in self.named_state() if p.trainable]
+
+    def arrays(self, *, copy: bool = False) -> list[Any]:
+        """Every array of the model (parameters and running statistics), in
+        ``named_state`` order, on their device: the one way the model's state leaves it
+        and (with :meth:`bind`) comes back, for compiled steps, snapshots, EarlyStopping's
+        best weights and the data-parallel broadcast. ``copy``: device copies, which
+        later in-place updates do not change."""
+        values = [p.value for _, p in self.named_state()]
+        if copy:
+            values = [namespace(v).asarray(v, copy=True) for v in values]
+        return values
+
+    def bind(self, arrays: list[Any]) -> None:
+        """Put ``arrays`` (from :meth:`arrays`, or a compiled step's results) in place of
+        the model's, in the same order; gradients are left as they are."""
+        state = self.named_state()
+        arrays = list(arrays)
+        if len(arrays) != len(state):
+            raise ValueError(f"{self.label}: bind got {len(arrays)} arrays, the model holds "
+                             f"{len(state)}")
+        for (_, p), a in zip(state, arrays):
+            p.value = a
 
     # -- weights in and out, by PyTorch's names -----------------------------------
     def state_dict(self) -> OrderedDict[str, np.ndarray]:

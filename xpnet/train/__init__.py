@@ -1,5 +1,6 @@
-"""Training: ``fit``/``evaluate``/``predict`` (loop), ``History``, callbacks, metrics
-kept on the device, and progress reporting."""
+"""Training: ``fit``/``evaluate``/``predict`` (loop), the one step body (step, its
+gradient transforms, the precision policy), compiled steps, ``History``, callbacks,
+metrics kept on the device, and progress reporting."""
 
 from __future__ import annotations
 
@@ -13,13 +14,15 @@ from .callbacks import (
     ReduceLROnPlateau,
     TerminateOnNaN,
 )
+from .compiled import TrainStep, compile_step
 from .history import History
 from .loop import evaluate, fit, predict
-from .metrics import Metrics
+from .metrics import Metric, MetricSet
 from .precision import MixedPrecision
 from .progress import Progress
+from .step import Step
 
-__all__ = ["Callback", "EarlyStopping", "History", "Metrics", "MixedPrecision",
-           "ModelCheckpoint", "Progress",
+__all__ = ["Callback", "EarlyStopping", "History", "Metric", "MetricSet", "MixedPrecision",
+           "ModelCheckpoint", "Progress", "Step", "TrainStep", "compile_step",
            "BatchLogs", "CSVLogger", "ReduceLROnPlateau", "TerminateOnNaN", "metrics",
            "evaluate", "fit", "predict"]

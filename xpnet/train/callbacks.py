@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from .. import _args
-from .._compat import namespace
 from ..backend import to_numpy
 from ..checkpoint import save
 from ..layers.base import Layer
@@ -26,6 +25,9 @@ class Callback:
     """Hooks called by ``fit``. Set ``self.stop_training = True`` to end training."""
 
     stop_training = False
+    #: This process's rank in a data-parallel ``fit`` (0 otherwise), set by ``fit``
+    #: before ``on_train_begin``: callbacks that write files or print do it on rank 0.
+    rank = 0
 
     def check(self, logged: set[str]) -> None:
         """Called by ``fit`` before the first step with the metric names it will log:
@@ -161,7 +163,7 @@ class EarlyStopping(_Monitor):
         if self._improved(logs):
             self.wait, self.best_epoch = 0, epoch
             if self.restore_best_weights:
-                self._best_state = [_copy(p.value) for _, p in self.model.named_state()]
+                self._best_state = self.model.arrays(copy=True)
         else:
             self.wait += 1
             if self.wait >= self.patience:
@@ -169,12 +171,7 @@ class EarlyStopping(_Monitor):
 
     def on_train_end(self) -> None:
         if self._best_state is not None:
-            for (_, p), v in zip(self.model.named_state(), self._best_state, strict=True):
-                p.value = v
-
-
-def _copy(a: Any) -> Any:
-    return namespace(a).asarray(a, copy=True)
+            self.model.bind(self._best_state)
 
 
 class ModelCheckpoint(_Monitor):
@@ -199,7 +196,7 @@ class ModelCheckpoint(_Monitor):
             schedule_config(optimizer.lr)  # TypeError now, not after the first epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if (self._improved(logs) or not self.save_best_only) and getattr(self, "rank", 0) == 0:
+        if (self._improved(logs) or not self.save_best_only) and self.rank == 0:
             save(self.path, self.model, optimizer=self.optimizer if self.save_optimizer else None,
                  epoch=epoch + 1, **{k: v for k, v in logs.items() if isinstance(v, float)})
 
@@ -251,7 +248,7 @@ class CSVLogger(Callback):
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
         self._columns = None
-        if getattr(self, "rank", 0) != 0:
+        if self.rank != 0:
             return
         if self.append and self.path.is_file():
             with self.path.open(newline="") as f:
@@ -260,7 +257,7 @@ class CSVLogger(Callback):
             self.path.write_text("")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if getattr(self, "rank", 0) != 0:
+        if self.rank != 0:
             return
         header = self._columns is None
         if header:
@@ -340,7 +337,7 @@ class ReduceLROnPlateau(_Monitor):
             new = max(old * self.factor, self.min_lr)
             if old - new > self.eps:
                 self.optimizer.lr = new
-                if self.verbose and getattr(self, "rank", 0) == 0:
+                if self.verbose and self.rank == 0:
                     print(f"Epoch {epoch + 1}: ReduceLROnPlateau lowered the learning rate "
                           f"to {new:.4g}")
             self.cooldown_left, self.wait = self.cooldown, 0

@@ -1,15 +1,22 @@
-"""Running sums of the loss and of correct predictions, kept on the device, and the
-metrics ``evaluate(..., metrics=[...])`` computes.
+"""Metrics: quantities summed on the device batch by batch and read on the host only to
+report them. ``fit`` and ``evaluate`` use the same ones.
 
-Each step adds device scalars; nothing is read back until :meth:`Metrics.read`, which
-``fit`` calls at its reporting interval and once per epoch. A :class:`Metric` likewise
-sums each batch on the device and is read once, by :meth:`Metric.result`, at the end.
+A :class:`Metric` keeps its running sums as device arrays (:meth:`Metric.arrays`), updated
+by :meth:`Metric.update` with a batch's predictions and targets and read once by
+:meth:`Metric.result`. Counts are device arrays too, so an update is the same whether it
+runs eagerly or inside a compiled step (where the sums cross the call like the
+parameters do). The loss itself is the metric :class:`Mean` of each batch's mean loss
+weighted by its examples.
 
-``evaluate`` takes metric names or objects::
+``fit(metrics=...)`` and ``evaluate(metrics=...)`` take names or objects::
 
     xn.evaluate(model, x, y, metrics=["accuracy", "top_k_accuracy", "mae",
                                       "confusion_matrix"])
-    xn.evaluate(model, x, y, metrics=[xn.metrics.TopKAccuracy(k=3)])   # "top_3_accuracy"
+    xn.fit(..., metrics=[xn.metrics.TopKAccuracy(k=3)])            # "top_3_accuracy"
+
+Accuracy is judged as the loss defines classes: the arg-max of ``(n, k)`` scores against
+integer labels (or one-hot rows), per position for ``(n, ..., k)`` logits; for one output
+column, above 0.5 (above 0 for ``BinaryCrossEntropy`` on logits) against the label.
 """
 
 from __future__ import annotations
@@ -23,99 +30,54 @@ import numpy as np
 from .. import _args
 from .._compat import device, is_integral, namespace
 from ..backend import to_numpy
-from ..losses import BinaryCrossEntropy, Loss
+from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
 
 
-class Metrics:
-    """Sums of ``loss * examples`` and of correct predictions over the batches seen.
-
-    Accuracy is hits over the predictions judged: one per example, or one per position
-    for sequence targets (logits ``(n, L, k)`` with labels ``(n, L)``: per-token
-    accuracy), as ``loss.positions`` says.
-
-    Parameters
-    ----------
-    loss : Loss or None
-        What ``cost`` values come from, and whose ``correct`` counts hits.
-    count_hits : bool
-        Whether to count correct predictions (classification accuracy).
-    one_hot : bool
-        Targets are integer labels that ``loss.encode_targets`` turned into one-hot rows.
-    """
-
-    def __init__(self, loss: Loss | None, count_hits: bool = True, one_hot: bool = False):
-        self.judge = loss if loss is not None else Loss()
-        self.count_hits, self.one_hot = count_hits, one_hot
-        self.totals: tuple[Any, Any] | None = None  # what a compiled step adds to
-        self.loss_sum: Any = None
-        self.hits: Any = None
-        self.seen = 0
-        self.judged = 0  # predictions that ``hits`` counts over: examples or positions
-
-    def add(self, pred: Any, target: Any, cost: Any, n: int) -> None:
-        """Add one batch of ``n`` examples: its mean ``cost`` (None: no loss) and hits."""
-        if cost is not None:
-            c = cost * n
-            self.loss_sum = c if self.loss_sum is None else self.loss_sum + c
-        if self.count_hits:
-            h = self.judge.correct(pred, target, one_hot=self.one_hot)
-            if h is not None:
-                self.hits = h if self.hits is None else self.hits + h
-                self.judged += n * self.judge.positions(pred)
-        self.seen += n
-
-    def set_totals(self, loss_sum: Any, hits: Any, n: int, positions: int = 1) -> None:
-        """Take the sums after one more batch of ``n`` examples, as a compiled step adds
-        them up itself (``TrainStep.run(..., totals)``)."""
-        self.loss_sum = loss_sum
-        self.totals = (loss_sum, hits)
-        if self.count_hits:
-            self.hits = hits
-            self.judged += n * positions
-        self.seen += n
-
-    def read(self) -> tuple[float | None, float | None]:
-        """``(loss sum, hit count)`` on the host, None where nothing was summed."""
-        loss = float(to_numpy(self.loss_sum)) if self.loss_sum is not None else None
-        hits = float(to_numpy(self.hits)) if self.hits is not None else None
-        return loss, hits
-
-    def means(self) -> dict[str, float]:
-        """``{"loss": ..., "accuracy": ...}`` over the examples (for accuracy: the
-        predictions judged) seen so far."""
-        loss, hits = self.read()
-        out = {}
-        if loss is not None:
-            out["loss"] = loss / max(self.seen, 1)
-        if hits is not None:
-            out["accuracy"] = hits / max(self.judged, 1)
-        return out
-
-
-# -- metrics for evaluate(..., metrics=[...]) ---------------------------------------
 class Metric:
     """A quantity summed over batches on the device and read once at the end.
 
-    ``evaluate`` calls :meth:`prepare` before the first batch (which also resets the
-    sums), :meth:`update` with each batch's predictions and targets (device arrays, no
-    host read), and :meth:`result` once. ``name`` is its key in the returned dict.
+    Subclasses name their device sums in ``sums`` (attribute names, None until the first
+    update or :meth:`start`), define :meth:`update` (device arrays in, no host read) and
+    :meth:`result`. ``name`` is the metric's key in ``fit``'s logs and ``evaluate``'s
+    result.
     """
 
     name = "metric"
+    sums: tuple[str, ...] = ()
 
-    def prepare(self, loss: Loss | None, outputs: int) -> None:
+    def prepare(self, loss: Loss | None, outputs: int, one_hot: bool = False) -> None:
         """Start afresh for predictions from a model with ``outputs`` columns, scored with
-        ``loss`` (None: none)."""
+        ``loss`` (None: none); ``one_hot``: integer labels were made one-hot rows."""
         self.reset()
 
     def reset(self) -> None:
-        raise NotImplementedError
+        for s in self.sums:
+            setattr(self, s, None)
+
+    def start(self, pred: Any, target: Any) -> None:
+        """Make the sums zeros on the device (what a compiled step needs before its first
+        call), by one update with a batch of zero rows shaped like ``pred``."""
+        self.reset()
+        self.update(pred[0:0, ...], target[0:0, ...])
 
     def update(self, pred: Any, target: Any) -> None:
         raise NotImplementedError
 
     def result(self) -> Any:
         raise NotImplementedError
+
+    def applies(self, pred: Any, target: Any) -> bool:
+        """Whether this metric can judge such predictions and targets (``fit`` leaves out
+        an accuracy that cannot, as for regression)."""
+        return True
+
+    def arrays(self) -> list[Any]:
+        """The device sums, in ``sums`` order (after :meth:`start` or an update)."""
+        return [getattr(self, s) for s in self.sums]
+
+    def bind(self, arrays: list[Any]) -> None:
+        for s, a in zip(self.sums, arrays, strict=True):
+            setattr(self, s, a)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
@@ -128,6 +90,123 @@ def _count_dtype(xp: Any, like: Any) -> Any:
 
 def _add(total: Any, part: Any) -> Any:
     return part if total is None else total + part
+
+
+def _read(a: Any) -> float:
+    return float(to_numpy(a)) if a is not None else math.nan
+
+
+def _ratio(part: Any, whole: Any) -> float:
+    """``part / whole`` read from the device (NaN before any update)."""
+    if part is None:
+        return math.nan
+    return _read(part) / max(_read(whole), 1.0)
+
+
+class Mean(Metric):
+    """The mean of a per-batch value weighted by the batch's examples: ``fit`` and
+    ``evaluate`` report the loss this way (``update(cost, examples)``)."""
+
+    sums = ("total", "count")
+
+    def __init__(self, name: str = "loss"):
+        self.name = name
+        self.reset()
+
+    def start(self, like: Any, target: Any = None) -> None:
+        xp = namespace(like)
+        self.total = xp.zeros((), dtype=like.dtype, device=device(like))
+        self.count = xp.zeros((), dtype=_count_dtype(xp, like), device=device(like))
+
+    def update(self, value: Any, examples: int) -> None:
+        self.total = _add(self.total, value * examples)
+        self.count = _add(self.count, examples) if self.count is not None else \
+            namespace(value).asarray(examples, device=device(value))
+
+    def result(self) -> float:
+        return _ratio(self.total, self.count)
+
+
+def correct(pred: Any, target: Any, *, soft_classes: bool, cut: float,
+            float_binary: bool) -> Any:
+    """How many predictions are right, a 0-d integer device array, or None where the
+    targets are not classes (regression).
+
+    ``(n, k)`` scores (``(n, ..., k)``: per position): the arg-max against integer labels,
+    or against the arg-max of class rows when ``soft_classes``. One output column: above
+    ``cut`` against integer labels above 0 (and float labels above 0.5 when
+    ``float_binary``).
+    """
+    xp = namespace(pred)
+    if pred.ndim >= 2 and pred.shape[-1] > 1:
+        if is_integral(xp, target.dtype):
+            right = xp.argmax(pred, axis=-1) == target
+        elif soft_classes and tuple(target.shape) == tuple(pred.shape):
+            right = xp.argmax(pred, axis=-1) == xp.argmax(target, axis=-1)
+        else:
+            return None
+    elif is_integral(xp, target.dtype) or float_binary:
+        y = xp.reshape(target, (-1,))
+        truth = y > 0 if is_integral(xp, y.dtype) else y > 0.5
+        right = (xp.reshape(pred, (-1,)) > cut) == truth
+    else:
+        return None
+    return xp.sum(xp.astype(right, _count_dtype(xp, pred)))
+
+
+def positions(pred: Any) -> int:
+    """Predictions judged per example: one, or for logits ``(n, ..., k)`` with classes on
+    the last axis, one per position (the product of the middle axes)."""
+    return math.prod(pred.shape[1:-1]) if pred.ndim > 2 and pred.shape[-1] > 1 else 1
+
+
+def threshold(loss: Loss | None) -> float:
+    """Where one output column turns from class 0 to 1: 0 for logits, else 0.5."""
+    return 0.0 if isinstance(loss, BinaryCrossEntropy) and loss.from_logits else 0.5
+
+
+class Accuracy(Metric):
+    """The fraction of predictions that are right (see :func:`correct`): the arg-max
+    against integer labels or one-hot rows, per position for ``(n, L, k)`` logits, or one
+    output column against 0.5 (0 for ``BinaryCrossEntropy`` on logits)."""
+
+    sums = ("hits", "judged")
+
+    def __init__(self, name: str = "accuracy"):
+        self.name = name
+        self.soft_classes, self.cut, self.float_binary = False, 0.5, False
+        self.reset()
+
+    def prepare(self, loss: Loss | None, outputs: int, one_hot: bool = False) -> None:
+        self.soft_classes = one_hot or isinstance(loss, SoftmaxCrossEntropy)
+        self.cut = threshold(loss)
+        self.float_binary = isinstance(loss, BinaryCrossEntropy)
+        self.reset()
+
+    def correct(self, pred: Any, target: Any) -> Any:
+        """How many of the batch's predictions are right, as this accuracy judges them
+        (:func:`correct`): a 0-d integer device array, or None for targets that are not
+        classes."""
+        return correct(pred, target, soft_classes=self.soft_classes, cut=self.cut,
+                       float_binary=self.float_binary)
+
+    def applies(self, pred: Any, target: Any) -> bool:
+        return self.correct(pred, target) is not None
+
+    def update(self, pred: Any, target: Any) -> None:
+        hits = self.correct(pred, target)
+        if hits is None:
+            raise ValueError(f"{self.name}: needs class targets (integer labels, or 0/1 for "
+                             f"one output), got {target.dtype} targets of shape "
+                             f"{tuple(target.shape)} for predictions {tuple(pred.shape)}")
+        xp = namespace(pred)
+        self.hits = _add(self.hits, hits)
+        judged = xp.asarray(int(pred.shape[0]) * positions(pred), dtype=hits.dtype,
+                            device=device(pred))
+        self.judged = _add(self.judged, judged)
+
+    def result(self) -> float:
+        return _ratio(self.hits, self.judged)
 
 
 def _class_labels(who: str, xp: Any, pred: Any, target: Any) -> Any:
@@ -146,40 +225,6 @@ def _class_labels(who: str, xp: Any, pred: Any, target: Any) -> Any:
     return xp.argmax(target, axis=-1)
 
 
-class Accuracy(Metric):
-    """The fraction of predictions that are right, judged as ``fit`` judges them (the
-    loss's ``correct``): arg-max against integer labels, or one output column against
-    0.5 (0 for ``BinaryCrossEntropy`` on logits); per position for ``(n, L, k)`` logits.
-    """
-
-    def __init__(self, name: str = "accuracy"):
-        self.name = name
-        self.judge = Loss()
-        self.reset()
-
-    def prepare(self, loss: Loss | None, outputs: int) -> None:
-        self.judge = loss if loss is not None else Loss()
-        self.reset()
-
-    def reset(self) -> None:
-        self.hits: Any = None
-        self.judged = 0
-
-    def update(self, pred: Any, target: Any) -> None:
-        judge = self.judge
-        hits = judge.correct(pred, target)
-        if hits is None:
-            raise ValueError(f"{self.name}: needs class targets (integer labels, or 0/1 for "
-                             f"one output), got {target.dtype} targets of shape "
-                             f"{tuple(target.shape)} for predictions {tuple(pred.shape)}")
-        self.hits = _add(self.hits, hits)
-        self.judged += int(pred.shape[0]) * judge.positions(pred)
-
-    def result(self) -> float:
-        return float(to_numpy(self.hits)) / max(self.judged, 1) if self.hits is not None \
-            else math.nan
-
-
 class TopKAccuracy(Metric):
     """The fraction of examples whose true class is among the ``k`` highest scores.
 
@@ -190,14 +235,12 @@ class TopKAccuracy(Metric):
     ``"top_{k}_accuracy"``.
     """
 
+    sums = ("hits", "judged")
+
     def __init__(self, k: int = 5, name: str | None = None):
         self.k = _args.integer(k, "k", "TopKAccuracy", minimum=1)
         self.name = name or f"top_{self.k}_accuracy"
         self.reset()
-
-    def reset(self) -> None:
-        self.hits: Any = None
-        self.judged = 0
 
     def update(self, pred: Any, target: Any) -> None:
         xp = namespace(pred)
@@ -212,11 +255,11 @@ class TopKAccuracy(Metric):
         above = xp.sum(xp.astype(pred > true[..., None], count), axis=-1)
         right = (above < self.k) & (true == true) & xp.any(mine, axis=-1)
         self.hits = _add(self.hits, xp.sum(xp.astype(right, count)))
-        self.judged += math.prod(labels.shape)
+        self.judged = _add(self.judged, xp.asarray(math.prod(labels.shape), dtype=count,
+                                                   device=device(pred)))
 
     def result(self) -> float:
-        return float(to_numpy(self.hits)) / max(self.judged, 1) if self.hits is not None \
-            else math.nan
+        return _ratio(self.hits, self.judged)
 
 
 class MeanAbsoluteError(Metric):
@@ -224,13 +267,11 @@ class MeanAbsoluteError(Metric):
     averaged over outputs). ``target`` has the predictions' shape (a ``(n,)`` target
     fits ``(n, 1)`` predictions)."""
 
+    sums = ("total", "count")
+
     def __init__(self, name: str = "mae"):
         self.name = name
         self.reset()
-
-    def reset(self) -> None:
-        self.total: Any = None
-        self.count = 0
 
     def update(self, pred: Any, target: Any) -> None:
         xp = namespace(pred)
@@ -241,11 +282,11 @@ class MeanAbsoluteError(Metric):
                              f"{tuple(pred.shape)}, got {tuple(target.shape)}")
         diff = xp.abs(pred - xp.astype(target, pred.dtype))
         self.total = _add(self.total, xp.sum(diff))
-        self.count += math.prod(pred.shape)
+        self.count = _add(self.count, xp.asarray(math.prod(pred.shape), device=device(pred),
+                                                 dtype=_count_dtype(xp, pred)))
 
     def result(self) -> float:
-        return float(to_numpy(self.total)) / max(self.count, 1) if self.total is not None \
-            else math.nan
+        return _ratio(self.total, self.count)
 
 
 class ConfusionMatrix(Metric):
@@ -257,7 +298,10 @@ class ConfusionMatrix(Metric):
     ``(n, ..., k)``); for one output column it is 1 above 0.5 (above 0 for
     ``BinaryCrossEntropy`` on logits), else 0. ``num_classes`` defaults to the model's
     output width (2 for one column). Counted on the device with a matmul of one-hot rows.
+    In ``fit``'s logs it is the matrix of the epoch (not shown on the progress line).
     """
+
+    sums = ("counts",)
 
     def __init__(self, num_classes: int | None = None, name: str = "confusion_matrix"):
         self.num_classes = (None if num_classes is None else
@@ -268,13 +312,10 @@ class ConfusionMatrix(Metric):
         self.k = self.num_classes
         self.reset()
 
-    def prepare(self, loss: Loss | None, outputs: int) -> None:
+    def prepare(self, loss: Loss | None, outputs: int, one_hot: bool = False) -> None:
         self.k = self.num_classes or max(outputs, 2)
-        self.cut = 0.0 if isinstance(loss, BinaryCrossEntropy) and loss.from_logits else 0.5
+        self.cut = threshold(loss)
         self.reset()
-
-    def reset(self) -> None:
-        self.counts: Any = None
 
     def update(self, pred: Any, target: Any) -> None:
         xp = namespace(pred)
@@ -315,11 +356,11 @@ METRICS: dict[str, Any] = {
 
 
 def resolve(metrics: Iterable[str | Metric] | str | Metric | None, loss: Loss | None,
-            outputs: int, who: str = "evaluate") -> list[Metric] | None:
+            outputs: int, who: str = "evaluate", one_hot: bool = False) -> list[Metric]:
     """Metric objects for ``metrics`` (names from :data:`METRICS` or Metric objects),
-    each prepared for this run; None for None (the default: loss and accuracy)."""
+    each prepared for this run; ``[]`` for None."""
     if metrics is None:
-        return None
+        return []
     if isinstance(metrics, (str, Metric)):
         metrics = [metrics]
     out: list[Metric] = []
@@ -332,13 +373,65 @@ def resolve(metrics: Iterable[str | Metric] | str | Metric | None, loss: Loss | 
         elif not isinstance(m, Metric):
             raise TypeError(f"{who}: metrics must be names or xn.metrics.Metric objects, got "
                             f"{type(m).__name__}")
-        m.prepare(loss, outputs)
+        m.prepare(loss, outputs, one_hot)
         out.append(m)
     names = [m.name for m in out]
     if len(set(names)) != len(names) or "loss" in names:
         raise ValueError(f"{who}: metric names must differ from each other and from 'loss', "
                          f"got {names}")
     return out
+
+
+class MetricSet:
+    """The loss (a :class:`Mean`, when there is a loss) and the chosen metrics of one pass
+    over the data: what ``fit``'s step and ``evaluate`` add each batch to.
+
+    ``update`` runs on the device (eagerly or inside a compiled step); :meth:`arrays` and
+    :meth:`bind` carry the sums across a compiled call; :meth:`results` reads them.
+    """
+
+    def __init__(self, metrics: list[Metric], loss: bool = True):
+        self.loss = Mean("loss") if loss else None
+        self.metrics = list(metrics)
+        self._all: list[Metric] = ([self.loss] if self.loss else []) + self.metrics
+
+    @property
+    def names(self) -> list[str]:
+        return [m.name for m in self._all]
+
+    def reset(self) -> None:
+        for m in self._all:
+            m.reset()
+
+    def start(self, pred: Any, target: Any) -> None:
+        """Zeros on the device for every sum (before a compiled step's first call)."""
+        for m in self._all:
+            m.start(pred, target)
+
+    def update(self, pred: Any, target: Any, cost: Any, examples: int) -> None:
+        """Add one batch: its predictions, targets and mean loss ``cost`` (None: none)."""
+        if self.loss is not None and cost is not None:
+            self.loss.update(cost, examples)
+        for m in self.metrics:
+            m.update(pred, target)
+
+    def arrays(self) -> list[Any]:
+        return [a for m in self._all for a in m.arrays()]
+
+    def bind(self, arrays: list[Any]) -> None:
+        i = 0
+        for m in self._all:
+            k = len(m.sums)
+            m.bind(list(arrays[i:i + k]))
+            i += k
+
+    @property
+    def started(self) -> bool:
+        return all(a is not None for a in self.arrays())
+
+    def results(self) -> dict[str, Any]:
+        """Every metric's value, read from the device now (``{}`` before any update)."""
+        return {m.name: m.result() for m in self._all if m.arrays()[0] is not None}
 
 
 def results(metrics: list[Metric]) -> dict[str, Any]:
