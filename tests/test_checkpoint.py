@@ -17,6 +17,7 @@ import pytest
 import xpnet as xn
 import xpnet.backend
 import xpnet.checkpoint
+from xpnet.layers import LAYER_TYPES, declared_state_of, layer_config
 
 
 def _data(n=96, seed=0):
@@ -746,3 +747,142 @@ def test_safetensors_description_is_checked_as_for_npz(tmp_path, monkeypatch):
     slots = _write_st(tmp_path / "slots.safetensors", tensors, meta)
     with pytest.raises(xn.CheckpointError, match=r"'2.bias' has slots \['m'\], expected all"):
         xn.load(slots)
+
+
+# -- each layer type declares its arrays once --------------------------------------
+def _shared_graph():
+    """A Graph with a layer called at two nodes (a same_layer_as node)."""
+    a, b = xn.Input(shape=(3,)), xn.Input(shape=(3,))
+    f = xn.Linear(3, 2)
+    return xn.Graph(inputs=[a, b], outputs=xn.Concat()(f(a), xn.Tanh()(f(b))))
+
+
+#: Small instances of every built-in layer type (several where the config changes the
+#: arrays: bias, bidirectional, groups, dtype).
+BUILT_IN = {
+    "Linear": [lambda: xn.Linear(3, 2), lambda: xn.Linear(3, 2, bias=False, dtype="float64")],
+    "Conv1D": [lambda: xn.Conv1D(4, 6, 3, groups=2)],
+    "Conv2D": [lambda: xn.Conv2D(2, 3, (3, 2), bias=False, dtype="float64")],
+    "BatchNorm1D": [lambda: xn.BatchNorm1D(3)],
+    "BatchNorm2D": [lambda: xn.BatchNorm2D(2, dtype="float64")],
+    "LayerNorm": [lambda: xn.LayerNorm(4), lambda: xn.LayerNorm((5,), dtype="float64")],
+    "Embedding": [lambda: xn.Embedding(7, 3)],
+    "GRU": [lambda: xn.GRU(3, 4), lambda: xn.GRU(3, 4, bidirectional=True, bias=False)],
+    "LSTM": [lambda: xn.LSTM(3, 4, bidirectional=True)],
+    "MultiHeadAttention": [lambda: xn.MultiHeadAttention(4, 2),
+                           lambda: xn.MultiHeadAttention(4, 1, bias=False, dtype="float64")],
+    "PositionalEmbedding": [lambda: xn.PositionalEmbedding(5, 4)],
+    "TransformerBlock": [lambda: xn.TransformerBlock(4, 2, 3, True, 0.1, dtype="float64")],
+    "Sequential": [lambda: xn.Sequential(xn.Linear(2, 3), xn.Tanh(),
+                                         xn.Sequential(xn.BatchNorm1D(3), xn.Linear(3, 1)))],
+    "Graph": [_graph_model, _shared_graph],
+    "ReLU": [xn.ReLU], "Sigmoid": [xn.Sigmoid], "Tanh": [xn.Tanh], "Softmax": [xn.Softmax],
+    "GELU": [xn.GELU], "SiLU": [xn.SiLU], "LeakyReLU": [xn.LeakyReLU],
+    "Dropout": [xn.Dropout], "Flatten": [xn.Flatten], "Reshape": [lambda: xn.Reshape((2, 3))],
+    "MaxPool1D": [lambda: xn.MaxPool1D(2)], "MaxPool2D": [lambda: xn.MaxPool2D(2)],
+    "AvgPool1D": [lambda: xn.AvgPool1D(2)], "AvgPool2D": [lambda: xn.AvgPool2D(2)],
+    "GlobalAvgPool1D": [xn.GlobalAvgPool1D], "GlobalAvgPool2D": [xn.GlobalAvgPool2D],
+    "Add": [xn.Add], "Concat": [xn.Concat],
+}
+
+
+def test_the_table_covers_every_built_in_layer_type():
+    built_in = {name for name, cls in LAYER_TYPES.items()
+                if "." not in name and cls.__module__.startswith("xpnet.")}
+    assert set(BUILT_IN) == built_in, f"add to BUILT_IN: {sorted(built_in - set(BUILT_IN))}"
+
+
+@pytest.mark.parametrize("kind", list(BUILT_IN))
+def test_declared_state_is_the_built_state(kind):
+    """What a layer type declares for a config (read back from JSON) is what a layer made
+    with that config holds: names in named_state order, shapes, dtypes."""
+    for make in BUILT_IN[kind]:
+        with xn.use("numpy"):
+            layer = make()
+        spec = json.loads(json.dumps(layer_config(layer)))
+        assert spec["type"] == kind and LAYER_TYPES[kind] is type(layer)
+        held = [(n, (p.shape, str(p.value.dtype))) for n, p in layer.named_state()]
+        assert list(type(layer).declared_state(spec["config"]).items()) == held, layer
+        assert list(declared_state_of(spec).items()) == held
+
+
+class _Undeclared(xn.Layer):
+    """Makes a parameter and declares none (the rule the Layer docstring states)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+        self.w = self._new_parameter("w", np.ones(n), "float32")
+
+    def forward(self, x, *, train=True):
+        return x * self.w.value
+
+    def get_config(self):
+        return {"n": self.n}
+
+
+class _Misdeclared(_Undeclared):
+    """Declares a shape other than the one it makes."""
+
+    @classmethod
+    def param_shapes(cls, config):
+        return {"w": (config["n"] + 1,)}
+
+
+class _SubclassAddsOne(xn.Linear):
+    """A Linear with one more parameter, its declaration inherited unchanged."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = self._new_parameter("scale", np.ones(1), "float32")
+
+
+def test_a_layer_whose_arrays_differ_from_its_declaration_fails_when_made():
+    with xn.use("numpy"):
+        with pytest.raises(TypeError, match=r"_Undeclared makes parameters \['w'\] but declares "
+                                            r"none: a layer declares every array it holds in a "
+                                            r"classmethod param_shapes\(config\)"):
+            _Undeclared(3)
+        with pytest.raises(TypeError, match=r"_Misdeclared holds arrays \{'w': \(3,\)\} but "
+                                            r"param_shapes\(get_config\(\)\) declares "
+                                            r"\{'w': \(4,\)\}"):
+            _Misdeclared(3)
+        with pytest.raises(TypeError, match=r"_SubclassAddsOne holds arrays .*'scale': \(1,\)\} "
+                                            r"but param_shapes\(get_config\(\)\) declares "
+                                            r"\{'weight': \(2, 3\), 'bias': \(2,\)\}"):
+            _SubclassAddsOne(3, 2)
+
+
+class DeclaredScaleForCheckpoints(xn.Layer):
+    """A user layer that keeps the rule: saved and loaded like a built-in one."""
+
+    def __init__(self, features: int, *, dtype: str = "float32"):
+        super().__init__()
+        self.features, self.dtype = features, dtype
+        shapes = self.param_shapes(self.get_config())
+        self.w = self._new_parameter("w", np.arange(1.0, 1.0 + shapes["w"][0]), dtype)
+
+    @classmethod
+    def param_shapes(cls, config):
+        return {"w": (config["features"],)}
+
+    def forward(self, x, *, train=True):
+        return x * self.w.value
+
+    def get_config(self):
+        return {"features": self.features, "dtype": self.dtype}
+
+
+def test_a_user_layer_that_declares_its_arrays_round_trips(tmp_path, monkeypatch):
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(2, 3), DeclaredScaleForCheckpoints(3, dtype="float64"))
+        xn.save(tmp_path / "m.xpnet", model)
+        back = xn.load(tmp_path / "m.xpnet")
+    np.testing.assert_array_equal(back[1].w.value, [1.0, 2.0, 3.0])
+    assert back[1].w.value.dtype == np.float64
+    arrays = _arrays(tmp_path / "m.xpnet")  # the declaration is what a file is held to
+    arrays["param/1.w"] = np.zeros(4)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=r"'param/1.w' has shape \(4,\), the "
+                                                 r"architecture expects \(3,\)"):
+        xn.load(_write(tmp_path / "bad.xpnet", arrays))
