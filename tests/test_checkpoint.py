@@ -574,7 +574,7 @@ def test_declared_state_names_match_named_state(tmp_path, make):
         model = make()
         xn.save(tmp_path / "m.xpnet", model)
     meta = _meta(_arrays(tmp_path / "m.xpnet"))
-    declared = xpnet.checkpoint._declared_state("m", meta["model"])
+    declared = declared_state_of(meta["model"])
     assert list(declared) == [name for name, _ in model.named_state()]
     assert declared == {name: (p.shape, str(p.value.dtype)) for name, p in model.named_state()}
     again = xn.load(tmp_path / "m.xpnet", backend="numpy")
@@ -886,3 +886,85 @@ def test_a_user_layer_that_declares_its_arrays_round_trips(tmp_path, monkeypatch
     with pytest.raises(xn.CheckpointError, match=r"'param/1.w' has shape \(4,\), the "
                                                  r"architecture expects \(3,\)"):
         xn.load(_write(tmp_path / "bad.xpnet", arrays))
+
+
+def test_names_imported_from_the_single_module_still_import():
+    from xpnet.checkpoint import (  # noqa: F401 - the import is the test
+        FORMAT,
+        FORMAT_VERSION,
+        MAX_DEPTH,
+        PARAM_DTYPES,
+        SAFETENSORS_SUFFIX,
+        Checkpoint,
+        CheckpointError,
+        _declared_state,
+        _digest,
+        _safetensors,
+        _st_name,
+        build_layer,
+        load,
+        load_checkpoint,
+        save,
+    )
+
+    assert (FORMAT, FORMAT_VERSION, MAX_DEPTH) == ("xpnet-checkpoint", 1, 64)
+    assert CheckpointError is xn.CheckpointError and issubclass(CheckpointError, RuntimeError)
+    assert _st_name("opt/m/0.weight") == "optimizer.m.0.weight"
+    with pytest.raises(CheckpointError, match=r"^who: model config: unknown layer type 'X'"):
+        _declared_state("who", {"type": "X"})
+
+
+# -- files in the first format (before the loss was recorded) ---------------------
+#: The document as the first format wrote it (no "loss"): a Graph with a shared layer
+#: and a TransformerBlock, spelled out here rather than made by today's save.
+OLD_MODEL = {"type": "Sequential", "config": {"layers": [
+    {"type": "Graph", "config": {"nodes": [
+        {"name": "input_1", "inputs": [], "input_shape": [3, 4]},
+        {"name": "linear_1", "inputs": [0], "layer": {"type": "Linear", "config": {
+            "in_features": 4, "out_features": 4, "bias": True, "init": "pytorch",
+            "dtype": "float32"}}},
+        {"name": "linear_2", "inputs": [1], "same_layer_as": 1},
+        {"name": "add_1", "inputs": [1, 2], "layer": {"type": "Add", "config": {}}}],
+        "inputs": [0], "output": 3, "multi": False}},
+    {"type": "TransformerBlock", "config": {"embed_dim": 4, "num_heads": 2, "mlp_ratio": 2,
+                                            "causal": True, "dropout": 0.0,
+                                            "dtype": "float32"}},
+    {"type": "Conv1D", "config": {"in_channels": 3, "out_channels": 2, "kernel_size": 2,
+                                  "stride": 1, "padding": 0, "bias": True, "init": "pytorch",
+                                  "dtype": "float32"}}]}}
+OLD_SHAPES = {"0.0.weight": (4, 4), "0.0.bias": (4,),
+              "1.self_attn.in_proj_weight": (12, 4), "1.self_attn.in_proj_bias": (12,),
+              "1.self_attn.out_proj.weight": (4, 4), "1.self_attn.out_proj.bias": (4,),
+              "1.linear1.weight": (8, 4), "1.linear1.bias": (8,),
+              "1.linear2.weight": (4, 8), "1.linear2.bias": (4,),
+              "1.norm1.weight": (4,), "1.norm1.bias": (4,),
+              "1.norm2.weight": (4,), "1.norm2.bias": (4,),
+              "2.weight": (2, 3, 2), "2.bias": (2,)}
+
+
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
+def test_files_in_the_first_format_load_unchanged(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in OLD_SHAPES.items()}
+    opt = {f"opt/momentum/{n}": np.zeros(s, np.float32) for n, s in OLD_SHAPES.items()}
+    doc = {"format": "xpnet-checkpoint", "format_version": 1, "xpnet_version": "0.1.0",
+           "backend": "numpy", "device": "cpu", "dtype": "float32", "model": OLD_MODEL,
+           "params": list(OLD_SHAPES), "metadata": {"epoch": 3},
+           "optimizer": {"type": "SGD", "lr": 0.1, "config": {"momentum": 0.9},
+                         "steps": 7, "params": list(OLD_SHAPES)}}
+    arrays = {**{f"param/{n}": a for n, a in params.items()}, **opt}
+    if suffix == ".xpnet":
+        path = _write(tmp_path / "old.xpnet", arrays, doc)
+    else:
+        _st()
+        path = _write_st(tmp_path / "old.safetensors",
+                         {xpnet.checkpoint._st_name(k): v for k, v in arrays.items()}, doc)
+    ck = xn.load_checkpoint(path, backend="numpy")
+    assert [n for n, _ in ck.model.named_state()] == list(OLD_SHAPES)
+    for name, p in ck.model.named_state():
+        np.testing.assert_array_equal(p.value, params[name])
+    assert ck.metadata == {"epoch": 3} and ck.optimizer.steps == 7
+    again = layer_config(ck.model)
+    conv = again["config"]["layers"][2]["config"]
+    assert (conv.pop("dilation"), conv.pop("groups")) == (1, 1)  # written before they existed
+    assert again == OLD_MODEL
