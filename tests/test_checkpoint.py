@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -963,8 +964,84 @@ def test_files_in_the_first_format_load_unchanged(tmp_path, suffix):
     assert [n for n, _ in ck.model.named_state()] == list(OLD_SHAPES)
     for name, p in ck.model.named_state():
         np.testing.assert_array_equal(p.value, params[name])
-    assert ck.metadata == {"epoch": 3} and ck.optimizer.steps == 7
+    assert ck.model.loss is None and ck.metadata == {"epoch": 3} and ck.optimizer.steps == 7
     again = layer_config(ck.model)
     conv = again["config"]["layers"][2]["config"]
     assert (conv.pop("dilation"), conv.pop("groups")) == (1, 1)  # written before they existed
     assert again == OLD_MODEL
+
+
+# -- the loss the model was trained with -----------------------------------------
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
+@pytest.mark.parametrize("loss", [xn.BinaryCrossEntropy(from_logits=True),
+                                  xn.BinaryCrossEntropy(from_logits=False), xn.QuadraticCost(),
+                                  xn.SoftmaxCrossEntropy()], ids=repr)
+def test_the_loss_round_trips(tmp_path, suffix, loss):
+    if suffix == ".safetensors":
+        _st()
+    path = tmp_path / f"m{suffix}"
+    with xn.use("numpy"):
+        model = _model()
+        assert model.loss is None  # the class default: none yet
+        model.loss = loss
+        xn.save(path, model)
+        back = xn.load(path)
+    assert type(back.loss) is type(loss) and back.loss is not loss
+    assert back.loss.get_config() == loss.get_config()
+    assert repr(back.loss) == repr(loss)
+    with xn.use("numpy"):  # a model without one saves none, and loads without one
+        xn.save(path, _model())
+        assert xn.load(path).loss is None
+
+
+def test_the_loss_is_written_as_type_and_config(tmp_path):
+    with xn.use("numpy"):
+        model = _model()
+        model.loss = xn.BinaryCrossEntropy(from_logits=False)
+        xn.save(tmp_path / "m.xpnet", model)
+    assert _meta(_arrays(tmp_path / "m.xpnet"))["loss"] == {
+        "type": "BinaryCrossEntropy", "config": {"from_logits": False}}
+
+
+LOSS_CASES = {
+    "unknown type": ({"type": "HuberLoss", "config": {}},
+                     r"unknown loss type 'HuberLoss'; known: QuadraticCost, "
+                     r"SoftmaxCrossEntropy, BinaryCrossEntropy"),
+    "type a number": ({"type": 3, "config": {}}, r"loss type is 3 \(integer\), expected str"),
+    "bad config value": ({"type": "BinaryCrossEntropy", "config": {"from_logits": "yes"}},
+                         r"loss config \(BinaryCrossEntropy\) from_logits is 'yes' \(string\), "
+                         r"expected bool"),
+    "unknown config entry": ({"type": "QuadraticCost", "config": {"reduction": "sum"}},
+                             r"loss config \(QuadraticCost\) has unknown entry 'reduction'"),
+    "no config": ({"type": "SoftmaxCrossEntropy"}, r"loss lacks entry 'config'"),
+    "an extra entry": ({"type": "QuadraticCost", "config": {}, "weight": 2},
+                       r"loss has unknown entry 'weight'"),
+    "not an object": ("QuadraticCost", r"the description's 'loss' is 'QuadraticCost' "
+                                       r"\(string\), expected an object"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_a_crafted_loss_is_refused(tmp_path, monkeypatch, case):
+    spec, error = LOSS_CASES[case]
+    arrays = _arrays(_good(tmp_path))
+    meta = {**_meta(arrays), "loss": spec}
+    bad = _write(tmp_path / "bad.xpnet", arrays, meta)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=f"^{re.escape(str(bad))}: {error}"):
+        xn.load_checkpoint(bad)
+
+
+class _HuberLoss(xn.Loss):
+    """A loss of the user's, not registered in LOSS_TYPES."""
+
+
+def test_a_loss_checkpoints_cannot_rebuild_is_not_saved(tmp_path):
+    path = tmp_path / "m.xpnet"
+    with xn.use("numpy"):
+        model = _model()
+        model.loss = _HuberLoss()
+        with pytest.raises(xn.CheckpointError, match=r"save .*m.xpnet: the loss _HuberLoss\(\) "
+                                                     r"cannot be saved: .*LOSS_TYPES"):
+            xn.save(path, model)
+    assert not path.exists()

@@ -2,14 +2,15 @@
 
 A checkpoint holds every model array (``param/<name>``), the optimizer's state arrays
 (``opt/<slot>/<name>``) and one JSON document (``__meta__``) with the architecture,
-the optimizer's type, settings and step count, and user metadata. Loading rebuilds
-the model from the JSON with the layer registry only and so never executes anything
-from the file. Before a byte of array data is read or a layer is built, every array's
-declared size is checked against the bytes the file holds, and the description is
-checked against the stored arrays (names, shapes, dtypes, config types): a damaged or
-crafted file raises :class:`CheckpointError` and nothing else. Writing goes to a
-temporary file of its own in the same folder, is fsynced, then renamed over the target:
-a failure at any point leaves the previous checkpoint as it was.
+the optimizer's type, settings and step count, the loss the model was trained with
+(``model.loss``), and user metadata. Loading rebuilds the model from the JSON with the
+layer registry only and so never executes anything from the file. Before a byte of
+array data is read or a layer is built, every array's declared size is checked
+against the bytes the file holds, and the description is checked against the stored
+arrays (names, shapes, dtypes, config types): a damaged or crafted file raises
+:class:`CheckpointError` and nothing else. Writing goes to a temporary file of its own
+in the same folder, is fsynced, then renamed over the target: a failure at any point
+leaves the previous checkpoint as it was.
 
 A path ending in ``.safetensors`` is written as a safetensors file instead, for other
 tools: the model's arrays under their ``named_state`` names, the optimizer's under
@@ -50,6 +51,7 @@ from ..layers.base import (
     declared_state_of,
     layer_config,
 )
+from ..losses import LOSS_TYPES, Loss, loss_config
 from ..optim import OPTIMIZERS, SCHEDULES, Optimizer, schedule_config
 from .atomic import atomic_write
 from .common import PARAM_DTYPES, CheckpointError, dtype_text
@@ -76,7 +78,7 @@ _DAMAGE = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, Runtim
 
 @dataclass
 class Checkpoint:
-    """What :func:`load_checkpoint` returns."""
+    """What :func:`load_checkpoint` returns (the loss, if saved, is ``model.loss``)."""
 
     model: Layer
     optimizer: Optimizer | None = None
@@ -99,10 +101,11 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     """Write ``model`` (and ``optimizer``'s state) to ``path`` atomically.
 
     ``metadata`` must be JSON-serialisable (epoch, accuracy, ...); the xpnet version,
-    backend, device and dtype are recorded as well. What :func:`load` would refuse
-    (say, an optimizer over only some of the model's parameters) is refused here,
-    before anything is written. Saves from several threads or processes to one path
-    never mix: the last rename wins. A ``.safetensors`` path writes that format (the
+    backend, device and dtype are recorded as well, and ``model.loss`` when it is set
+    (a class in ``xpnet.losses.LOSS_TYPES``). What :func:`load` would refuse (say, an
+    optimizer over only some of the model's parameters) is refused here, before
+    anything is written. Saves from several threads or processes to one path never
+    mix: the last rename wins. A ``.safetensors`` path writes that format (the
     package's docstring says how), which needs the ``safetensors`` package.
     """
     from .._version import __version__
@@ -124,6 +127,11 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     }
     if optimizer is not None:
         meta["optimizer"] = _optimizer_meta(model, optimizer, arrays)
+    if model.loss is not None:
+        try:
+            meta["loss"] = loss_config(model.loss)
+        except TypeError as e:
+            raise CheckpointError(f"save {path}: {e}") from None
     try:
         blob = json.dumps(meta).encode()
     except TypeError as e:
@@ -196,8 +204,8 @@ def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
 
 def load_checkpoint(path: str | Path, *, backend: str | Backend | None = None,
                     device: str | None = None) -> Checkpoint:
-    """Rebuild the model, its optimizer (if saved) and metadata on any backend, from
-    either format (told apart by the file's content).
+    """Rebuild the model (with ``model.loss``, if saved), its optimizer (if saved) and
+    metadata on any backend, from either format (told apart by the file's content).
 
     ``backend``/``device`` default to the current backend, so a checkpoint written on
     a GPU loads on a CPU-only machine. Raises :class:`CheckpointError` for a file
@@ -228,6 +236,8 @@ def load_checkpoint(path: str | Path, *, backend: str | Backend | None = None,
     optimizer = None
     if "optimizer" in meta:
         optimizer = _rebuild_optimizer(path, meta["optimizer"], model, arrays, be)
+    if "loss" in meta:
+        model.loss = _rebuild_loss(path, meta["loss"])
     return Checkpoint(model, optimizer, dict(meta.get("metadata", {})))
 
 
@@ -257,9 +267,17 @@ def _rebuild_optimizer(path: Path, spec: dict, model: Layer, arrays: dict[str, n
     return opt
 
 
+def _rebuild_loss(path: Path, spec: dict) -> Loss:
+    try:
+        return LOSS_TYPES[spec["type"]](**spec["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot rebuild the loss ({e})") from None
+
+
 def load(path: str | Path, *, backend: str | Backend | None = None,
          device: str | None = None) -> Layer:
-    """Rebuild the model saved at ``path`` on ``backend``/``device`` (default: current)."""
+    """Rebuild the model saved at ``path`` on ``backend``/``device`` (default: current),
+    ``model.loss`` included if it was saved."""
     return load_checkpoint(path, backend=backend, device=device).model
 
 

@@ -2,7 +2,7 @@
 anything is built.
 
 The document (``format``, ``format_version``, ``model``, ``params``, ``metadata``, and
-optionally ``optimizer``) is held to its types; the model's description
+optionally ``optimizer`` and ``loss``) is held to its types; the model's description
 declares its arrays through the layers' own declarations (``declared_state_of``: each
 layer type says which arrays a config of it holds, a Graph checks its node list), and
 the file must hold exactly those, of the declared shapes and dtypes, plus the optimizer
@@ -18,13 +18,17 @@ import numpy as np
 
 from .._jsonconfig import JSON_KINDS, ConfigError, check_config, check_keys, is_int, show
 from ..layers.base import DeclaredState, Layer, declared_state_of
+from ..losses import LOSS_TYPES
 from ..optim import OPTIMIZERS, SCHEDULES
 from .common import PARAM_DTYPES, dtype_text
 
 FORMAT = "xpnet-checkpoint"
+#: 1 since the first release; ``loss`` (optional) came later, and readers ignore
+#: top-level entries they do not know, so files with it still read as version 1.
 FORMAT_VERSION = 1
 
-_HEADER_TYPES = {"model": dict, "params": list, "metadata": dict, "optimizer": dict}
+_HEADER_TYPES = {"model": dict, "params": list, "metadata": dict, "optimizer": dict,
+                 "loss": dict}
 
 
 def check_description(meta: Any, arrays: dict[str, np.ndarray]) -> DeclaredState:
@@ -51,6 +55,8 @@ def check_description(meta: Any, arrays: dict[str, np.ndarray]) -> DeclaredState
         expected.add(key)
     if "optimizer" in meta:
         expected |= check_optimizer(meta["optimizer"], declared, arrays)
+    if "loss" in meta:
+        check_loss(meta["loss"])
     unexpected = sorted(set(arrays) - expected)
     if unexpected:
         raise ConfigError(f"unexpected entr{'ies' if len(unexpected) > 1 else 'y'} "
@@ -148,3 +154,12 @@ def check_optimizer_covers(names: list[str], model: Layer) -> None:
             f"{len(trainable)} trainable ones: it lacks {missing or 'none'} and holds "
             f"{extra or 'none'} that are not trainable"
         )
+
+
+def check_loss(spec: Any) -> None:
+    """``{"type": a class in LOSS_TYPES, "config": its constructor arguments}``."""
+    check_keys("loss", spec, {"type": "str", "config": "dict"}, {"type", "config"})
+    if spec["type"] not in LOSS_TYPES:
+        raise ConfigError(f"unknown loss type {spec['type']!r}; known: "
+                          f"{', '.join(LOSS_TYPES)}")
+    check_config(f"loss config ({spec['type']})", LOSS_TYPES[spec["type"]], spec["config"])

@@ -18,7 +18,7 @@ import functools
 import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from ..backend import (
 )
 from ..backends import adapter_of
 from .symbolic import connect, is_symbolic
+
+if TYPE_CHECKING:
+    from ..losses import Loss
 
 
 class LoadResult(NamedTuple):
@@ -120,6 +123,9 @@ class Layer:
     #: The dtype of the input a graph or a summary should probe the layer with: None for
     #: the parameters' floating dtype, ``"int64"`` for layers that read ids (Embedding).
     input_dtype: str | None = None
+    #: The Loss that ``fit`` last trained this model with; ``evaluate``'s default; saved
+    #: in checkpoints (``xn.save`` records it, ``xn.load`` restores it). None: none yet.
+    loss: Loss | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
