@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -17,6 +18,7 @@ import pytest
 import xpnet as xn
 import xpnet.backend
 import xpnet.checkpoint
+from xpnet.layers import LAYER_TYPES, declared_state_of, layer_config
 
 
 def _data(n=96, seed=0):
@@ -573,7 +575,7 @@ def test_declared_state_names_match_named_state(tmp_path, make):
         model = make()
         xn.save(tmp_path / "m.xpnet", model)
     meta = _meta(_arrays(tmp_path / "m.xpnet"))
-    declared = xpnet.checkpoint._declared_state("m", meta["model"])
+    declared = declared_state_of(meta["model"])
     assert list(declared) == [name for name, _ in model.named_state()]
     assert declared == {name: (p.shape, str(p.value.dtype)) for name, p in model.named_state()}
     again = xn.load(tmp_path / "m.xpnet", backend="numpy")
@@ -746,3 +748,300 @@ def test_safetensors_description_is_checked_as_for_npz(tmp_path, monkeypatch):
     slots = _write_st(tmp_path / "slots.safetensors", tensors, meta)
     with pytest.raises(xn.CheckpointError, match=r"'2.bias' has slots \['m'\], expected all"):
         xn.load(slots)
+
+
+# -- each layer type declares its arrays once --------------------------------------
+def _shared_graph():
+    """A Graph with a layer called at two nodes (a same_layer_as node)."""
+    a, b = xn.Input(shape=(3,)), xn.Input(shape=(3,))
+    f = xn.Linear(3, 2)
+    return xn.Graph(inputs=[a, b], outputs=xn.Concat()(f(a), xn.Tanh()(f(b))))
+
+
+#: Small instances of every built-in layer type (several where the config changes the
+#: arrays: bias, bidirectional, groups, dtype).
+BUILT_IN = {
+    "Linear": [lambda: xn.Linear(3, 2), lambda: xn.Linear(3, 2, bias=False, dtype="float64")],
+    "Conv1D": [lambda: xn.Conv1D(4, 6, 3, groups=2)],
+    "Conv2D": [lambda: xn.Conv2D(2, 3, (3, 2), bias=False, dtype="float64")],
+    "BatchNorm1D": [lambda: xn.BatchNorm1D(3)],
+    "BatchNorm2D": [lambda: xn.BatchNorm2D(2, dtype="float64")],
+    "LayerNorm": [lambda: xn.LayerNorm(4), lambda: xn.LayerNorm((5,), dtype="float64")],
+    "Embedding": [lambda: xn.Embedding(7, 3)],
+    "GRU": [lambda: xn.GRU(3, 4), lambda: xn.GRU(3, 4, bidirectional=True, bias=False)],
+    "LSTM": [lambda: xn.LSTM(3, 4, bidirectional=True)],
+    "MultiHeadAttention": [lambda: xn.MultiHeadAttention(4, 2),
+                           lambda: xn.MultiHeadAttention(4, 1, bias=False, dtype="float64")],
+    "PositionalEmbedding": [lambda: xn.PositionalEmbedding(5, 4)],
+    "TransformerBlock": [lambda: xn.TransformerBlock(4, 2, 3, True, 0.1, dtype="float64")],
+    "Sequential": [lambda: xn.Sequential(xn.Linear(2, 3), xn.Tanh(),
+                                         xn.Sequential(xn.BatchNorm1D(3), xn.Linear(3, 1)))],
+    "Graph": [_graph_model, _shared_graph],
+    "ReLU": [xn.ReLU], "Sigmoid": [xn.Sigmoid], "Tanh": [xn.Tanh], "Softmax": [xn.Softmax],
+    "GELU": [xn.GELU], "SiLU": [xn.SiLU], "LeakyReLU": [xn.LeakyReLU],
+    "Dropout": [xn.Dropout], "Flatten": [xn.Flatten], "Reshape": [lambda: xn.Reshape((2, 3))],
+    "MaxPool1D": [lambda: xn.MaxPool1D(2)], "MaxPool2D": [lambda: xn.MaxPool2D(2)],
+    "AvgPool1D": [lambda: xn.AvgPool1D(2)], "AvgPool2D": [lambda: xn.AvgPool2D(2)],
+    "GlobalAvgPool1D": [xn.GlobalAvgPool1D], "GlobalAvgPool2D": [xn.GlobalAvgPool2D],
+    "Add": [xn.Add], "Concat": [xn.Concat],
+}
+
+
+def test_the_table_covers_every_built_in_layer_type():
+    built_in = {name for name, cls in LAYER_TYPES.items()
+                if "." not in name and cls.__module__.startswith("xpnet.")}
+    assert set(BUILT_IN) == built_in, f"add to BUILT_IN: {sorted(built_in - set(BUILT_IN))}"
+
+
+@pytest.mark.parametrize("kind", list(BUILT_IN))
+def test_declared_state_is_the_built_state(kind):
+    """What a layer type declares for a config (read back from JSON) is what a layer made
+    with that config holds: names in named_state order, shapes, dtypes."""
+    for make in BUILT_IN[kind]:
+        with xn.use("numpy"):
+            layer = make()
+        spec = json.loads(json.dumps(layer_config(layer)))
+        assert spec["type"] == kind and LAYER_TYPES[kind] is type(layer)
+        held = [(n, (p.shape, str(p.value.dtype))) for n, p in layer.named_state()]
+        assert list(type(layer).declared_state(spec["config"]).items()) == held, layer
+        assert list(declared_state_of(spec).items()) == held
+
+
+class _Undeclared(xn.Layer):
+    """Makes a parameter and declares none (the rule the Layer docstring states)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+        self.w = self._new_parameter("w", np.ones(n), "float32")
+
+    def forward(self, x, *, train=True):
+        return x * self.w.value
+
+    def get_config(self):
+        return {"n": self.n}
+
+
+class _Misdeclared(_Undeclared):
+    """Declares a shape other than the one it makes."""
+
+    @classmethod
+    def param_shapes(cls, config):
+        return {"w": (config["n"] + 1,)}
+
+
+class _SubclassAddsOne(xn.Linear):
+    """A Linear with one more parameter, its declaration inherited unchanged."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.scale = self._new_parameter("scale", np.ones(1), "float32")
+
+
+def test_a_layer_whose_arrays_differ_from_its_declaration_fails_when_made():
+    with xn.use("numpy"):
+        with pytest.raises(TypeError, match=r"_Undeclared makes parameters \['w'\] but declares "
+                                            r"none: a layer declares every array it holds in a "
+                                            r"classmethod param_shapes\(config\)"):
+            _Undeclared(3)
+        with pytest.raises(TypeError, match=r"_Misdeclared holds arrays \{'w': \(3,\)\} but "
+                                            r"param_shapes\(get_config\(\)\) declares "
+                                            r"\{'w': \(4,\)\}"):
+            _Misdeclared(3)
+        with pytest.raises(TypeError, match=r"_SubclassAddsOne holds arrays .*'scale': \(1,\)\} "
+                                            r"but param_shapes\(get_config\(\)\) declares "
+                                            r"\{'weight': \(2, 3\), 'bias': \(2,\)\}"):
+            _SubclassAddsOne(3, 2)
+
+
+class DeclaredScaleForCheckpoints(xn.Layer):
+    """A user layer that keeps the rule: saved and loaded like a built-in one."""
+
+    def __init__(self, features: int, *, dtype: str = "float32"):
+        super().__init__()
+        self.features, self.dtype = features, dtype
+        shapes = self.param_shapes(self.get_config())
+        self.w = self._new_parameter("w", np.arange(1.0, 1.0 + shapes["w"][0]), dtype)
+
+    @classmethod
+    def param_shapes(cls, config):
+        return {"w": (config["features"],)}
+
+    def forward(self, x, *, train=True):
+        return x * self.w.value
+
+    def get_config(self):
+        return {"features": self.features, "dtype": self.dtype}
+
+
+def test_a_user_layer_that_declares_its_arrays_round_trips(tmp_path, monkeypatch):
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(2, 3), DeclaredScaleForCheckpoints(3, dtype="float64"))
+        xn.save(tmp_path / "m.xpnet", model)
+        back = xn.load(tmp_path / "m.xpnet")
+    np.testing.assert_array_equal(back[1].w.value, [1.0, 2.0, 3.0])
+    assert back[1].w.value.dtype == np.float64
+    arrays = _arrays(tmp_path / "m.xpnet")  # the declaration is what a file is held to
+    arrays["param/1.w"] = np.zeros(4)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=r"'param/1.w' has shape \(4,\), the "
+                                                 r"architecture expects \(3,\)"):
+        xn.load(_write(tmp_path / "bad.xpnet", arrays))
+
+
+def test_names_imported_from_the_single_module_still_import():
+    from xpnet.checkpoint import (  # noqa: F401 - the import is the test
+        FORMAT,
+        FORMAT_VERSION,
+        MAX_DEPTH,
+        PARAM_DTYPES,
+        SAFETENSORS_SUFFIX,
+        Checkpoint,
+        CheckpointError,
+        _declared_state,
+        _digest,
+        _safetensors,
+        _st_name,
+        build_layer,
+        load,
+        load_checkpoint,
+        save,
+    )
+
+    assert (FORMAT, FORMAT_VERSION, MAX_DEPTH) == ("xpnet-checkpoint", 1, 64)
+    assert CheckpointError is xn.CheckpointError and issubclass(CheckpointError, RuntimeError)
+    assert _st_name("opt/m/0.weight") == "optimizer.m.0.weight"
+    with pytest.raises(CheckpointError, match=r"^who: model config: unknown layer type 'X'"):
+        _declared_state("who", {"type": "X"})
+
+
+# -- files in the first format (before the loss was recorded) ---------------------
+#: The document as the first format wrote it (no "loss"): a Graph with a shared layer
+#: and a TransformerBlock, spelled out here rather than made by today's save.
+OLD_MODEL = {"type": "Sequential", "config": {"layers": [
+    {"type": "Graph", "config": {"nodes": [
+        {"name": "input_1", "inputs": [], "input_shape": [3, 4]},
+        {"name": "linear_1", "inputs": [0], "layer": {"type": "Linear", "config": {
+            "in_features": 4, "out_features": 4, "bias": True, "init": "pytorch",
+            "dtype": "float32"}}},
+        {"name": "linear_2", "inputs": [1], "same_layer_as": 1},
+        {"name": "add_1", "inputs": [1, 2], "layer": {"type": "Add", "config": {}}}],
+        "inputs": [0], "output": 3, "multi": False}},
+    {"type": "TransformerBlock", "config": {"embed_dim": 4, "num_heads": 2, "mlp_ratio": 2,
+                                            "causal": True, "dropout": 0.0,
+                                            "dtype": "float32"}},
+    {"type": "Conv1D", "config": {"in_channels": 3, "out_channels": 2, "kernel_size": 2,
+                                  "stride": 1, "padding": 0, "bias": True, "init": "pytorch",
+                                  "dtype": "float32"}}]}}
+OLD_SHAPES = {"0.0.weight": (4, 4), "0.0.bias": (4,),
+              "1.self_attn.in_proj_weight": (12, 4), "1.self_attn.in_proj_bias": (12,),
+              "1.self_attn.out_proj.weight": (4, 4), "1.self_attn.out_proj.bias": (4,),
+              "1.linear1.weight": (8, 4), "1.linear1.bias": (8,),
+              "1.linear2.weight": (4, 8), "1.linear2.bias": (4,),
+              "1.norm1.weight": (4,), "1.norm1.bias": (4,),
+              "1.norm2.weight": (4,), "1.norm2.bias": (4,),
+              "2.weight": (2, 3, 2), "2.bias": (2,)}
+
+
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
+def test_files_in_the_first_format_load_unchanged(tmp_path, suffix):
+    rng = np.random.default_rng(0)
+    params = {n: rng.standard_normal(s).astype(np.float32) for n, s in OLD_SHAPES.items()}
+    opt = {f"opt/momentum/{n}": np.zeros(s, np.float32) for n, s in OLD_SHAPES.items()}
+    doc = {"format": "xpnet-checkpoint", "format_version": 1, "xpnet_version": "0.1.0",
+           "backend": "numpy", "device": "cpu", "dtype": "float32", "model": OLD_MODEL,
+           "params": list(OLD_SHAPES), "metadata": {"epoch": 3},
+           "optimizer": {"type": "SGD", "lr": 0.1, "config": {"momentum": 0.9},
+                         "steps": 7, "params": list(OLD_SHAPES)}}
+    arrays = {**{f"param/{n}": a for n, a in params.items()}, **opt}
+    if suffix == ".xpnet":
+        path = _write(tmp_path / "old.xpnet", arrays, doc)
+    else:
+        _st()
+        path = _write_st(tmp_path / "old.safetensors",
+                         {xpnet.checkpoint._st_name(k): v for k, v in arrays.items()}, doc)
+    ck = xn.load_checkpoint(path, backend="numpy")
+    assert [n for n, _ in ck.model.named_state()] == list(OLD_SHAPES)
+    for name, p in ck.model.named_state():
+        np.testing.assert_array_equal(p.value, params[name])
+    assert ck.model.loss is None and ck.metadata == {"epoch": 3} and ck.optimizer.steps == 7
+    again = layer_config(ck.model)
+    conv = again["config"]["layers"][2]["config"]
+    assert (conv.pop("dilation"), conv.pop("groups")) == (1, 1)  # written before they existed
+    assert again == OLD_MODEL
+
+
+# -- the loss the model was trained with -----------------------------------------
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
+@pytest.mark.parametrize("loss", [xn.BinaryCrossEntropy(from_logits=True),
+                                  xn.BinaryCrossEntropy(from_logits=False), xn.QuadraticCost(),
+                                  xn.SoftmaxCrossEntropy()], ids=repr)
+def test_the_loss_round_trips(tmp_path, suffix, loss):
+    if suffix == ".safetensors":
+        _st()
+    path = tmp_path / f"m{suffix}"
+    with xn.use("numpy"):
+        model = _model()
+        assert model.loss is None  # the class default: none yet
+        model.loss = loss
+        xn.save(path, model)
+        back = xn.load(path)
+    assert type(back.loss) is type(loss) and back.loss is not loss
+    assert back.loss.get_config() == loss.get_config()
+    assert repr(back.loss) == repr(loss)
+    with xn.use("numpy"):  # a model without one saves none, and loads without one
+        xn.save(path, _model())
+        assert xn.load(path).loss is None
+
+
+def test_the_loss_is_written_as_type_and_config(tmp_path):
+    with xn.use("numpy"):
+        model = _model()
+        model.loss = xn.BinaryCrossEntropy(from_logits=False)
+        xn.save(tmp_path / "m.xpnet", model)
+    assert _meta(_arrays(tmp_path / "m.xpnet"))["loss"] == {
+        "type": "BinaryCrossEntropy", "config": {"from_logits": False}}
+
+
+LOSS_CASES = {
+    "unknown type": ({"type": "HuberLoss", "config": {}},
+                     r"unknown loss type 'HuberLoss'; known: QuadraticCost, "
+                     r"SoftmaxCrossEntropy, BinaryCrossEntropy"),
+    "type a number": ({"type": 3, "config": {}}, r"loss type is 3 \(integer\), expected str"),
+    "bad config value": ({"type": "BinaryCrossEntropy", "config": {"from_logits": "yes"}},
+                         r"loss config \(BinaryCrossEntropy\) from_logits is 'yes' \(string\), "
+                         r"expected bool"),
+    "unknown config entry": ({"type": "QuadraticCost", "config": {"reduction": "sum"}},
+                             r"loss config \(QuadraticCost\) has unknown entry 'reduction'"),
+    "no config": ({"type": "SoftmaxCrossEntropy"}, r"loss lacks entry 'config'"),
+    "an extra entry": ({"type": "QuadraticCost", "config": {}, "weight": 2},
+                       r"loss has unknown entry 'weight'"),
+    "not an object": ("QuadraticCost", r"the description's 'loss' is 'QuadraticCost' "
+                                       r"\(string\), expected an object"),
+}
+
+
+@pytest.mark.parametrize("case", list(LOSS_CASES))
+def test_a_crafted_loss_is_refused(tmp_path, monkeypatch, case):
+    spec, error = LOSS_CASES[case]
+    arrays = _arrays(_good(tmp_path))
+    meta = {**_meta(arrays), "loss": spec}
+    bad = _write(tmp_path / "bad.xpnet", arrays, meta)
+    _never_build(monkeypatch)
+    with pytest.raises(xn.CheckpointError, match=f"^{re.escape(str(bad))}: {error}"):
+        xn.load_checkpoint(bad)
+
+
+class _HuberLoss(xn.Loss):
+    """A loss of the user's, not registered in LOSS_TYPES."""
+
+
+def test_a_loss_checkpoints_cannot_rebuild_is_not_saved(tmp_path):
+    path = tmp_path / "m.xpnet"
+    with xn.use("numpy"):
+        model = _model()
+        model.loss = _HuberLoss()
+        with pytest.raises(xn.CheckpointError, match=r"save .*m.xpnet: the loss _HuberLoss\(\) "
+                                                     r"cannot be saved: .*LOSS_TYPES"):
+            xn.save(path, model)
+    assert not path.exists()

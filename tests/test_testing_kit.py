@@ -24,9 +24,14 @@ class UserScale(xn.Layer):
     def __init__(self, features: int, *, dtype: str = "float32", name: str | None = None):
         super().__init__(name=name)
         self.features, self.dtype = features, dtype
-        self.w = self._new_parameter("w", xn.random.current().host.uniform(0.5, 1.5, features),
+        shape = self.param_shapes(self.get_config())["w"]
+        self.w = self._new_parameter("w", xn.random.current().host.uniform(0.5, 1.5, shape),
                                      dtype)
         self._x = None
+
+    @classmethod
+    def param_shapes(cls, config):
+        return {"w": (config["features"],)}
 
     def forward(self, x, *, train=True):
         self._x = x if train else None  # backward needs the input, inference does not

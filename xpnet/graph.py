@@ -38,8 +38,18 @@ import contextlib
 import copy
 from typing import Any
 
+from ._jsonconfig import ConfigError, check_keys, show
 from .backend import Backend
-from .layers.base import Layer, build_layer, layer_config
+from .layers.base import (
+    DeclaredState,
+    Layer,
+    build_layer,
+    config_path,
+    config_where,
+    declared_state_of,
+    layer_config,
+    layer_type_name,
+)
 from .layers.symbolic import Input, Node, SymbolicTensor
 from .summary import count_parameters, shape_text
 
@@ -223,6 +233,72 @@ class Graph(Layer):
             nodes.append(spec)
         return {"nodes": nodes, "inputs": list(self._input_index),
                 "output": self._output_index, "multi": self._multi}
+
+    @classmethod
+    def declared_state(cls, config: dict[str, Any], *, at: str = "", depth: int = 0
+                       ) -> DeclaredState:
+        """The arrays of the layers at the nodes ``config`` lists, each prefixed with its
+        place among the nodes with a ``"layer"`` (as ``named_state``), after checking the
+        node list as ``get_config`` writes it: every node an input, a layer or a later
+        use of an earlier node's layer, reading earlier nodes only; distinct input nodes
+        (one unless ``multi``); an output node every node leads to."""
+        where = config_where(at, layer_type_name(cls))
+        check_keys(where, config, {"nodes": "list", "inputs": "list[int]", "output": "int",
+                                   "multi": "bool"}, {"nodes", "inputs", "output"})
+        nodes = config["nodes"]
+        is_input = []
+        kinds = ("layer", "input_shape", "same_layer_as")
+        for j, node in enumerate(nodes):
+            here = f"{where} nodes[{j}]"
+            if not isinstance(node, dict) or sum(k in node for k in kinds) != 1:
+                raise ConfigError(f"{here} is {show(node)}, expected an object with one of "
+                                  f"'layer', 'input_shape' or 'same_layer_as'")
+            check_keys(here, node, {"name": "str", "inputs": "list[int]",
+                                    "input_shape": "list[int]", "layer": "dict",
+                                    "same_layer_as": "int"}, {"name", "inputs"})
+            if "input_shape" in node and (node["inputs"] or not node["input_shape"]
+                                          or min(node["input_shape"]) < 1):
+                raise ConfigError(f"{here} is an input of shape {node['input_shape']} fed by "
+                                  f"{node['inputs']}, expected a positive shape and no inputs")
+            if "input_shape" not in node and not all(0 <= i < j for i in node["inputs"]):
+                raise ConfigError(f"{here} reads nodes {node['inputs']}, expected indices of "
+                                  f"earlier nodes (0 to {j - 1})")
+            # a later use of a layer (weight sharing) names the node that holds the layer;
+            # its parameters are declared there, once
+            same = node.get("same_layer_as")
+            if same is not None and not (0 <= same < j and "layer" in nodes[same]):
+                raise ConfigError(f"{here} same_layer_as is {same}, expected the index of an "
+                                  f"earlier node with a 'layer' (0 to {j - 1})")
+            is_input.append("input_shape" in node)
+        ins, output = config["inputs"], config["output"]
+        if (not ins or len(set(ins)) != len(ins)
+                or not all(0 <= i < len(nodes) and is_input[i] for i in ins)
+                or (not config.get("multi", False) and len(ins) != 1)):
+            raise ConfigError(f"{where} inputs is {ins}, expected distinct input nodes (one "
+                              f"unless multi)")
+        if not 0 <= output < len(nodes):
+            raise ConfigError(f"{where} output is {output}, expected a node index (0 to "
+                              f"{len(nodes) - 1})")
+        reached, todo = set(), [output]
+        while todo:
+            j = todo.pop()
+            if j not in reached:
+                reached.add(j)
+                todo += nodes[j]["inputs"]
+        unused = [j for j in range(len(nodes)) if j not in reached]
+        if unused:
+            raise ConfigError(f"{where} nodes {unused} do not lead to the output")
+        out: DeclaredState = {}
+        k = 0
+        for j, node in enumerate(nodes):
+            if "layer" in node:  # named by their place among the nodes with a layer (a
+                # node with same_layer_as adds no child: its layer is an earlier node's)
+                for name, declared in declared_state_of(
+                        node["layer"], at=config_path(at, f"nodes[{j}]"),
+                        depth=depth + 1).items():
+                    out[f"{k}.{name}"] = declared
+                k += 1
+        return out
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Graph:

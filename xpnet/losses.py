@@ -256,3 +256,23 @@ LOSSES = {
     "binary_cross_entropy": BinaryCrossEntropy,
     "bce": BinaryCrossEntropy,
 }
+
+
+#: Every loss type a checkpoint may name (``xn.save`` records ``model.loss``): class name
+#: -> class. Register a Loss of your own here, with ``get_config()`` returning its
+#: constructor arguments, to save models trained with it.
+LOSS_TYPES: dict[str, type[Loss]] = {
+    cls.__name__: cls for cls in (QuadraticCost, SoftmaxCrossEntropy, BinaryCrossEntropy)}
+
+
+def loss_config(loss: Any) -> dict[str, Any]:
+    """``{"type": class name, "config": constructor arguments}`` for a loss checkpoints
+    can rebuild (a class in :data:`LOSS_TYPES`); TypeError for any other, naming the way
+    out."""
+    name = type(loss).__name__
+    if LOSS_TYPES.get(name) is not type(loss):
+        raise TypeError(f"the loss {loss!r} cannot be saved: checkpoints rebuild only the "
+                        f"classes in xpnet.losses.LOSS_TYPES ({', '.join(LOSS_TYPES)}); "
+                        f"register your class there (with get_config() returning its "
+                        f"constructor arguments), or set model.loss = None before saving")
+    return {"type": name, "config": loss.get_config()}

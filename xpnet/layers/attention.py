@@ -106,17 +106,22 @@ class MultiHeadAttention(Layer):
                              f"embed_dim={embed_dim} and num_heads={num_heads}")
         self.causal, self.use_bias = _flag(causal, "causal", who), _flag(bias, "bias", who)
         self.dtype = _args.float_dtype(dtype, who)
-        e, be, rng = self.embed_dim, resolve(backend, device), random.current().host
-        a = math.sqrt(6.0 / (e + 3 * e))  # Xavier-uniform on (3E, E)
-        self.in_proj_weight = self._new_parameter(
-            "in_proj_weight", rng.uniform(-a, a, size=(3 * e, e)), dtype, backend=be)
-        self.in_proj_bias = self._new_parameter(
-            "in_proj_bias", np.zeros(3 * e), dtype, backend=be) if self.use_bias else None
-        self.out_weight = self._new_parameter(
-            "out_proj.weight", rng.uniform(-1 / math.sqrt(e), 1 / math.sqrt(e), size=(e, e)),
-            dtype, backend=be)
-        self.out_bias = self._new_parameter(
-            "out_proj.bias", np.zeros(e), dtype, backend=be) if self.use_bias else None
+        be, rng = resolve(backend, device), random.current().host
+        shapes = self.param_shapes(self.get_config())
+
+        def make(pname: str, draw: Any) -> Any:
+            """The parameter ``pname`` as declared, None where it is not (no bias)."""
+            if pname not in shapes:
+                return None
+            return self._new_parameter(pname, draw(shapes[pname]), dtype, backend=be)
+
+        a = math.sqrt(6.0 / sum(shapes["in_proj_weight"]))  # Xavier-uniform on (3E, E)
+        k = 1 / math.sqrt(self.embed_dim)
+        # made in PyTorch's order, the two weights drawn in turn, the biases zeros
+        self.in_proj_weight = make("in_proj_weight", lambda s: rng.uniform(-a, a, size=s))
+        self.in_proj_bias = make("in_proj_bias", np.zeros)
+        self.out_weight = make("out_proj.weight", lambda s: rng.uniform(-k, k, size=s))
+        self.out_bias = make("out_proj.bias", np.zeros)
         self._cache: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
@@ -188,8 +193,8 @@ class MultiHeadAttention(Layer):
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The shapes of the parameters the layer ``config`` describes would hold,
-        without making it (checkpoints check them before allocating anything)."""
+        """``in_proj_weight (3E, E)``, ``in_proj_bias (3E,)``, ``out_proj.weight (E, E)``,
+        ``out_proj.bias (E,)``, in that order; no biases when ``bias`` is false."""
         e = config["embed_dim"]
         shapes = {"in_proj_weight": (3 * e, e)}
         if config.get("bias", True):
@@ -234,7 +239,8 @@ class PositionalEmbedding(Layer):
         self.max_len = _args.integer(max_len, "max_len", who, minimum=1)
         self.embed_dim = _args.integer(embed_dim, "embed_dim", who, minimum=1)
         self.dtype = _args.float_dtype(dtype, who)
-        host = random.current().host.normal(0.0, 0.02, size=(self.max_len, self.embed_dim))
+        host = random.current().host.normal(0.0, 0.02,
+                                            size=self.param_shapes(self.get_config())["weight"])
         self.weight = self._new_parameter("weight", host, dtype,
                                           backend=resolve(backend, device))
         self._length: int | None = None
@@ -322,28 +328,39 @@ class TransformerBlock(Layer):
         if self.embed_dim % self.num_heads:
             raise ValueError(f"{who}: embed_dim must be divisible by num_heads, got "
                              f"embed_dim={embed_dim} and num_heads={num_heads}")
-        e, hidden, be = self.embed_dim, self.mlp_ratio * self.embed_dim, resolve(backend, device)
-        # made (and drawn) in PyTorch's order: self_attn, linear1, linear2, norm1, norm2
-        self.self_attn = MultiHeadAttention(e, self.num_heads, causal=self.causal,
-                                            dtype=dtype, backend=be)
-        self.linear1 = Linear(e, hidden, dtype=dtype, backend=be)
-        self.linear2 = Linear(hidden, e, dtype=dtype, backend=be)
-        self.norm1 = LayerNorm(e, dtype=dtype, backend=be)
-        self.norm2 = LayerNorm(e, dtype=dtype, backend=be)
-        self.activation = GELU()
-        self.dropout1, self.dropout2 = Dropout(self.dropout), Dropout(self.dropout)
-        for attr, layer in self.named_children():
+        be = resolve(backend, device)
+        self._child_names: list[str] = []
+        for attr, kind, config in self._sublayers(self.get_config()):
+            layer = kind.from_config(config, backend=be)
             layer._where = f"{name or who}.{attr}"
+            setattr(self, attr, layer)
+            self._child_names.append(attr)
+
+    @classmethod
+    def _sublayers(cls, config: dict[str, Any]) -> list[tuple[str, type[Layer], dict[str, Any]]]:
+        """``(attribute, class, config)`` of each sub-layer, in PyTorch's order (the
+        order of making and drawing them): the constructor makes them from this list and
+        ``param_shapes`` declares their arrays from it."""
+        e, dtype = config["embed_dim"], config.get("dtype", "float32")
+        hidden = config.get("mlp_ratio", 4) * e
+        p = config.get("dropout", 0.0)
+        return [("self_attn", MultiHeadAttention, {"embed_dim": e,
+                                                   "num_heads": config["num_heads"],
+                                                   "causal": config.get("causal", False),
+                                                   "dtype": dtype}),
+                ("linear1", Linear, {"in_features": e, "out_features": hidden, "dtype": dtype}),
+                ("linear2", Linear, {"in_features": hidden, "out_features": e, "dtype": dtype}),
+                ("norm1", LayerNorm, {"normalized_shape": e, "dtype": dtype}),
+                ("norm2", LayerNorm, {"normalized_shape": e, "dtype": dtype}),
+                ("activation", GELU, {}), ("dropout1", Dropout, {"p": p}),
+                ("dropout2", Dropout, {"p": p})]
 
     def children(self) -> list[Layer]:
         return [layer for _, layer in self.named_children()]
 
     def named_children(self) -> list[tuple[str, Layer]]:
         """PyTorch's attribute names, so the dotted parameter names are its names."""
-        return [("self_attn", self.self_attn), ("linear1", self.linear1),
-                ("linear2", self.linear2), ("norm1", self.norm1), ("norm2", self.norm2),
-                ("activation", self.activation), ("dropout1", self.dropout1),
-                ("dropout2", self.dropout2)]
+        return [(attr, getattr(self, attr)) for attr in self._child_names]
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         if x.ndim != 3 or x.shape[2] != self.embed_dim:
@@ -369,14 +386,7 @@ class TransformerBlock(Layer):
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The dotted parameter names and shapes of the block ``config`` describes,
-        without making it (checkpoints check them before allocating anything)."""
-        e = config["embed_dim"]
-        hidden = config.get("mlp_ratio", 4) * e
-        shapes = {f"self_attn.{k}": v
-                  for k, v in MultiHeadAttention.param_shapes({"embed_dim": e}).items()}
-        shapes.update({"linear1.weight": (hidden, e), "linear1.bias": (hidden,),
-                       "linear2.weight": (e, hidden), "linear2.bias": (e,)})
-        for norm in ("norm1", "norm2"):
-            shapes.update({f"{norm}.weight": (e,), f"{norm}.bias": (e,)})
-        return shapes
+        """Its sub-layers' arrays, each prefixed with the sub-layer's attribute
+        (``self_attn.in_proj_weight``, ``linear1.weight``...), in PyTorch's order."""
+        return {f"{attr}.{pname}": shape for attr, kind, sub in cls._sublayers(config)
+                for pname, shape in kind.param_shapes(sub).items()}

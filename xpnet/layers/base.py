@@ -7,20 +7,25 @@ a layer reads its namespace from its input and never moves data to the host.
 
 Every Layer subclass with a public name is registered as it is defined, so a
 checkpoint's description can name it; :func:`build_layer` rebuilds a layer from
-``layer_config(layer)`` through the class's ``from_config``.
+``layer_config(layer)`` through the class's ``from_config``, and
+:func:`declared_state_of` says which arrays it would hold, from the description alone
+(checkpoints check a file against that before building anything).
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from .. import summary as summary_mod
+from .._args import FLOAT_DTYPES
 from .._compat import namespace
+from .._jsonconfig import ConfigError, check_config, check_keys, show, signature
 from ..backend import (
     Backend,
     backend_of,
@@ -32,6 +37,9 @@ from ..backend import (
 )
 from ..backends import adapter_of
 from .symbolic import connect, is_symbolic
+
+if TYPE_CHECKING:
+    from ..losses import Loss
 
 
 class LoadResult(NamedTuple):
@@ -53,6 +61,13 @@ def _host_copy(value: Any) -> np.ndarray:
 
 #: Every layer type a checkpoint may name: filled by ``Layer.__init_subclass__``.
 LAYER_TYPES: dict[str, type[Layer]] = {}
+
+#: What a description declares a model holds: every array, by its ``named_state`` name,
+#: with its shape and dtype (None where the description names none: float32 or float64).
+DeclaredState = dict[str, tuple[tuple[int, ...], str | None]]
+
+#: How deep Sequential and Graph descriptions may nest.
+MAX_DEPTH = 64
 
 
 class Parameter:
@@ -91,16 +106,27 @@ class Layer:
     own parameters in ``self._params`` and their sub-layers in ``children()``, and
     return their constructor arguments from ``get_config()`` so checkpoints can
     rebuild them.
+
+    A layer with parameters declares them once, in a classmethod
+    ``param_shapes(config) -> {name: shape}``: every array the layer holds, named as
+    ``named_state()`` names them (its own, and those of the sub-layers it makes itself:
+    TransformerBlock's ``"linear1.weight"``), from ``config`` as ``get_config()``
+    returns it. The constructor makes the arrays from it, and a checkpoint checks a
+    file's arrays against it before building anything. Making a layer whose arrays
+    differ from its declaration (or that makes parameters and declares none) raises
+    TypeError at once, naming both. Layers built from other layers' descriptions
+    (Sequential, Graph) override ``declared_state`` instead; layers without arrays
+    declare nothing.
     """
 
-    #: The Loss that ``fit`` last trained this model with: ``evaluate``'s default, and
-    #: saved in checkpoints (None until then).
-    loss: Any = None
     #: Whether forward takes a list of inputs (merge layers such as Add and Concat).
     multi_input = False
     #: The dtype of the input a graph or a summary should probe the layer with: None for
     #: the parameters' floating dtype, ``"int64"`` for layers that read ids (Embedding).
     input_dtype: str | None = None
+    #: The Loss that ``fit`` last trained this model with; ``evaluate``'s default; saved
+    #: in checkpoints (``xn.save`` records it, ``xn.load`` restores it). None: none yet.
+    loss: Loss | None = None
 
     @property
     def input_dtypes(self) -> list[str | None]:
@@ -109,6 +135,8 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        if "__init__" in vars(cls):  # checked against param_shapes once it has returned
+            cls.__init__ = _checked_init(vars(cls)["__init__"])
         if cls.__name__.startswith("_") or cls.forward is Layer.forward:
             return  # private or abstract: nothing a checkpoint could name
         LAYER_TYPES[f"{cls.__module__}.{cls.__qualname__}"] = cls
@@ -293,6 +321,41 @@ class Layer:
         return p
 
     # -- description -------------------------------------------------------------
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """The shape of every array a layer of this ``config`` (as ``get_config()``
+        returns it) holds, by its ``named_state`` name, without making it: the one
+        declaration the constructor makes the arrays from and checkpoints check files
+        against (see the class docstring). A layer without arrays declares none."""
+        return {}
+
+    @classmethod
+    def declared_state(cls, config: dict[str, Any], *, at: str = "", depth: int = 0
+                       ) -> DeclaredState:
+        """``{name: (shape, dtype)}`` of every array a layer of this ``config`` holds,
+        in ``named_state`` order, from the description alone (nothing is allocated).
+
+        ``config`` may come from a file: it is first held to the constructor's
+        annotations. By default the arrays are ``param_shapes(config)``, of the
+        config's ``dtype``; a layer whose sub-layers come from descriptions in its
+        config (Sequential, Graph) overrides this and declares theirs with
+        :func:`declared_state_of`. ``at`` is where the config sits in a model's
+        description (``"layers[2]"``) and ``depth`` how deep, for messages and the
+        nesting limit. Raises :class:`~xpnet._jsonconfig.ConfigError` naming the entry.
+        """
+        where = config_where(at, layer_type_name(cls))
+        check_config(where, cls, config, skip=("backend", "device"))
+        try:
+            shapes = cls.param_shapes(config)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ConfigError(f"{where}: cannot work out its parameter shapes ({e})") from None
+        params = signature(cls)
+        dtype = config.get("dtype", params["dtype"].default) if "dtype" in params else None
+        if shapes and dtype is not None and dtype not in FLOAT_DTYPES:
+            raise ConfigError(f"{where} dtype is {show(dtype)}, expected "
+                              f"{' or '.join(FLOAT_DTYPES)}")
+        return {name: (tuple(shape), dtype) for name, shape in shapes.items()}
+
     def summary(self, input_shape: tuple[int, ...] | None = None, print_fn=print) -> str:
         """Print (and return) a table of layers, output shapes and parameter counts
         (see :func:`xpnet.summary.summary`)."""
@@ -331,6 +394,43 @@ def check_like_parameters(layer: Layer, x: Any, ref: Any) -> None:
 
 def _takes_backend(cls: type) -> bool:
     return "backend" in inspect.signature(cls.__init__).parameters
+
+
+def _checked_init(init: Callable[..., None]) -> Callable[..., None]:
+    """``init`` followed, once the outermost constructor has returned, by the check that
+    the layer holds the arrays its class declares."""
+    @functools.wraps(init)
+    def __init__(self: Layer, *args: Any, **kwargs: Any) -> None:
+        init(self, *args, **kwargs)
+        if type(self).__init__ is __init__:  # not a super().__init__ call: the layer is made
+            _check_declaration(self)
+
+    return __init__
+
+
+def _check_declaration(layer: Layer) -> None:
+    """TypeError unless ``layer`` holds exactly the arrays ``param_shapes`` declares for
+    its ``get_config()``, in ``named_state`` order (see Layer's docstring)."""
+    cls = type(layer)
+    name = cls.__name__
+    rule = ("a layer declares every array it holds in a classmethod param_shapes(config) "
+            "-> {name: shape}, config as get_config() returns it, and makes them from "
+            "it (see xpnet.Layer)")
+    if getattr(cls.param_shapes, "__func__", None) is Layer.param_shapes.__func__:
+        made = [p.name for p in getattr(layer, "_params", [])]
+        if made:
+            raise TypeError(f"{name} makes parameters {made} but declares none: {rule}")
+        return  # no arrays of its own; its sub-layers were checked when they were made
+    try:
+        declared = [(n, tuple(s)) for n, s in cls.param_shapes(layer.get_config()).items()]
+    except Exception as e:  # noqa: BLE001 - re-raised with the rule
+        raise TypeError(f"{name}.param_shapes(get_config()) raised {type(e).__name__}: "
+                        f"{e}; {rule}") from e
+    held = [(n, p.shape) for n, p in layer.named_state()]
+    if held != declared:
+        order = " (the same arrays in another order)" if dict(held) == dict(declared) else ""
+        raise TypeError(f"{name} holds arrays {dict(held)} but param_shapes(get_config()) "
+                        f"declares {dict(declared)}{order}: {rule}")
 
 
 class Sequential(Layer):
@@ -395,6 +495,19 @@ class Sequential(Layer):
         return {"layers": [layer_config(layer) for layer in self._layers]}
 
     @classmethod
+    def declared_state(cls, config: dict[str, Any], *, at: str = "", depth: int = 0
+                       ) -> DeclaredState:
+        """Each layer's arrays, prefixed with its index (as ``named_state``)."""
+        check_keys(config_where(at, layer_type_name(cls)), config,
+                   {"layers": "list", "name": "str | None"}, {"layers"})
+        out: DeclaredState = {}
+        for i, spec in enumerate(config["layers"]):
+            for name, declared in declared_state_of(spec, at=config_path(at, f"layers[{i}]"),
+                                                    depth=depth + 1).items():
+                out[f"{i}.{name}"] = declared
+        return out
+
+    @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Layer:
         config = dict(config)
         layers = [build_layer(spec, backend=backend) for spec in config.pop("layers")]
@@ -405,13 +518,20 @@ class Sequential(Layer):
         return f"Sequential(\n{inner}\n)"
 
 
-def layer_config(layer: Layer) -> dict[str, Any]:
-    """``{"type": ..., "config": ...}``: a JSON-able description of a layer. The type is
-    the class name, or its qualified name when another class holds the short one."""
-    cls = type(layer)
-    kind = cls.__name__ if LAYER_TYPES.get(cls.__name__) is cls else \
+def layer_type_name(cls: type[Layer]) -> str:
+    """How a description names ``cls``: its class name, or its qualified name when
+    another class holds the short one."""
+    return cls.__name__ if LAYER_TYPES.get(cls.__name__) is cls else \
         f"{cls.__module__}.{cls.__qualname__}"
-    return {"type": kind, "config": layer.get_config()}
+
+
+def layer_config(layer: Layer) -> dict[str, Any]:
+    """``{"type": ..., "config": ...}``: a JSON-able description of a layer."""
+    return {"type": layer_type_name(type(layer)), "config": layer.get_config()}
+
+
+def _known_types() -> str:
+    return ", ".join(k for k in LAYER_TYPES if "." not in k)
 
 
 def build_layer(spec: dict[str, Any], *, backend: Backend | None = None) -> Layer:
@@ -421,6 +541,39 @@ def build_layer(spec: dict[str, Any], *, backend: Backend | None = None) -> Laye
     kind = spec.get("type")
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        known = ", ".join(k for k in LAYER_TYPES if "." not in k)
-        raise ValueError(f"unknown layer type {kind!r}; known: {known}")
+        raise ValueError(f"unknown layer type {kind!r}; known: {_known_types()}")
     return cls.from_config(dict(spec.get("config", {})), backend=backend)
+
+
+def declared_state_of(spec: Any, *, at: str = "", depth: int = 0) -> DeclaredState:
+    """``{name: (shape, dtype)}`` of every array the layer ``spec`` describes (a
+    ``layer_config`` read back from JSON, perhaps from a hostile file), in
+    ``named_state`` order, without building anything: the registered class's
+    ``declared_state`` of its config. ``at``/``depth``: see ``Layer.declared_state``.
+    Raises :class:`~xpnet._jsonconfig.ConfigError` naming the entry that is wrong."""
+    where = config_where(at)
+    if depth > MAX_DEPTH:
+        raise ConfigError(f"{where}: models nest more than {MAX_DEPTH} deep")
+    if not isinstance(spec, dict) or not set(spec) <= {"type", "config"}:
+        raise ConfigError(f"{where} is {show(spec)}, expected an object with 'type' and "
+                          f"'config'")
+    kind, config = spec.get("type"), spec.get("config", {})
+    cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ConfigError(f"{where}: unknown layer type {kind!r}; known: {_known_types()}")
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_where(at, kind)} config is {show(config)}, expected an "
+                          f"object")
+    return cls.declared_state(config, at=at, depth=depth)
+
+
+def config_where(at: str, kind: str | None = None) -> str:
+    """How messages name a place in a model's description: ``model config layers[0]
+    (Linear)``."""
+    text = f"model config {at}".rstrip()
+    return text if kind is None else f"{text} ({kind})"
+
+
+def config_path(at: str, step: str) -> str:
+    """``at`` one step further in: ``layers[1]`` then ``nodes[3]`` is ``layers[1].nodes[3]``."""
+    return f"{at}.{step}" if at else step

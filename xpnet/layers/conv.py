@@ -58,8 +58,7 @@ class _ConvND(_Weighted):
             if n % self.groups:
                 raise ValueError(f"{who}: {what} must be divisible by groups={self.groups}, "
                                  f"got {what}={n}")
-        self._make_weights((self.out_channels, self.in_channels // self.groups,
-                            *self.kernel_size), bias, init, dtype, backend, device)
+        self._make_weights(bias, init, dtype, backend, device)
         self._ctx: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
@@ -103,6 +102,20 @@ class _ConvND(_Weighted):
                 "padding": one(self.padding), "dilation": one(self.dilation),
                 "groups": self.groups, "bias": self.use_bias, "init": self.init,
                 "dtype": self.dtype}
+
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """``weight (out_channels, in_channels // groups, *kernel)`` and, with ``bias``,
+        ``bias (out_channels,)``; a config without ``groups`` (written before there were
+        any) means 1."""
+        k = config["kernel_size"]  # an int or one per spatial axis, as the constructor
+        kernel = tuple(k) if isinstance(k, (list, tuple)) else (k,) * cls.dims
+        groups = _args.integer(config.get("groups", 1), "groups", cls.__name__, minimum=1)
+        if config["in_channels"] % groups:
+            raise ValueError(f"{cls.__name__}: in_channels must be divisible by groups="
+                             f"{groups}, got in_channels={config['in_channels']}")
+        return cls._weight_and_bias((config["out_channels"], config["in_channels"] // groups,
+                                     *kernel), config)
 
 
 class Conv1D(_ConvND):

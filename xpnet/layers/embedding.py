@@ -67,8 +67,8 @@ class Embedding(Layer):
         self.embedding_dim = _args.integer(embedding_dim, "embedding_dim", "Embedding",
                                            minimum=1)
         self.dtype = _args.float_dtype(dtype, "Embedding")
-        table = random.current().host.standard_normal((self.num_embeddings,
-                                                       self.embedding_dim))
+        table = random.current().host.standard_normal(
+            self.param_shapes(self.get_config())["weight"])
         self.weight = self._new_parameter("weight", table, dtype,
                                           backend=resolve(backend, device))
         self._ids: Any = None
@@ -110,6 +110,5 @@ class Embedding(Layer):
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The shape of the table the layer ``config`` describes, without making it:
-        ``{"weight": (num_embeddings, embedding_dim)}``."""
+        """The table: ``{"weight": (num_embeddings, embedding_dim)}``."""
         return {"weight": (config["num_embeddings"], config["embedding_dim"])}

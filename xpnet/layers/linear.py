@@ -54,8 +54,7 @@ class Linear(_Weighted):
         super().__init__(name=name)
         self.in_features = _args.integer(in_features, "in_features", "Linear", minimum=1)
         self.out_features = _args.integer(out_features, "out_features", "Linear", minimum=1)
-        self._make_weights((self.out_features, self.in_features), bias, init, dtype,
-                           backend, device)
+        self._make_weights(bias, init, dtype, backend, device)
         self._x: Any = None
         self._lead: tuple[int, ...] | None = None  # leading axes of an input that is not 2-D
 
@@ -112,3 +111,9 @@ class Linear(_Weighted):
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.use_bias, "init": self.init, "dtype": self.dtype}
+
+    @classmethod
+    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+        """``weight (out_features, in_features)`` and, with ``bias``, ``bias
+        (out_features,)``."""
+        return cls._weight_and_bias((config["out_features"], config["in_features"]), config)

@@ -62,13 +62,13 @@ class _BatchNorm(Layer):
         self.eps = _args.real(eps, "eps", who, low=0.0, low_open=True)
         self.momentum = _args.real(momentum, "momentum", who, low=0.0, high=1.0)
         self.dtype = _args.float_dtype(dtype, who)
-        c, be = self.num_features, resolve(backend, device)
-        self.weight = self._new_parameter("weight", np.ones(c), dtype, backend=be)
-        self.bias = self._new_parameter("bias", np.zeros(c), dtype, backend=be)
-        self.running_mean = self._new_parameter("running_mean", np.zeros(c), dtype, False,
-                                                backend=be)
-        self.running_var = self._new_parameter("running_var", np.ones(c), dtype, False,
-                                               backend=be)
+        be, shapes = resolve(backend, device), self.param_shapes(self.get_config())
+        # the scale and shift are trained; the running statistics are not
+        for pname, fill, trainable in (("weight", 1.0, True), ("bias", 0.0, True),
+                                       ("running_mean", 0.0, False),
+                                       ("running_var", 1.0, False)):
+            setattr(self, pname, self._new_parameter(pname, np.full(shapes[pname], fill),
+                                                     dtype, trainable, backend=be))
         self._cache: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
@@ -129,8 +129,8 @@ class _BatchNorm(Layer):
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The shapes of the arrays the layer ``config`` describes would hold, without
-        making it (checkpoints check them before allocating anything)."""
+        """``weight``, ``bias``, ``running_mean`` and ``running_var``, each
+        ``(num_features,)``."""
         c = config["num_features"]
         return {name: (c,) for name in ("weight", "bias", "running_mean", "running_var")}
 
@@ -189,9 +189,10 @@ class LayerNorm(Layer):
                                               "LayerNorm", minimum=1)
         self.eps = _args.real(eps, "eps", "LayerNorm", low=0.0, low_open=True)
         self.dtype = _args.float_dtype(dtype, "LayerNorm")
-        d, be = self.normalized_shape, resolve(backend, device)
-        self.weight = self._new_parameter("weight", np.ones(d), dtype, backend=be)
-        self.bias = self._new_parameter("bias", np.zeros(d), dtype, backend=be)
+        be, shapes = resolve(backend, device), self.param_shapes(self.get_config())
+        self.weight = self._new_parameter("weight", np.ones(shapes["weight"]), dtype,
+                                          backend=be)
+        self.bias = self._new_parameter("bias", np.zeros(shapes["bias"]), dtype, backend=be)
         self._cache: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
@@ -234,8 +235,7 @@ class LayerNorm(Layer):
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The shapes of the parameters the layer ``config`` describes would hold,
-        without making it: ``weight`` and ``bias``, both ``(normalized_shape,)``."""
+        """``weight`` and ``bias``, both ``(normalized_shape,)``."""
         d = config["normalized_shape"]
         d = d[0] if isinstance(d, (list, tuple)) and len(d) == 1 else d
         return {"weight": (d,), "bias": (d,)}

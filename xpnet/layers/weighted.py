@@ -26,13 +26,17 @@ class _Weighted(Layer):
     parameters live (default: the current backend).
     """
 
-    def _make_weights(self, shape: tuple[int, ...], bias: bool, init: str, dtype: str,
+    def _make_weights(self, bias: bool, init: str, dtype: str,
                       backend: str | Backend | None, device: str | None) -> None:
+        """``weight`` and ``bias`` of the shapes ``param_shapes`` declares for the layer's
+        config (the sizes are set before this is called)."""
         initializers.get(init)  # a bad name fails before anything is drawn
         self.use_bias, self.init = bool(bias), init
         self.dtype = _args.float_dtype(dtype, type(self).__name__)
         be = resolve(backend, device)
-        w, b = initializers.draw(init, shape, bias, random.current().host)
+        shapes = self.param_shapes(self.get_config())
+        w, b = initializers.draw(init, shapes["weight"], "bias" in shapes,
+                                 random.current().host)
         self.weight = self._new_parameter("weight", w, dtype, backend=be)
         self.bias = self._new_parameter("bias", b, dtype, backend=be) if b is not None else None
 
@@ -59,27 +63,11 @@ class _Weighted(Layer):
             config = {**config, "init": "glorot"}
         return super().from_config(config, backend=backend)
 
-    @classmethod
-    def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """The shapes of the parameters the layer ``config`` describes would hold,
-        without making it (checkpoints check them before allocating anything).
-
-        ``config`` is as ``get_config`` writes it: Linear's weight is
-        ``(out_features, in_features)``, a convolution's ``(out_channels, in_channels //
-        groups, *kernel)`` (a config without ``groups``, written before there were any,
-        means 1); the bias, if any, ``(out,)``.
-        """
-        if "in_features" in config:
-            shape = (config["out_features"], config["in_features"])
-        else:
-            k = config["kernel_size"]  # an int or one per spatial axis, as the constructor
-            kernel = tuple(k) if isinstance(k, (list, tuple)) else (k,) * cls.dims
-            groups = _args.integer(config.get("groups", 1), "groups", cls.__name__, minimum=1)
-            if config["in_channels"] % groups:
-                raise ValueError(f"{cls.__name__}: in_channels must be divisible by groups="
-                                 f"{groups}, got in_channels={config['in_channels']}")
-            shape = (config["out_channels"], config["in_channels"] // groups, *kernel)
-        shapes = {"weight": shape}
+    @staticmethod
+    def _weight_and_bias(weight: tuple[int, ...], config: dict[str, Any]
+                         ) -> dict[str, tuple[int, ...]]:
+        """``weight`` and, unless the config says ``bias=False``, a bias ``(out,)``."""
+        shapes = {"weight": weight}
         if config.get("bias", True):
-            shapes["bias"] = (shape[0],)
+            shapes["bias"] = (weight[0],)
         return shapes
