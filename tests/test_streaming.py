@@ -388,3 +388,35 @@ def test_an_error_in_the_step_ends_the_reader_thread(rng, tmp_path):
                        batch_size=4, progress=False, **extra)
             assert time.monotonic() - start < 5
             _no_prefetch_thread_left()
+
+
+def test_prepare_gives_one_source_for_every_kind_of_data(tmp_path):
+    """data.prepare: in-memory arrays, a memmap and an iterable of batches become one
+    kind of Source (count, steps, the model's first output, the epoch's batches), and
+    arrays and memmaps give the same batches for the same seed."""
+    from xpnet import data
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((23, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 23)
+    mx = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.float32,
+                                   shape=x.shape)
+    mx[:] = x
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(4, 3))
+        sources = [data.prepare(model, a, y, batch_size=5, shuffle=True) for a in (x, mx)]
+        batches = [(x[i:i + 5], y[i:i + 5]) for i in range(0, 23, 5)]
+        sources.append(data.prepare(model, batches, batch_size=5))
+    for s in sources:
+        assert isinstance(s, data.Source)
+        assert (s.steps, s.outputs, tuple(s.first.shape)) == (5, 3, (1, 3))
+        assert s.n in (23, 25)  # an iterable's count is its estimate: 5 batches of 5
+    rows = []
+    for s in sources[:2]:
+        with s.batches(epoch=1, seed=4) as epoch:
+            rows.append([(b[0].copy(), b[1].copy()) for _, b in epoch])
+    for (xa, ya), (xb, yb) in zip(*rows, strict=True):
+        np.testing.assert_array_equal(xa, xb)
+        np.testing.assert_array_equal(ya, yb)
+    with pytest.raises(ValueError, match="x has 23 examples but y has 22"):
+        data.prepare(model, x, y[:22])

@@ -289,3 +289,61 @@ def test_metrics_sum_on_the_device_and_read_once(be):
     for count in (acc.hits, acc.judged, m.loss.count):  # integer counts on the device
         assert xn.backend.backend_of(count) == be and be.xp.isdtype(count.dtype, "integral")
     assert m.results() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})
+
+
+def test_evaluate_after_load_reports_the_loss_fit_used(tmp_path):
+    """fit records its loss as model.loss and xn.save keeps it: evaluate on the loaded
+    model reports the same loss (it was dropped: the loss lived in a hidden attribute)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 4)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(4, 1))
+        xn.fit(model, x, y, loss=xn.BinaryCrossEntropy(from_logits=True),
+               optimizer=xn.SGD(model, lr=0.5), epochs=2, batch_size=8, progress=False,
+               seed=0)
+        assert isinstance(model.loss, xn.BinaryCrossEntropy) and model.loss.from_logits
+        xn.save(tmp_path / "m.xpnet", model)
+        loaded = xn.load(tmp_path / "m.xpnet")
+        got, want = xn.evaluate(loaded, x, y), xn.evaluate(model, x, y)
+    assert set(got) == {"loss", "accuracy"}
+    assert got == pytest.approx(want)
+
+
+def test_fit_leaves_no_hidden_state_on_the_model(rng):
+    """What a run needs lives on the run or its step: fit, compiled or not, adds nothing
+    to the model but the loss it records."""
+    x = rng.standard_normal((20, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(4, 3))
+        before = {id(layer): set(vars(layer)) for layer in model.layers()}
+        for compile in (False, True):
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model),
+                   progress=False, compile=compile)
+        after = {id(layer): set(vars(layer)) for layer in model.layers()}
+    assert after[id(model)] - before[id(model)] == {"loss"}
+    assert all(after[k] == before[k] for k in before if k != id(model))
+
+
+def test_arrays_and_bind_are_the_one_seam_for_the_models_state(be):
+    """Layer.arrays() lists every array (running statistics too) in named_state order;
+    bind() puts them back; copies do not follow later in-place updates."""
+    model = xn.Sequential(xn.Linear(3, 4), xn.BatchNorm1D(4), xn.Linear(4, 2))
+    names = [n for n, _ in model.named_state()]
+    arrays = model.arrays()
+    assert len(arrays) == len(names) == 8 and all(
+        a is p.value for a, (_, p) in zip(arrays, model.named_state()))
+    copies = model.arrays(copy=True)
+    opt = xn.SGD(model, lr=1.0)
+    for p in model.parameters():
+        p.grad = be.xp.ones_like(p.value)
+    opt.step()  # in place where the library allows
+    moved = [xn.to_numpy(a) for a in model.arrays()]
+    model.bind(copies)
+    for (name, p), a, b in zip(model.named_state(), copies, moved):
+        np.testing.assert_array_equal(xn.to_numpy(p.value), xn.to_numpy(a), err_msg=name)
+        if name.endswith("weight") and "1." not in name:
+            assert not np.array_equal(xn.to_numpy(a), b), name  # the copy did not move
+    with pytest.raises(ValueError, match="bind got 7 arrays, the model holds 8"):
+        model.bind(copies[:7])

@@ -31,6 +31,7 @@ import contextlib
 import json
 import math
 import struct
+import warnings
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -102,11 +103,13 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
 
     ``metadata`` must be JSON-serialisable (epoch, accuracy, ...); the xpnet version,
     backend, device and dtype are recorded as well, and ``model.loss`` when it is set
-    (a class in ``xpnet.losses.LOSS_TYPES``). What :func:`load` would refuse (say, an
-    optimizer over only some of the model's parameters) is refused here, before
-    anything is written. Saves from several threads or processes to one path never
-    mix: the last rename wins. A ``.safetensors`` path writes that format (the
-    package's docstring says how), which needs the ``safetensors`` package.
+    (a class in ``xpnet.losses.LOSS_TYPES``; another is left out, with a warning, so a
+    checkpoint of a model trained with a loss of your own is still written). What
+    :func:`load` would refuse (say, an optimizer over only some of the model's
+    parameters) is refused here, before anything is written. Saves from several
+    threads or processes to one path never mix: the last rename wins. A
+    ``.safetensors`` path writes that format (the package's docstring says how), which
+    needs the ``safetensors`` package.
     """
     from .._version import __version__
 
@@ -130,8 +133,8 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     if model.loss is not None:
         try:
             meta["loss"] = loss_config(model.loss)
-        except TypeError as e:
-            raise CheckpointError(f"save {path}: {e}") from None
+        except TypeError as e:  # the weights matter more: saved without the loss
+            warnings.warn(f"save {path}: {e}; saved without it", UserWarning, stacklevel=2)
     try:
         blob = json.dumps(meta).encode()
     except TypeError as e:

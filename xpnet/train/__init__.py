@@ -16,7 +16,8 @@ from .callbacks import (
 )
 from .compiled import TrainStep, compile_step
 from .history import History
-from .loop import evaluate, fit, predict
+from .inference import evaluate, predict
+from .loop import fit
 from .metrics import Metric, MetricSet
 from .precision import MixedPrecision
 from .progress import Progress
