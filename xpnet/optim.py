@@ -211,6 +211,14 @@ class Optimizer:
     def get_config(self) -> dict[str, Any]:
         return {}
 
+    #: the attributes ``_update`` reads as constants (not per-step coefficients)
+    _constants: tuple[str, ...] = ()
+
+    def hyperparameters(self) -> tuple[Any, ...]:
+        """The settings the update bakes in (momentum, betas...): a compiled step is made
+        again when they change between steps."""
+        return tuple(getattr(self, name) for name in self._constants)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(lr={self.lr!r}, {self.get_config()})"
 
@@ -224,6 +232,7 @@ class SGD(Optimizer):
     """
 
     slots = ("momentum",)
+    _constants = ("momentum", "nesterov", "weight_decay")
 
     def __init__(self, params: Iterable[Parameter] | Layer, lr: float | Schedule = 0.01, *,
                  momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0):
@@ -260,6 +269,7 @@ class Adam(Optimizer):
 
     slots = ("m", "v")
     decoupled = False
+    _constants = ("betas", "eps", "weight_decay", "decoupled")
 
     def __init__(self, params: Iterable[Parameter] | Layer, lr: float | Schedule = 1e-3, *,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

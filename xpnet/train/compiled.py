@@ -103,8 +103,7 @@ class TrainStep:
         self.step = step
         self.model, self.loss, self.optimizer = step.model, step.loss, step.optimizer
         state = step.state
-        self.placement = tuple((type(p.value), str(p.value.dtype), str(_device(p.value)))
-                               for p in state)
+        self.placement = _placement(state)
         library = adapter_of(state[0].value) if state else None
         if compiler is None and library is not None:
             compiler = library.compiler()
@@ -126,6 +125,7 @@ class TrainStep:
         self._traced: set[tuple] = set()        # signatures traced (or warmed up) already
         self._graphs: dict[tuple, _Captured] = {}
         self._key: tuple[Any, Any] = (None, None)  # (stream key, the compiler's key)
+        self._bound: Any = None  # the model's first array as a step left it
         # the random stream layers draw from inside a compiled call: made once, set as
         # the current stream around the call (torch.compile cannot trace setting it)
         self._stream = _TracedDraws(self.compiler) if self.compiler is not None else None
@@ -160,12 +160,15 @@ class TrainStep:
         return [self._run_eager(*item) for item in items]
 
     def _check_placement(self) -> None:
-        now = tuple((type(p.value), str(p.value.dtype), str(_device(p.value)))
-                    for p in self.step.state)
-        if now != self.placement:
-            raise RuntimeError(f"compile_step: the model moved (to another backend, device "
-                               f"or dtype) since this step was compiled for it; compile a "
-                               f"new step for {type(self.model).__name__} where it is now")
+        state = self.step.state
+        if self.kind == "eager" or not state or state[0].value is self._bound:
+            return  # eager steps run wherever the model is; the arrays are the step's
+        if _placement(state) == self.placement:
+            self._bound = state[0].value
+            return
+        raise RuntimeError(f"compile_step: the model moved (to another backend, device "
+                           f"or dtype) since this step was compiled for it; compile a "
+                           f"new step for {type(self.model).__name__} where it is now")
 
     # -- eager ---------------------------------------------------------------------------------
     def _run_eager(self, x: Any, y: Any, ctx: StepContext, coefficients: tuple) -> Any:
@@ -192,7 +195,9 @@ class TrainStep:
         fn = self._compiled.get(statics)
         if fn is None:
             fn = self._compiled[statics] = self._compile(statics[0])
-        step.start(x0, y0)
+            step.start(x0, y0)
+        elif not step.metrics.started:  # a new epoch's sums
+            step.start(x0, y0)
         like = step.state[0].value
         stream = random.current()
         if self._key[0] is not stream.key:
@@ -218,6 +223,7 @@ class TrainStep:
             self._traced.add(sig)
             self._draws[sig] = self._stream.count
         step.bind(arrays)
+        self._bound = arrays[0] if arrays else None
         stream.position += self._draws[sig]
         return list(costs)
 
@@ -339,6 +345,15 @@ def _restore_caches(saved: list[tuple[Any, dict[str, Any]]]) -> None:
     for obj, attributes in saved:
         vars(obj).clear()
         vars(obj).update(attributes)
+
+
+def _placement(state: list[Any]) -> tuple:
+    """Where the model is, as its first array says (``model.to`` and ``astype`` move
+    them all): library, dtype and device."""
+    if not state:
+        return ()
+    v = state[0].value
+    return type(v), v.dtype, _device(v)
 
 
 def _device(x: Any) -> Any:

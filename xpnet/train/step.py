@@ -221,9 +221,9 @@ class Step:
         self.metrics.bind(arrays[i:])
 
     def signature(self) -> tuple:
-        """The settings a compiled step bakes in: retraced when they change (the
+        """The settings a compiled step bakes in: made again when they change (the
         optimizer's hyperparameters, the loss's configuration)."""
-        return (repr(self.optimizer.get_config()), repr(self.loss.get_config()))
+        return self.optimizer.hyperparameters(), tuple(self.loss.get_config().values())
 
     def describe(self) -> str:
         parts = [type(self.optimizer).__name__, type(self.loss).__name__]
