@@ -525,3 +525,138 @@ def test_compile_step_refuses_a_moved_model():
     x, y = np.zeros((2, 6), np.float32), np.zeros(2, np.int64)
     with pytest.raises(RuntimeError, match="the model moved .* compile a new step"):
         step(x, y)
+
+
+# -- misuse of compiled steps (the hardening issue, round 2) ----------------------------
+def test_changed_hyperparameters_are_taken_by_the_compiled_step(be, aot_eager, recwarn):
+    """weight_decay, betas and eps changed between steps: jax.jit baked them in (weights
+    0.05-0.1 away from eager); the step is made again for the new settings."""
+    rng = np.random.default_rng(0)
+    x = be.asarray(rng.standard_normal((8, 6)), dtype="float32")
+    y = be.asarray(rng.integers(0, 3, 8))
+    runs = []
+    for compiled in (False, True):
+        xn.seed(4)
+        model = _mlp(0.0)
+        opt = xn.AdamW(model.parameters(), lr=0.05)
+        step = TrainStep(Step(model, xn.SoftmaxCrossEntropy(), opt),
+                         compiler=None if compiled else False)
+        for i in range(6):
+            if i == 3:
+                opt.weight_decay, opt.betas, opt.eps = 0.5, (0.5, 0.9), 1e-3
+            step(x, y)
+        runs.append([np.asarray(xn.to_numpy(a)) for a in model.arrays()])
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_fit_compile_after_the_model_moved_trains_where_it_is():
+    """A compiled step belongs to one placement of the model: after model.to(...) fit
+    makes the step for the new place (it reused the JAX step and put the parameters
+    back on JAX, or raised a raw JAX error for array-api-strict)."""
+    pytest.importorskip("jax")
+    import array_api_strict  # noqa: F401
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 6)).astype(np.float32), rng.integers(0, 3, 12)
+    xn.use("jax")
+    model = _mlp(0.0)
+    opt = xn.SGD(model.parameters(), lr=0.1)
+    kw = dict(loss=xn.SoftmaxCrossEntropy(), optimizer=opt, progress=False, compile=True)
+    xn.fit(model, x, y, **kw)
+    for backend in ("numpy", "array_api_strict", "jax"):
+        model.to(backend)
+        xn.fit(model, x, y, **kw)
+        assert {xn.backend.backend_of(a).name for a in model.arrays()} == {backend}
+
+
+def test_jax_compiles_a_model_that_starts_with_an_embedding_with_batch_callbacks():
+    """fit(compile=True) on JAX for xn.models.transformer (an Embedding first: its
+    backward asked a tracer for .device) with an on_batch_end callback (it read a
+    donated running sum): both train, as eagerly."""
+    pytest.importorskip("jax")
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 11, (12, 6)), rng.integers(0, 11, (12, 6))
+
+    class Losses(xn.Callback):
+        def on_train_begin(self, model, optimizer):
+            super().on_train_begin(model, optimizer)
+            self.losses = []
+
+        def on_batch_end(self, step, logs):
+            self.losses.append(logs["loss"])
+
+    runs = []
+    for compile in (False, True):
+        xn.use("jax")
+        xn.seed(0)
+        model = xn.models.transformer(11, embed_dim=8, num_heads=2, num_layers=1, max_len=6)
+        cb = Losses()
+        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.Adam(model),
+                   epochs=2, batch_size=4, compile=compile, progress=False, callbacks=[cb],
+                   seed=0)
+        runs.append((h["loss"], cb.losses))
+    (h0, b0), (h1, b1) = runs
+    assert len(b1) == len(b0) == 6
+    np.testing.assert_allclose(b1, b0, rtol=1e-4)
+    np.testing.assert_allclose(h1, h0, rtol=1e-4)
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")])
+def test_compile_step_checks_clip_settings_when_made(bad):
+    model = _mlp(0.0)
+    opt = xn.SGD(model.parameters())
+    for name in ("clip_grad_norm", "clip_grad_value"):
+        with pytest.raises(ValueError, match=f"compile_step: {name} must be a finite number"):
+            xn.compile_step(model, xn.SoftmaxCrossEntropy(), opt, **{name: bad})
+
+
+def test_no_tracer_is_left_in_a_layer_after_a_compiled_step(be, aot_eager, recwarn):
+    """Layer caches filled while tracing held JAX tracers: a later backward without a
+    forward raised UnexpectedTracerError. The caches are put back as they were, so it
+    says to run forward first."""
+    model = _mlp(0.0)
+    step = xn.compile_step(model, xn.SoftmaxCrossEntropy(), xn.SGD(model.parameters()))
+    rng = np.random.default_rng(0)
+    step(be.asarray(rng.standard_normal((4, 6)), dtype="float32"),
+         be.asarray(rng.integers(0, 3, 4)))
+    dy = be.asarray(np.ones((4, 3)), dtype="float32")
+    if step.kind == "eager":  # an eager step leaves the caches of its own forward
+        assert tuple(model.backward(dy).shape) == (4, 6)
+        return
+    with pytest.raises(RuntimeError, match=r"backward\(\) needs a forward\(x, train=True\)"):
+        model.backward(dy)
+
+
+def _readme_scale_layer():
+    """The README's own-layer example (the Scale class), as a user copies it."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = next(b for b in re.findall(r"^```python\n(.*?)^```", readme, flags=re.S | re.M)
+                 if "class Scale(xn.Layer)" in b)
+    scope: dict = {}
+    exec(compile(block.split("def test_scale")[0], "README.md (Scale)", "exec"), scope)
+    return scope["Scale"]
+
+
+def test_the_readmes_own_layer_trains_compiled(be, aot_eager, recwarn):
+    """A user's layer written as the README shows (its namespace found with
+    xn.backend.backend_of(dy)) trains compiled as eagerly; backend_of raised on a JAX
+    tracer inside compile_step."""
+    Scale = _readme_scale_layer()
+    rng = np.random.default_rng(0)
+    x = be.asarray(rng.standard_normal((8, 6)), dtype="float32")
+    y = be.asarray(rng.integers(0, 3, 8))
+    runs = []
+    for compiled in (False, True):
+        xn.seed(0)
+        model = xn.Sequential(Scale(6), xn.Linear(6, 3))
+        step = TrainStep(Step(model, xn.SoftmaxCrossEntropy(), xn.Adam(model, lr=0.05)),
+                         compiler=None if compiled else False)
+        for _ in range(5):
+            step(x, y)
+        runs.append([np.asarray(xn.to_numpy(a)) for a in model.arrays()])
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)

@@ -97,3 +97,17 @@ def test_optimizer_rejects_bad_arguments():
         xn.SGD([p], lr=0.0)
     with pytest.raises(ValueError, match="nesterov"):
         xn.SGD([p], lr=0.1, nesterov=True)
+
+
+def test_a_schedule_giving_a_negative_rate_is_refused():
+    """A callable lr that went negative trained uphill (a float one is refused)."""
+    p = xn.Parameter("w", np.zeros(2, dtype=np.float32))
+    p.grad = np.ones(2, dtype=np.float32)
+    opt = xn.SGD([p], lr=lambda step: 0.1 - 0.1 * step)
+    opt.step()
+    opt.step()  # the rate is 0 at step 1: allowed
+    p.grad = np.ones(2, dtype=np.float32)
+    with pytest.raises(ValueError, match=r"SGD: the learning rate .* gave -0.1 at step 2; "
+                                         r"a schedule must give finite rates >= 0"):
+        opt.step()
+    np.testing.assert_allclose(p.value, [-0.1, -0.1])  # the refused step changed nothing

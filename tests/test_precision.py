@@ -425,3 +425,70 @@ def test_mixed_precision_example(capsys):
     acc32, acc16 = float(rows[0][2]), float(rows[1][2])
     assert acc32 > 0.8 and abs(acc16 - acc32) < 0.05
     assert float(rows[1][3]) == pytest.approx(100 * (acc16 - acc32), abs=0.01)
+
+
+def test_fp16_overflow_is_skipped_before_clipping_by_value(be, rng):
+    """clip_grad_value turned an inf gradient into a finite one before the finite check,
+    so the overflowing steps were applied and the scale never backed off. The check now
+    comes first (LossScale runs before the clipping transforms): with clipping the
+    scales follow GradScaler's rule and the poisoned steps change nothing."""
+    _low_or_skip(be, "fp16-mixed")
+    from xpnet.train import Step, TrainStep
+
+    x = be.asarray(rng.standard_normal((16, 8)), dtype="float32")
+    y = be.asarray(rng.integers(0, 3, 16))
+    xn.seed(0)
+    model = xn.Sequential(xn.Linear(8, 3), _Poison(PATTERN))
+    opt = xn.SGD(model, lr=0.1, momentum=0.9)
+    mixed = MixedPrecision("fp16-mixed", init_scale=2.0**10, growth_interval=3)
+    step = TrainStep(Step(model, xn.SoftmaxCrossEntropy(), opt, precision=mixed,
+                          clip_grad_value=0.01), compiler=False)
+    scales = []
+    for bad in PATTERN:
+        before = [_host(p.value) for p in model.parameters()]
+        step(x, y)
+        scales.append(float(xn.to_numpy(mixed.scale)))
+        for b, p in zip(before, model.parameters()):
+            if bad:
+                np.testing.assert_array_equal(_host(p.value), b)
+            else:  # clipped to 0.01 per element: a small, finite step
+                moved = np.abs(_host(p.value) - b)
+                assert np.all(np.isfinite(moved)) and 0 < moved.max() <= 0.1 * 0.01 * 10
+    assert scales == _gradscaler_rule(PATTERN, 2.0**10, 3)
+
+
+def test_fp16_loss_scale_goes_on_across_fits_and_checkpoints(be, tmp_path):
+    """The loss scale is saved with the optimizer: a run resumed from a checkpoint (and
+    a fit called an epoch at a time) takes the uninterrupted run's steps; it restarted
+    from the initial scale (parameters 0.03-0.04 apart)."""
+    _low_or_skip(be, "fp16-mixed")
+    x, y = _blobs(64)
+
+    def make():
+        xn.seed(0)
+        model = _ln_model()
+        return model, xn.Adam(model, lr=1e-2)
+
+    def fit(model, opt, epochs, initial=0):
+        xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, epochs=epochs,
+               initial_epoch=initial, batch_size=16, progress=False, seed=0,
+               precision=MixedPrecision("fp16-mixed", init_scale=2.0**20, growth_interval=2))
+
+    straight, opt = make()
+    fit(straight, opt, 3)
+    scale = opt.loss_scale_state()["scale"]
+    assert scale != 2.0**20  # it moved (backed off from 2**20, then grew)
+    by_epoch, opt = make()
+    for epoch in range(3):
+        fit(by_epoch, opt, epoch + 1, epoch)
+    assert opt.loss_scale_state()["scale"] == scale
+    resumed, opt = make()
+    fit(resumed, opt, 1)
+    xn.save(tmp_path / "c.xpnet", resumed, optimizer=opt)
+    ckpt = xn.load_checkpoint(tmp_path / "c.xpnet", backend=be)
+    assert ckpt.optimizer.loss_scale == opt.loss_scale_state()
+    fit(ckpt.model, ckpt.optimizer, 3, 1)
+    for model in (by_epoch, ckpt.model):
+        for (name, a), (_, b) in zip(model.named_state(), straight.named_state()):
+            np.testing.assert_allclose(_host(a.value), _host(b.value), rtol=1e-6, atol=1e-7,
+                                       err_msg=name)

@@ -139,6 +139,11 @@ class Optimizer:
 
     #: names of per-parameter state arrays, saved in checkpoints
     slots: tuple[str, ...] = ()
+    #: fp16's loss scale of the steps that update with this optimizer (a
+    #: ``train.precision.LossScale``; a dict of its numbers after loading a checkpoint,
+    #: until a step takes them up): saved with the optimizer, so a resumed run and the
+    #: next ``fit`` go on with the scale the last one reached.
+    loss_scale: Any = None
 
     def __init__(self, params: Iterable[Parameter] | Layer, lr: float | Schedule):
         if isinstance(params, Layer):
@@ -154,8 +159,22 @@ class Optimizer:
         self.state: dict[str, list[Any]] = {s: [None] * len(self.params) for s in self.slots}
 
     def current_lr(self) -> float:
-        """The learning rate the next ``step()`` uses."""
-        return float(self.lr(self.steps)) if callable(self.lr) else float(self.lr)
+        """The learning rate the next ``step()`` uses; ValueError when a schedule gives
+        one that is negative or not finite (it would train uphill, or not at all)."""
+        if not callable(self.lr):
+            return float(self.lr)
+        rate = float(self.lr(self.steps))
+        if not (math.isfinite(rate) and rate >= 0):
+            raise ValueError(f"{type(self).__name__}: the learning rate {self.lr!r} gave "
+                             f"{rate} at step {self.steps}; a schedule must give finite "
+                             f"rates >= 0")
+        return rate
+
+    def loss_scale_state(self) -> dict[str, Any]:
+        """The numbers of :attr:`loss_scale` (reads the device: for checkpoints)."""
+        if isinstance(self.loss_scale, dict):
+            return dict(self.loss_scale)
+        return self.loss_scale.state_dict() if self.loss_scale is not None else {}
 
     def zero_grad(self) -> None:
         for p in self.params:

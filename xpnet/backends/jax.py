@@ -36,7 +36,7 @@ class JaxOps(StandardOps):
         return jax.lax.erf(x)
 
     def rows_add(self, xp, n_rows, index, values):
-        out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype, device=values.device)
+        out = xp.zeros((n_rows, values.shape[1]), dtype=values.dtype, device=device(values))
         return out.at[index].add(values)  # a scatter-add: repeated indices sum
 
     def conv_forward(self, xp, x, W, b, stride, padding, dilation=None, groups=1):

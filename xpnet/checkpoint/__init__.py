@@ -171,8 +171,12 @@ def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray])
             lr = schedule_config(lr)
         except TypeError as e:
             raise CheckpointError(f"save: {e}") from None
-    return {"type": type(opt).__name__, "lr": lr, "config": opt.get_config(),
-            "steps": opt.steps, "params": order}
+    out = {"type": type(opt).__name__, "lr": lr, "config": opt.get_config(),
+           "steps": opt.steps, "params": order}
+    scale = opt.loss_scale_state()
+    if scale:  # fp16's loss scale goes on with the optimizer it steps
+        out["loss_scale"] = scale
+    return out
 
 
 # -- reading ------------------------------------------------------------------------
@@ -267,6 +271,8 @@ def _rebuild_optimizer(path: Path, spec: dict, model: Layer, arrays: dict[str, n
             key = f"opt/{slot}/{name}"
             if key in arrays:
                 opt.state[slot][i] = be.asarray(arrays[key], dtype=dtype_text(arrays[key].dtype))
+    if "loss_scale" in spec:
+        opt.loss_scale = dict(spec["loss_scale"])  # taken up by the next fp16 step
     return opt
 
 

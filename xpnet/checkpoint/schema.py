@@ -104,8 +104,15 @@ def check_optimizer(spec: dict, declared: DeclaredState,
     """Check the optimizer's description and state arrays; return the arrays' keys."""
     where = "optimizer"
     check_keys(where, spec, {"type": "str", "lr": "float | dict", "config": "dict",
-                             "steps": "int", "params": "list[str]"},
+                             "steps": "int", "params": "list[str]", "loss_scale": "dict"},
                {"type", "lr", "config", "steps", "params"})
+    if "loss_scale" in spec:
+        scale = spec["loss_scale"]
+        check_keys(f"{where} loss_scale", scale, {"scale": "float", "growth_tracker": "int"},
+                   {"scale", "growth_tracker"})
+        if scale["scale"] <= 0 or scale["growth_tracker"] < 0:
+            raise ConfigError(f"{where} loss_scale is {show(scale)}, expected a scale > 0 "
+                              f"and a growth_tracker >= 0")
     cls = OPTIMIZERS.get(spec["type"])
     if cls is None:
         raise ConfigError(f"unknown optimizer type {spec['type']!r}; known: "

@@ -176,6 +176,8 @@ class MixedPrecision:
         be = backend_of(params[0].value)
         low = self.low_dtype(be)
         xp = be.xp
+        if self.scaler is not None and self.scaler.scale is None:
+            self.scaler.place(be)
         masters = [p.value for p in params]
         earlier = [p.grad for p in params]  # gradients already summed (accumulation)
         try:
@@ -340,9 +342,17 @@ class LossScale(GradientTransform):
         self.tracker = xp.where(finite & ~grow, count, xp.zeros_like(count))
         self.finite = finite
 
+    def take(self, other: Any) -> None:
+        """Go on from ``other``'s scale: another LossScale (its device arrays, no host
+        read) or the numbers of :meth:`state_dict`; None changes nothing."""
+        if isinstance(other, LossScale) and other is not self and other.scale is not None:
+            self.scale, self.tracker = other.scale, other.tracker
+        elif isinstance(other, dict):
+            self.load_state_dict(other)
+
     def state_dict(self) -> dict[str, Any]:
         if self.scale is None:
-            return {}
+            return dict(zip(("scale", "growth_tracker"), self._restored or ()))
         return {"scale": float(to_numpy(self.scale)),
                 "growth_tracker": int(to_numpy(self.tracker))}
 

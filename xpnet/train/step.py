@@ -93,6 +93,9 @@ class Step:
         if self.weighted:
             transforms.append(Normalize())
         if precision is not None and precision.scaler is not None:
+            # the optimizer's scale (an earlier fit's, or a checkpoint's) goes on here
+            precision.scaler.take(optimizer.loss_scale)
+            optimizer.loss_scale = precision.scaler
             transforms.append(precision.scaler)
         if clip_grad_value is not None:
             value = _args.real(clip_grad_value, "clip_grad_value", who, low=0.0,
