@@ -528,26 +528,38 @@ def test_compile_step_refuses_a_moved_model():
 
 
 # -- misuse of compiled steps (the hardening issue, round 2) ----------------------------
-def test_changed_hyperparameters_are_taken_by_the_compiled_step(be, aot_eager, recwarn):
-    """weight_decay, betas and eps changed between steps: jax.jit baked them in (weights
-    0.05-0.1 away from eager); the step is made again for the new settings."""
+def _steps_both_ways(be, make, steps, before_step=lambda i, opt: None):
+    """The model's arrays after ``steps`` eager, then compiled, steps of ``make()``'s
+    (model, optimizer) on one batch; ``before_step(i, opt)`` may change settings."""
     rng = np.random.default_rng(0)
     x = be.asarray(rng.standard_normal((8, 6)), dtype="float32")
     y = be.asarray(rng.integers(0, 3, 8))
     runs = []
     for compiled in (False, True):
         xn.seed(4)
-        model = _mlp(0.0)
-        opt = xn.AdamW(model.parameters(), lr=0.05)
+        model, opt = make()
         step = TrainStep(Step(model, xn.SoftmaxCrossEntropy(), opt),
                          compiler=None if compiled else False)
-        for i in range(6):
-            if i == 3:
-                opt.weight_decay, opt.betas, opt.eps = 0.5, (0.5, 0.9), 1e-3
+        for i in range(steps):
+            before_step(i, opt)
             step(x, y)
         runs.append([np.asarray(xn.to_numpy(a)) for a in model.arrays()])
     for a, b in zip(*runs, strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def test_changed_hyperparameters_are_taken_by_the_compiled_step(be, aot_eager, recwarn):
+    """weight_decay, betas and eps changed between steps: jax.jit baked them in (weights
+    0.05-0.1 away from eager); the step is made again for the new settings."""
+    def change(i, opt):
+        if i == 3:
+            opt.weight_decay, opt.betas, opt.eps = 0.5, (0.5, 0.9), 1e-3
+
+    def make():
+        model = _mlp(0.0)
+        return model, xn.AdamW(model.parameters(), lr=0.05)
+
+    _steps_both_ways(be, make, 6, change)
 
 
 def test_fit_compile_after_the_model_moved_trains_where_it_is():
@@ -646,17 +658,9 @@ def test_the_readmes_own_layer_trains_compiled(be, aot_eager, recwarn):
     xn.backend.backend_of(dy)) trains compiled as eagerly; backend_of raised on a JAX
     tracer inside compile_step."""
     Scale = _readme_scale_layer()
-    rng = np.random.default_rng(0)
-    x = be.asarray(rng.standard_normal((8, 6)), dtype="float32")
-    y = be.asarray(rng.integers(0, 3, 8))
-    runs = []
-    for compiled in (False, True):
-        xn.seed(0)
+
+    def make():
         model = xn.Sequential(Scale(6), xn.Linear(6, 3))
-        step = TrainStep(Step(model, xn.SoftmaxCrossEntropy(), xn.Adam(model, lr=0.05)),
-                         compiler=None if compiled else False)
-        for _ in range(5):
-            step(x, y)
-        runs.append([np.asarray(xn.to_numpy(a)) for a in model.arrays()])
-    for a, b in zip(*runs, strict=True):
-        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+        return model, xn.Adam(model, lr=0.05)
+
+    _steps_both_ways(be, make, 5)

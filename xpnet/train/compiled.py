@@ -32,7 +32,7 @@ import warnings
 from typing import Any
 
 from .. import random
-from .._compat import namespace
+from .._compat import device, namespace
 from ..backends import adapter_of
 from ..backends.base import CapturingCompiler, Compiler
 from ..layers.base import Layer
@@ -353,13 +353,7 @@ def _placement(state: list[Any]) -> tuple:
     if not state:
         return ()
     v = state[0].value
-    return type(v), v.dtype, _device(v)
-
-
-def _device(x: Any) -> Any:
-    from .._compat import device
-
-    return device(x)
+    return type(v), v.dtype, device(v)
 
 
 def _signature(x: Any, y: Any) -> tuple:
