@@ -45,7 +45,9 @@ def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
 
 
 def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
-              metrics: list[metrics_mod.Metric]) -> dict[str, Any]:
+                metrics: list[metrics_mod.Metric], reduce: Any = None) -> dict[str, Any]:
+    """The loss (when given) and ``metrics`` of ``model`` over ``source``; ``reduce``
+    sums the device sums over the ranks of a data-parallel run before they are read."""
     sums = MetricSet(metrics, loss=loss is not None)
     for m in metrics:
         m.reset()
@@ -53,6 +55,8 @@ def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
         for size, (*xb, yb) in batches:
             pred = model.forward(source.x(xb), train=False)
             sums.update(pred, yb, loss.forward(pred, yb) if loss is not None else None, size)
+    if reduce is not None and sums.started:
+        sums.bind(reduce(sums.arrays()))
     return sums.results()
 
 
