@@ -168,3 +168,108 @@ def test_buckets_are_bounded_and_reduce_as_one_sum():
     assert t.bytes == (10 + 100 + 16) * 4
     for i, p in enumerate(params):
         np.testing.assert_array_equal(p.grad, np.full(p.shape, 2 * (i + 1.0)))
+
+
+# -- NCCL for CuPy arrays, through a stand-in cupy -----------------------------------------
+class _DeviceArray(np.ndarray):
+    """A stand-in CuPy array: NumPy memory behind a ``.data.ptr``."""
+
+    @property
+    def data(self):  # noqa: D401 - CuPy's memory pointer
+        _MEMORY[id(self.base if self.base is not None else self)] = self
+        return type("Ptr", (), {"ptr": id(self.base if self.base is not None else self)})()
+
+
+_MEMORY: dict[int, np.ndarray] = {}
+
+
+def _fake_cupy(calls, size=2):
+    """``cupy`` with ``cuda.nccl`` (its collectives act as if every rank sent the same
+    buffer), streams and events that record the order things were asked in."""
+    import types
+
+    class Stream:
+        def __init__(self, non_blocking=False, name="nccl"):
+            self.name, self.ptr = name, 7
+
+        def wait_event(self, event):
+            calls.append(("wait", self.name, event.where))
+
+    current = Stream(name="current")
+
+    class Event:
+        def __init__(self):
+            self.where = None
+
+        def record(self, stream=None):
+            self.where = (stream or current).name
+            calls.append(("record", self.where))
+
+    class Communicator:
+        def __init__(self, n, uid, rank):
+            calls.append(("init", n, uid, rank))
+
+        def allReduce(self, send, recv, count, dtype, op, stream):  # noqa: N802 (CuPy's)
+            calls.append(("allReduce", count, dtype, op, stream))
+            _MEMORY[recv].reshape(-1)[:] = _MEMORY[send].reshape(-1) * size
+
+        def bcast(self, buf, count, dtype, root, stream):
+            calls.append(("bcast", count, dtype, root))
+
+    nccl = types.SimpleNamespace(available=True, get_unique_id=lambda: (1, 2, 3),
+                                 NcclCommunicator=Communicator, NCCL_SUM="sum",
+                                 NCCL_FLOAT32="f32", NCCL_FLOAT64="f64", NCCL_FLOAT16="f16",
+                                 NCCL_INT32="i32", NCCL_INT64="i64")
+    cuda = types.SimpleNamespace(nccl=nccl, Stream=Stream, Event=Event,
+                                 get_current_stream=lambda: current)
+    module = types.ModuleType("cupy")
+    module.cuda = cuda
+    module.ndarray = _DeviceArray
+    module.concatenate = lambda arrays: np.concatenate(arrays).view(_DeviceArray)
+    return module, nccl
+
+
+def test_nccl_sums_cupy_buckets_on_its_own_stream(monkeypatch):
+    """The NCCL communicator's logic (no GPU): the id goes from rank 0 over MPI, a
+    bucket's sum runs on NCCL's stream after the current stream's work (an event) and
+    the current stream waits for it only when the result is asked for; other arrays and
+    Python values go over MPI."""
+    import sys
+
+    from xpnet.backends.base import Communicator
+    from xpnet.backends.cupy import CupyNCCL
+
+    calls = []
+    cupy, nccl = _fake_cupy(calls)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setitem(sys.modules, "cupy.cuda", cupy.cuda)
+    monkeypatch.setitem(sys.modules, "cupy.cuda.nccl", nccl)
+
+    class Boot(Communicator):  # rank 1 of 2 over "MPI": rank 0's values win
+        rank, size, name = 1, 2, "MPI"
+
+        def bcast_object(self, value, root=0):
+            return (1, 2, 3) if value is None else value
+
+        def allreduce_sum(self, arrays):
+            calls.append(("mpi", len(arrays)))
+            return [a * 2 for a in arrays]
+
+    comm = CupyNCCL(Boot())
+    assert calls == [("init", 2, (1, 2, 3), 1)]
+    calls.clear()
+    bucket = np.arange(6, dtype=np.float32).view(_DeviceArray)
+    pending = comm.start_allreduce(bucket)
+    assert calls == [("record", "current"), ("wait", "nccl", "current"),
+                     ("allReduce", 6, "f32", "sum", 7), ("record", "nccl")]
+    calls.clear()
+    np.testing.assert_array_equal(pending.wait(), np.arange(6) * 2)
+    assert calls == [("wait", "current", "nccl")]  # asked for: now the stream waits
+    a, b = (np.ones((2, 2), np.float64).view(_DeviceArray),
+            np.full(3, 2.0).view(_DeviceArray))
+    summed = comm.allreduce_sum([a, b])
+    np.testing.assert_array_equal(summed[0], np.full((2, 2), 2.0))
+    np.testing.assert_array_equal(summed[1], np.full(3, 4.0))
+    calls.clear()
+    comm.allreduce_sum([np.ones(2)])  # a host array: over MPI
+    assert calls == [("mpi", 1)]

@@ -310,22 +310,27 @@ def _by_rank(values: list[Any], width: int = 80) -> str:
 TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def detect() -> Communicator:
+def detect(backend: str | None = None) -> Communicator:
     """The communicator of how this job was started: ``torch.distributed`` when
-    ``torchrun`` set its variables, else MPI (one rank when not under ``mpiexec``)."""
+    ``torchrun`` set its variables, else MPI (one rank when not under ``mpiexec``), with
+    NCCL for a model on CuPy (``backend``)."""
     if all(v in os.environ for v in TORCHRUN):
         return backends.adapter("torch").communicator()
-    return MPICommunicator()
+    comm = MPICommunicator()
+    if backend == "cupy" and comm.size > 1:
+        return backends.adapter("cupy").communicator(comm)
+    return comm
 
 
-def resolve(distributed: bool | Communicator | None) -> Strategy:
+def resolve(distributed: bool | Communicator | None, backend: str | None = None
+            ) -> Strategy:
     """The strategy ``fit(distributed=...)`` asks for: ``True`` for this job's ranks (as
-    :func:`detect` finds them), a Communicator for its ranks, ``False`` for one
-    process."""
+    :func:`detect` finds them for a model on ``backend``), a Communicator for its ranks,
+    ``False`` for one process."""
     if distributed is None or distributed is False:
         return Strategy()
     if distributed is True:
-        distributed = detect()
+        distributed = detect(backend)
     if isinstance(distributed, Communicator):
         return DataParallel(distributed) if distributed.size > 1 else Strategy()
     raise TypeError(f"fit: distributed must be a bool or a Communicator, got {distributed!r}")

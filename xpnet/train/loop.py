@@ -160,7 +160,7 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         of the last epoch whose loss was finite (or the starting ones).
         ``TerminateOnNaN`` reads every batch's loss and stops at the first bad one.
     """
-    strategy = distributed_mod.resolve(distributed)
+    strategy = distributed_mod.resolve(distributed, model.backend.name)
     options = StepOptions(compile, precision, clip_grad_norm, clip_grad_value,
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever

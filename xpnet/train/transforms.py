@@ -143,7 +143,8 @@ BUCKET_BYTES = 25 * 2**20
 class AllReduce(GradientTransform):
     """Sums the gradients over the ranks of a data-parallel run (``comm``: a
     :class:`~xpnet.backends.base.Communicator`), in buckets of at most ``bucket_bytes``
-    (DDP's 25 MiB by default; a larger gradient is a bucket of its own). Each bucket is
+    (:data:`BUCKET_BYTES` by default, DDP's 25 MiB; a larger gradient is a bucket of its
+    own). Each bucket is
     packed into one flat buffer on the device and reduced with one collective, all
     started before any is waited for (MPI's ``Iallreduce``, NCCL's own stream), last
     layers first, as backward produced them. Each rank's backward was weighted by its
@@ -155,8 +156,9 @@ class AllReduce(GradientTransform):
     reason = ("the data-parallel gradient sum is a call into MPI between backward and the "
               "update, which a compiled step cannot make")
 
-    def __init__(self, comm: Any, bucket_bytes: int = BUCKET_BYTES):
-        self.comm, self.bucket_bytes = comm, bucket_bytes
+    def __init__(self, comm: Any, bucket_bytes: int | None = None):
+        self.comm = comm
+        self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
         self.bytes = 0
         self._plan: tuple[tuple, list[list[int]]] = ((), [])
 
