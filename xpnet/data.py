@@ -253,16 +253,43 @@ def prepare(model: Any, x: Any, y: Any = None, *, who: str = "fit", batch_size: 
 def _inputs_on(model: Any, be: Backend, dtype: str, x: Any, who: str) -> list[Any]:
     """The model's input arrays on its device, as a list (one entry per Graph input)."""
     wanted = getattr(model, "input_count", 1)
-    kinds = model.input_dtypes
+    kinds, counts = model.input_dtypes, model.input_id_counts
     if model.multi_input:
         if not isinstance(x, (list, tuple)) or len(x) != wanted:
             got = f"{len(x)} arrays" if isinstance(x, (list, tuple)) else type(x).__name__
             raise ValueError(f"{who}: {model.label} has {wanted} inputs; give x as a list "
                              f"of {wanted} arrays, got {got}")
-        return [on_backend(be, a, dtype, f"{who} (x[{i}])", labels=kinds[i] is not None)
+        return [_input_on(be, a, dtype, f"{who} (x[{i}])", kinds[i], counts[i])
                 for i, a in enumerate(x)]
-    # token ids for an Embedding stay integers (kept as labels are)
-    return [on_backend(be, x, dtype, f"{who} (x)", labels=kinds[0] is not None)]
+    return [_input_on(be, x, dtype, f"{who} (x)", kinds[0], counts[0])]
+
+
+def _input_on(be: Backend, a: Any, dtype: str, who: str, kind: str | None,
+              ids: int | None) -> Any:
+    """One input on the device. Token ids for an Embedding (``kind`` set) stay integers,
+    as labels do; those still on the host are checked to lie in ``[0, ids)`` first."""
+    if ids is not None and isinstance(a, (list, tuple)):
+        a = np.asarray(a)
+    if ids is not None and isinstance(a, np.ndarray) and not streams(a):
+        a = check_ids(who, a, ids)
+    return on_backend(be, a, dtype, who, labels=kind is not None)
+
+
+def check_ids(who: str, a: np.ndarray, count: int) -> np.ndarray:
+    """Host token ids checked to lie in ``[0, count)`` (free on the host; on a device an
+    id out of range gives a NaN row); ``a`` as int64 where it is an unsigned type wider
+    than 8 bits, which not every library has."""
+    if a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+        return a  # floats and bools: the Embedding names the dtype it expects
+    if int(a.min()) < 0 or int(a.max()) >= count:
+        bad = np.unique(a[(a < 0) | (a >= count)])
+        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"{who}: ids for the model's Embedding of {count} rows must lie in "
+                         f"[0, {count - 1}], got {shown} ({len(bad)} distinct value(s) out "
+                         f"of range, from {int(bad[0])} to {int(bad[-1])})")
+    if a.dtype.kind == "u" and a.dtype.itemsize > 1:
+        a = a.astype(np.int64)
+    return a
 
 
 def _count(a: Any) -> int:

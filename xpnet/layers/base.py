@@ -124,6 +124,9 @@ class Layer:
     #: The dtype of the input a graph or a summary should probe the layer with: None for
     #: the parameters' floating dtype, ``"int64"`` for layers that read ids (Embedding).
     input_dtype: str | None = None
+    #: For a layer that reads integer ids (Embedding): how many there are, so ids still in
+    #: host memory are checked to lie in ``[0, id_count)`` before they are uploaded.
+    id_count: int | None = None
     #: The Loss that ``fit`` last trained this model with; ``evaluate``'s default; saved
     #: in checkpoints (``xn.save`` records it, ``xn.load`` restores it). None: none yet.
     loss: Loss | None = None
@@ -132,6 +135,11 @@ class Layer:
     def input_dtypes(self) -> list[str | None]:
         """``input_dtype`` for each array ``forward`` takes (a Graph may take several)."""
         return [self.input_dtype]
+
+    @property
+    def input_id_counts(self) -> list[int | None]:
+        """``id_count`` for each array ``forward`` takes (a Graph may take several)."""
+        return [self.id_count]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -462,6 +470,10 @@ class Sequential(Layer):
     @property
     def input_dtype(self) -> str | None:  # what the first layer reads
         return self._layers[0].input_dtype if self._layers else None
+
+    @property
+    def id_count(self) -> int | None:  # type: ignore[override]
+        return self._layers[0].id_count if self._layers else None
 
     def __len__(self) -> int:
         return len(self._layers)

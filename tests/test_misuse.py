@@ -1,0 +1,74 @@
+"""Misuse that used to end in a raw library error, a silently wrong answer or lost work:
+each test names the item of the hardening issue it covers (grouped by module)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import xpnet as xn
+from xpnet.backends import ops
+
+
+# -- layers/embedding.py (items 7, 15) -----------------------------------------------------
+def _lm(vocab=5):
+    return xn.Sequential(xn.Embedding(vocab, 3), xn.Flatten(), xn.Linear(6, 2))
+
+
+def test_embedding_ids_out_of_range_on_a_device_give_nan_rows(be):
+    """Item 7: -1 was the last row (torch, JAX, strict), 2**32 + 1 and 2**40 rows 1
+    and 0 on JAX; now every id outside [0, num) is a NaN row, with no host read."""
+    emb = xn.Embedding(4, 2)
+    ids = np.array([[-1, 4, 2**32 + 1], [2**40, 1, -2**40]], dtype=np.int64)
+    if ops(be.xp).on_host:  # NumPy's ids are in host memory: checked for free
+        with pytest.raises(ValueError, match=r"ids must lie in \[0, 3\], got values from "):
+            emb(be.asarray(ids))
+        return
+    out = xn.to_numpy(emb.forward(be.asarray(ids), train=True))
+    assert out.shape == (2, 3, 2)
+    bad = np.ones((2, 3), dtype=bool)
+    bad[1, 1] = False
+    assert np.isnan(out[bad]).all(), out
+    np.testing.assert_array_equal(out[1, 1], xn.to_numpy(emb.weight.value)[1])
+    # the NaN rows send nothing back: only row 1 gets a gradient (not row 0 nor the last)
+    emb.backward(be.asarray(np.ones((2, 3, 2)), dtype="float32"))
+    grad = xn.to_numpy(emb.weight.grad)
+    np.testing.assert_array_equal(grad, np.array([[0, 0], [1, 1], [0, 0], [0, 0]]))
+
+
+@pytest.mark.parametrize("call", ["fit", "evaluate", "predict"])
+def test_host_ids_out_of_range_are_refused_before_upload(be, call):
+    """Item 7: host ids are checked in fit/evaluate/predict (as labels are), on every
+    backend; the error names the bad values."""
+    x = np.array([[0, 1], [2, -1], [4, 7], [3, 3]], dtype=np.int64)
+    y = np.array([0, 1, 0, 1])
+    model = _lm()
+    pattern = rf"{call} \(x\): ids for the model's Embedding of 5 rows must lie in \[0, 4\]"
+    with pytest.raises(ValueError, match=pattern + r", got -1, 7 \(2 distinct"):
+        if call == "fit":
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
+                   progress=False)
+        elif call == "evaluate":
+            xn.evaluate(model, x, y)
+        else:
+            xn.predict(model, x)
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32",
+                                   "int64", "uint64"])
+def test_embedding_takes_ids_of_any_integer_dtype(be, dtype):
+    """Item 15: torch's index_select refused uint8 (and int8, int16) ids."""
+    emb = xn.Embedding(4, 2)
+    ids = np.array([[0, 3], [2, 1]], dtype=dtype)
+    want = xn.to_numpy(emb.weight.value)[ids.astype(np.int64)]
+    try:
+        x = be.asarray(ids)
+    except TypeError as e:  # torch has no uint16/32/64 arrays: host ids below still work
+        assert "has no " + dtype in str(e)
+    else:
+        np.testing.assert_array_equal(xn.to_numpy(emb(x)), want)
+        emb.forward(x, train=True)
+        emb.backward(be.asarray(np.ones((2, 2, 2)), dtype="float32"))
+        np.testing.assert_array_equal(xn.to_numpy(emb.weight.grad), np.ones((4, 2)))
+    model = xn.Sequential(emb)
+    np.testing.assert_array_equal(xn.to_numpy(xn.predict(model, ids)), want)
