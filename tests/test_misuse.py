@@ -72,3 +72,42 @@ def test_embedding_takes_ids_of_any_integer_dtype(be, dtype):
         np.testing.assert_array_equal(xn.to_numpy(emb.weight.grad), np.ones((4, 2)))
     model = xn.Sequential(emb)
     np.testing.assert_array_equal(xn.to_numpy(xn.predict(model, ids)), want)
+
+
+# -- layers/base.py: load_state_dict (item 14) ---------------------------------------------
+def test_load_state_dict_takes_bfloat16_torch_tensors(be):
+    """Item 14: numpy() refused torch's bfloat16 ("unsupported ScalarType BFloat16")."""
+    torch = pytest.importorskip("torch")
+    model = xn.Sequential(xn.Linear(3, 2))
+    source = xn.Sequential(xn.Linear(3, 2))
+    given = {k: torch.from_numpy(v).to(torch.bfloat16) for k, v in source.state_dict().items()}
+    model.load_state_dict(given)
+    for k, v in model.state_dict().items():
+        assert v.dtype == np.float32
+        np.testing.assert_array_equal(v, given[k].float().numpy())
+    jnp = pytest.importorskip("jax.numpy")  # JAX's bfloat16 reaches NumPy as ml_dtypes'
+    model.load_state_dict({k: jnp.asarray(v.float().numpy(), dtype=jnp.bfloat16)
+                           for k, v in given.items()})
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, given[k].float().numpy())
+
+
+def test_load_state_dict_takes_a_list_of_pairs(be):
+    """Item 14: (name, value) pairs, as OrderedDict(pairs) takes them."""
+    model, source = xn.Sequential(xn.Linear(3, 2)), xn.Sequential(xn.Linear(3, 2))
+    model.load_state_dict(list(source.state_dict().items()))
+    for (k, v), (k2, v2) in zip(model.state_dict().items(), source.state_dict().items()):
+        assert k == k2
+        np.testing.assert_array_equal(v, v2)
+    with pytest.raises(TypeError, match=r"load_state_dict for Sequential: state must be a "
+                                        r"mapping .*or \(name, value\) pairs; item 1 is 5 "
+                                        r"\(int\)"):
+        model.load_state_dict([("0.weight", np.zeros((2, 3))), 5])
+
+
+def test_load_state_dict_names_a_key_that_is_not_a_string():
+    model = xn.Sequential(xn.Linear(3, 2))
+    state = {0: np.zeros((2, 3)), "0.bias": np.zeros(2)}
+    with pytest.raises(TypeError, match=r"load_state_dict for Sequential: key 0 \(int\) is "
+                                        r"not a string; .*'0.weight'"):
+        model.load_state_dict(state)
