@@ -111,3 +111,17 @@ def test_load_state_dict_names_a_key_that_is_not_a_string():
     with pytest.raises(TypeError, match=r"load_state_dict for Sequential: key 0 \(int\) is "
                                         r"not a string; .*'0.weight'"):
         model.load_state_dict(state)
+
+
+# -- layers/attention.py (item 16) ---------------------------------------------------------
+@pytest.mark.parametrize("make", [lambda: xn.MultiHeadAttention(4, 2),
+                                  lambda: xn.TransformerBlock(4, 2)],
+                         ids=["MultiHeadAttention", "TransformerBlock"])
+@pytest.mark.parametrize("train", [True, False])
+def test_attention_refuses_a_length_0_sequence(be, make, train):
+    """Item 16: a raw reduction error from softmax's max (GRU and LSTM name the shape)."""
+    layer = make()
+    name = type(layer).__name__
+    with pytest.raises(ValueError, match=rf"{name}\(.*\): expected input of shape \(N, L, 4\) "
+                                         r"with L >= 1.*got \(2, 0, 4\)"):
+        layer.forward(be.asarray(np.zeros((2, 0, 4)), dtype="float32"), train=train)
