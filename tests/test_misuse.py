@@ -125,3 +125,74 @@ def test_attention_refuses_a_length_0_sequence(be, make, train):
     with pytest.raises(ValueError, match=rf"{name}\(.*\): expected input of shape \(N, L, 4\) "
                                          r"with L >= 1.*got \(2, 0, 4\)"):
         layer.forward(be.asarray(np.zeros((2, 0, 4)), dtype="float32"), train=train)
+
+
+# -- train/callbacks.py (items 17, 18) -----------------------------------------------------
+class _Epochs(xn.Callback):
+    """Records the epochs that ended: none, when a callback's check refused the fit."""
+
+    def __init__(self):
+        self.ended = []
+
+    def on_epoch_end(self, epoch, logs):
+        self.ended.append(epoch)
+
+
+def _fit_with(callback, epochs=1):
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((20, 4)).astype(np.float32), rng.integers(0, 3, 20)
+    model, spy = xn.Sequential(xn.Linear(4, 3)), _Epochs()
+    with xn.use("numpy"):
+        try:
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
+                   epochs=epochs, validation_data=(x, y), callbacks=[spy, callback],
+                   progress=False)
+        finally:
+            assert spy.ended == [], "the callback's mistake surfaced only after training"
+
+
+def test_model_checkpoint_to_a_folder_is_refused_before_training(tmp_path):
+    """Item 17: the path was checked only for its parent; a whole epoch trained, then an
+    OSError named a temp file."""
+    with pytest.raises(IsADirectoryError, match=rf"ModelCheckpoint: the path "
+                                                rf"'{tmp_path}' is a folder; name a file"):
+        _fit_with(xn.ModelCheckpoint(tmp_path))
+
+
+@pytest.mark.parametrize("how", ["read-only folder", "no access", "cannot create"])
+def test_model_checkpoint_in_an_unwritable_folder_is_refused_before_training(
+        tmp_path, monkeypatch, how):
+    """Item 17: os.access W_OK, and a temp file made and removed there, before training."""
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if how == "read-only folder":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        folder.chmod(0o500)
+    elif how == "no access":
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: False)
+    else:  # os.access says yes, but no file can be made there (/proc/self, even for root)
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("no /proc")
+        folder = "/proc/self"
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: True)
+    path = os.path.join(folder, "best.xpnet")
+    try:
+        with pytest.raises(PermissionError, match=rf"ModelCheckpoint: cannot write "
+                                                  rf"'{path}': the folder '{folder}' "):
+            _fit_with(xn.ModelCheckpoint(path))
+    finally:
+        if how == "read-only folder":
+            folder.chmod(0o700)
+
+
+def test_csv_logger_append_to_a_file_that_is_not_utf8_text(tmp_path):
+    """Item 18: a raw UnicodeDecodeError at on_train_begin."""
+    path = tmp_path / "log.csv"
+    path.write_bytes(b"\xff\xfe\x00e\x00p\x00o\x00c\x00h\x00\n")  # UTF-16, say
+    with pytest.raises(ValueError, match=rf"CSVLogger: '{path}' is not UTF-8 text.*pass "
+                                         r"append=False.*or another path"):
+        _fit_with(xn.CSVLogger(path, append=True))
+    assert path.read_bytes().startswith(b"\xff\xfe")  # left as it was
