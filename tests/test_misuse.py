@@ -196,3 +196,131 @@ def test_csv_logger_append_to_a_file_that_is_not_utf8_text(tmp_path):
                                          r"append=False.*or another path"):
         _fit_with(xn.CSVLogger(path, append=True))
     assert path.read_bytes().startswith(b"\xff\xfe")  # left as it was
+
+
+# -- data.py: batches from an iterable (items 12, 13) --------------------------------------
+def _classes(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 4)).astype(np.float32), rng.integers(0, 3, n)
+
+
+def _chunks(*arrays, size=16):
+    n = len(arrays[0])
+    return [tuple(a[s:s + size] for a in arrays) for s in range(0, n, size)]
+
+
+@pytest.mark.parametrize("kind", ["generator", "list", "DataLoader"])
+def test_evaluate_takes_an_iterable_of_batches(be, kind):
+    """Item 13: evaluate(model, DataLoader) was a raw AttributeError; fit takes one."""
+    x, y = _classes()
+    model = xn.Sequential(xn.Linear(4, 3))
+    want = xn.evaluate(model, x, y, loss=xn.SoftmaxCrossEntropy())
+    if kind == "DataLoader":
+        torch = pytest.importorskip("torch")
+        data = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+            batch_size=16)
+    else:
+        data = _chunks(x, y)
+        data = (b for b in data) if kind == "generator" else data
+    got = xn.evaluate(model, data, loss=xn.SoftmaxCrossEntropy())
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k] == pytest.approx(want[k], rel=1e-5), k
+
+
+@pytest.mark.parametrize("kind", ["x", "(x,)", "(x, y)", "DataLoader"])
+def test_predict_takes_an_iterable_of_batches(be, kind):
+    """Item 13: predict(model, generator) was a raw AttributeError."""
+    x, y = _classes()
+    model = xn.Sequential(xn.Linear(4, 3))
+    want = xn.to_numpy(xn.predict(model, x))
+    if kind == "DataLoader":
+        torch = pytest.importorskip("torch")
+        data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.from_numpy(x)),
+                                           batch_size=16)  # gives [x] lists
+    elif kind == "x":
+        data = (b for (b,) in _chunks(x))
+    else:
+        data = iter(_chunks(x) if kind == "(x,)" else _chunks(x, y))
+    np.testing.assert_allclose(xn.to_numpy(xn.predict(model, data)), want, rtol=1e-6)
+
+
+def test_predict_takes_batches_for_a_graph_with_two_inputs(be):
+    a, b = xn.Input(shape=(4,)), xn.Input(shape=(2,))
+    model = xn.Graph(inputs=[a, b], outputs=xn.Linear(6, 3)(xn.Concat(axis=1)(a, b)))
+    x1, _ = _classes()
+    x2 = x1[:, :2] * 2
+    want = xn.to_numpy(xn.predict(model, [x1, x2]))
+    for data in ([[p, q] for p, q in _chunks(x1, x2)],       # [x1, x2] batches
+                 [([p, q],) for p, q in _chunks(x1, x2)]):   # ([x1, x2],) batches
+        np.testing.assert_allclose(xn.to_numpy(xn.predict(model, iter(data))), want, rtol=1e-6)
+
+
+def test_evaluate_with_an_iterable_and_y_says_where_y_goes():
+    x, y = _classes()
+    with pytest.raises(ValueError, match=r"evaluate: x is an iterable of \(x, y\) batches"):
+        xn.evaluate(xn.Sequential(xn.Linear(4, 3)), iter(_chunks(x, y)), y)
+
+
+def _fit_batches(batches, **kw):
+    model = xn.Sequential(xn.Linear(4, 3))
+    xn.fit(model, iter(batches), loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
+           steps_per_epoch=len(batches), progress=False, **kw)
+
+
+def test_labels_out_of_range_in_a_generator_batch_are_named(be):
+    """Item 12: on torch and JAX the loss turned NaN and the error blamed the rate."""
+    x, y = _classes()
+    y[20] = 5  # in batch 2
+    with pytest.raises(ValueError, match=r"fit: batch 2 of epoch 1, y: labels must lie in "
+                                         r"\[0, 2\] for 3 output\(s\), got values from 0 to 5"):
+        _fit_batches(_chunks(x, y))
+
+
+def test_non_finite_inputs_in_a_generator_batch_are_named(be):
+    x, y = _classes()
+    x[37, 1] = np.nan  # in batch 3
+    with pytest.raises(ValueError, match=r"fit: batch 3 of epoch 1, x: 1 value\(s\) are NaN "
+                                         r"or infinite \(the first at \[5, 1\]\)"):
+        _fit_batches(_chunks(x, y))
+
+
+def test_string_labels_in_a_generator_batch_are_named(be):
+    """Item 12: torch's own TypeError named no batch."""
+    x, y = _classes()
+    batches = _chunks(x, y)
+    batches[1] = (batches[1][0], np.array(["cat"] * len(batches[1][0])))
+    with pytest.raises(TypeError, match=r"fit: batch 2 of epoch 1, y: expected integer labels "
+                                        r"or float targets, got an array of dtype <U3"):
+        _fit_batches(batches)
+
+
+@pytest.mark.parametrize("precision", ["fp16-mixed", "16-mixed", 16])
+def test_inputs_beyond_float16_are_refused_under_fp16(precision):
+    """Item 12: under fp16-mixed, 1e5 became inf in the cast, and the loss NaN. fit is to
+    pass its precision to prepare (a hook in train/loop.py); prepare checks host arrays
+    at once and each batch of an iterable as it is read."""
+    from xpnet import data as data_mod
+
+    x, y = _classes()
+    x[21, 0] = -1e5
+    model = xn.Sequential(xn.Linear(4, 3))
+    with xn.use("numpy"):
+        pattern = (r"fit \(x\): inputs reach -100000(\.0)?, beyond float16's range "
+                   r"\(±65504\) for precision=" + repr(precision))
+        with pytest.raises(ValueError, match=pattern):
+            data_mod.prepare(model, x, y, precision=precision)
+        data_mod.prepare(model, x, y, precision="bf16-mixed")  # bfloat16 has the range
+        source = data_mod.prepare(model, iter(_chunks(x, y)), steps_per_epoch=3,
+                                  precision=precision)
+        with pytest.raises(ValueError, match=r"fit: batch 2 of epoch 1, x: inputs reach "
+                                             r"-100000"), source.batches() as batches:
+            list(batches)
+
+
+def test_evaluate_without_y_says_it_is_missing():
+    x, _ = _classes()
+    with pytest.raises(ValueError, match=r"evaluate: y is missing: give labels y with the "
+                                         r"arrays x, or x as an iterable of \(x, y\) batches"):
+        xn.evaluate(xn.Sequential(xn.Linear(4, 3)), x)
