@@ -324,3 +324,98 @@ def test_evaluate_without_y_says_it_is_missing():
     with pytest.raises(ValueError, match=r"evaluate: y is missing: give labels y with the "
                                          r"arrays x, or x as an iterable of \(x, y\) batches"):
         xn.evaluate(xn.Sequential(xn.Linear(4, 3)), x)
+
+
+# -- cli.py (items 2, 9, 19, 20) -----------------------------------------------------------
+# a run that goes on until stopped (about 0.03 s an epoch on NumPy)
+LONG = ["--data", "spirals", "--hidden", "16", "--epochs", "100000", "--backend", "numpy"]
+TINY = ["--data", "xor", "--hidden", "4", "--epochs", "1", "--batch-size", "4",
+        "--backend", "numpy", "--no-progress"]
+
+
+def _cli(capsys, *argv):
+    from xpnet.cli import main
+
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+class _Training:
+    """``xpnet train`` in a subprocess, its output collected by a thread."""
+
+    def __init__(self, *argv):
+        import subprocess
+        import sys
+        import threading
+
+        env = {**__import__("os").environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen([sys.executable, "-m", "xpnet.cli", "train", *map(str, argv)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=env)
+        self.out: list[str] = []
+        self.err = ""
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.out.append(line)
+
+    def wait_for(self, text, timeout=120.0):
+        import time
+
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if any(text in line for line in self.out):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        self.stop()
+        raise AssertionError(f"no {text!r} in the output of xpnet train: {''.join(self.out)}"
+                             f"{self.err}")
+
+    def finish(self, timeout=60.0):
+        self.proc.wait(timeout)
+        self._reader.join(5)
+        self.err = self.proc.stderr.read()
+        return self.proc.returncode
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.finish()
+
+
+def _checkpoint(tmp_path, capsys):
+    code, _, err = _cli(capsys, "train", *TINY, "--out", tmp_path / "run")
+    assert code == 0, err
+    return tmp_path / "run" / "model.xpnet"
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_predict_refuses_non_finite_inputs(tmp_path, capsys, value):
+    """Item 9: NaN inputs printed labels "0 0 0" and exit 0."""
+    model = _checkpoint(tmp_path, capsys)
+    x = np.zeros((3, 2), dtype=np.float32)
+    x[1, 0] = value
+    np.save(tmp_path / "in.npy", x)
+    code, out, err = _cli(capsys, "predict", model, "--input", tmp_path / "in.npy",
+                          "--backend", "numpy")
+    assert code == 2
+    assert out == ""  # no labels: refused before the model loads
+    assert err == f"error: --input {tmp_path / 'in.npy'}: 1 value(s) are NaN or infinite " \
+                  f"(the first in example 1); predictions from them mean nothing\n", err
+
+
+@pytest.mark.parametrize("shape", [(0,), (0, 2), (0, 0)])
+def test_predict_refuses_an_empty_input(tmp_path, capsys, shape):
+    """Item 19: a NumPy reshape message."""
+    model = _checkpoint(tmp_path, capsys)
+    np.save(tmp_path / "in.npy", np.zeros(shape, dtype=np.float32))
+    code, _, err = _cli(capsys, "predict", model, "--input", tmp_path / "in.npy",
+                        "--backend", "numpy")
+    assert code == 2
+    assert err == f"error: --input {tmp_path / 'in.npy'}: holds no examples (shape " \
+                  f"{shape}); give at least one\n", err

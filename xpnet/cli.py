@@ -377,7 +377,16 @@ def _read_inputs(text: str) -> np.ndarray:
     if x.ndim < 1 or x.dtype.kind not in "biuf":
         raise UsageError(f"--input {path}: expected a numeric array of examples, got "
                          f"{x.dtype} of shape {x.shape}")
-    return x.astype(np.float32).reshape(len(x), -1)
+    if x.size == 0:
+        raise UsageError(f"--input {path}: holds no examples (shape {x.shape}); give at "
+                         f"least one")
+    x = x.astype(np.float32).reshape(len(x), -1)
+    bad = ~np.isfinite(x)
+    if bad.any():  # checked on the host, before upload: a NaN predicts class 0
+        raise UsageError(f"--input {path}: {int(bad.sum())} value(s) are NaN or infinite "
+                         f"(the first in example {int(np.argwhere(bad)[0][0])}); "
+                         f"predictions from them mean nothing")
+    return x
 
 
 def _check_output(text: str) -> None:
