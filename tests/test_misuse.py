@@ -419,3 +419,33 @@ def test_predict_refuses_an_empty_input(tmp_path, capsys, shape):
     assert code == 2
     assert err == f"error: --input {tmp_path / 'in.npy'}: holds no examples (shape " \
                   f"{shape}); give at least one\n", err
+
+
+def test_a_second_train_into_the_folder_of_a_running_one_is_refused(tmp_path, capsys):
+    """Item 2: both passed the "not empty" check (nothing is written until the end) and
+    the last writer won."""
+    first = _Training(*LONG, "--out", tmp_path)
+    try:
+        first.wait_for("epoch 1/")
+        code, _, err = _cli(capsys, "train", *TINY, "--out", tmp_path)
+        assert code == 2, err
+        assert err.count("\n") == 1, err
+        assert f"--out {tmp_path}: another xpnet train (pid {first.proc.pid}) is writing " \
+               f"into this folder" in err, err
+        assert first.proc.poll() is None  # the first goes on
+    finally:
+        first.stop()
+
+
+def test_a_stale_train_lock_is_taken_over_and_the_lock_goes_at_the_end(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (tmp_path / ".xpnet-train.lock").write_text(f"{gone.stdout.strip()} localhost\n")
+    code, out, err = _cli(capsys, "train", *TINY, "--out", tmp_path)
+    assert code == 0, err
+    assert "stale" in out
+    assert not (tmp_path / ".xpnet-train.lock").exists()
+    assert (tmp_path / "model.xpnet").is_file()

@@ -9,6 +9,8 @@
 Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
 Python API. Errors (bad flags, missing files, an unusable backend) print one line
 starting with ``error:`` on stderr and exit 2; ``XPNET_DEBUG=1`` shows the traceback.
+``train`` claims its ``--out`` folder with a lock file (``.xpnet-train.lock``: pid and host),
+removed when it ends: a second run into it exits 2 naming the first one's pid.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import contextlib
 import math
 import os
+import socket
 import sys
 import time
 import traceback
@@ -212,6 +215,66 @@ def _new_run_folder(root: Path = Path("runs")) -> Path:
             n += 1
 
 
+#: The file a training run holds in its output folder: its pid and host, one line.
+LOCK = ".xpnet-train.lock"
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """The pid of the live run that holds ``lock`` (as text), or None when the lock is
+    stale (its process is gone) and was removed. A lock written on another host, or
+    that cannot be read, counts as held."""
+    try:
+        pid_text, _, host = lock.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "unknown"
+    if host.strip() not in ("", socket.gethostname(), "localhost"):
+        return f"{pid} on {host.strip()}"
+    try:
+        os.kill(pid, 0)  # signal 0: is it alive?
+    except ProcessLookupError:
+        print(f"(removed the stale lock of pid {pid}, which ended: {lock})")
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(pid)
+
+
+def _claim(out: Path) -> Path:
+    """Claim ``out`` for this run: create its lock file, exclusively. Another live run's
+    lock is a UsageError naming its pid; a stale one is taken over."""
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise UsageError(f"--out {out}: another xpnet train (pid {holder}) is writing "
+                                 f"into this folder; wait for it to end or choose another "
+                                 f"--out") from None
+            continue
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return lock
+    raise UsageError(f"--out {out}: cannot claim the folder: {lock} keeps coming back")
+
+
+def _release(lock: Path | None) -> None:
+    """Remove this run's lock (only if it is still this process's)."""
+    if lock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if int(lock.read_text().split()[0]) == os.getpid():
+            lock.unlink()
+
+
 def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
     """The output folder, created and known writable; and whether this run created it."""
     if text is None:
@@ -222,6 +285,9 @@ def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    if (out / LOCK).exists() and (holder := _lock_holder(out / LOCK)) is not None:
+        raise UsageError(f"--out {out}: another xpnet train (pid {holder}) is writing into "
+                         f"this folder; wait for it to end or choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out}: the folder is not empty (an earlier run?); "
                          f"pass --overwrite to write into it anyway")
@@ -273,15 +339,21 @@ def _train(args, comm) -> int:
     _use(args)
     writer = comm is None or comm.rank == 0
     out, created = _prepare_out(args.out, args.overwrite) if writer else (None, False)
-    if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
-        out = Path(comm.bcast_object(str(out)))
+    lock = None
     try:
+        lock = _claim(out) if writer else None
+        if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
+            out = Path(comm.bcast_object(str(out)))
         return _train_into(args, comm, out, writer)
     except BaseException:
+        _release(lock)
+        lock = None
         if created:  # leave no empty folder behind a run that wrote nothing
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
+    finally:
+        _release(lock)
 
 
 def _train_into(args, comm, out: Path, writer: bool) -> int:
