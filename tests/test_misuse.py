@@ -388,6 +388,57 @@ class _Training:
             self.finish()
 
 
+def test_a_second_train_into_the_folder_of_a_running_one_is_refused(tmp_path, capsys):
+    """Item 2: both passed the "not empty" check (nothing is written until the end) and
+    the last writer won."""
+    first = _Training(*LONG, "--out", tmp_path)
+    try:
+        first.wait_for("epoch 1/")
+        code, _, err = _cli(capsys, "train", *TINY, "--out", tmp_path)
+        assert code == 2, err
+        assert err.count("\n") == 1, err
+        assert f"--out {tmp_path}: another xpnet train (pid {first.proc.pid}) is writing " \
+               f"into this folder" in err, err
+        assert first.proc.poll() is None  # the first goes on
+    finally:
+        first.stop()
+
+
+def test_a_stale_train_lock_is_taken_over_and_the_lock_goes_at_the_end(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    (tmp_path / ".xpnet-train.lock").write_text(f"{gone.stdout.strip()} localhost\n")
+    code, out, err = _cli(capsys, "train", *TINY, "--out", tmp_path)
+    assert code == 0, err
+    assert "stale" in out
+    assert not (tmp_path / ".xpnet-train.lock").exists()
+    assert (tmp_path / "model.xpnet").is_file()
+
+
+def test_ctrl_c_during_train_is_one_line_and_exit_130(tmp_path):
+    """Item 20: a 32-64 line traceback and exit -2."""
+    import signal
+
+    run = _Training(*LONG, "--out", tmp_path / "run")
+    try:
+        run.wait_for("epoch 2/")  # epoch 3 at least has started
+        run.proc.send_signal(signal.SIGINT)
+        code = run.finish(timeout=60)
+    finally:
+        run.stop()
+    assert code == 130, run.err
+    lines = run.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in run.err, run.err
+    epoch = int(lines[0].split("interrupted in epoch ")[1].split()[0])
+    assert epoch >= 3
+    assert lines[0] == f"error: interrupted in epoch {epoch} of 100000; nothing was saved " \
+                       f"(the model is written when training ends)", lines[0]
+    assert not (tmp_path / "run").exists()  # the folder it made, empty, is gone
+
+
 def _checkpoint(tmp_path, capsys):
     code, _, err = _cli(capsys, "train", *TINY, "--out", tmp_path / "run")
     assert code == 0, err
@@ -419,33 +470,3 @@ def test_predict_refuses_an_empty_input(tmp_path, capsys, shape):
     assert code == 2
     assert err == f"error: --input {tmp_path / 'in.npy'}: holds no examples (shape " \
                   f"{shape}); give at least one\n", err
-
-
-def test_a_second_train_into_the_folder_of_a_running_one_is_refused(tmp_path, capsys):
-    """Item 2: both passed the "not empty" check (nothing is written until the end) and
-    the last writer won."""
-    first = _Training(*LONG, "--out", tmp_path)
-    try:
-        first.wait_for("epoch 1/")
-        code, _, err = _cli(capsys, "train", *TINY, "--out", tmp_path)
-        assert code == 2, err
-        assert err.count("\n") == 1, err
-        assert f"--out {tmp_path}: another xpnet train (pid {first.proc.pid}) is writing " \
-               f"into this folder" in err, err
-        assert first.proc.poll() is None  # the first goes on
-    finally:
-        first.stop()
-
-
-def test_a_stale_train_lock_is_taken_over_and_the_lock_goes_at_the_end(tmp_path, capsys):
-    import subprocess
-    import sys
-
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
-    (tmp_path / ".xpnet-train.lock").write_text(f"{gone.stdout.strip()} localhost\n")
-    code, out, err = _cli(capsys, "train", *TINY, "--out", tmp_path)
-    assert code == 0, err
-    assert "stale" in out
-    assert not (tmp_path / ".xpnet-train.lock").exists()
-    assert (tmp_path / "model.xpnet").is_file()

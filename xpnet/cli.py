@@ -9,7 +9,8 @@
 Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
 Python API. Errors (bad flags, missing files, an unusable backend) print one line
 starting with ``error:`` on stderr and exit 2; ``XPNET_DEBUG=1`` shows the traceback.
-``train`` claims its ``--out`` folder with a lock file (``.xpnet-train.lock``: pid and host),
+Ctrl-C prints one line (what was interrupted, what was saved) and exits 130. ``train``
+claims its ``--out`` folder with a lock file (``.xpnet-train.lock``: pid and host),
 removed when it ends: a second run into it exits 2 naming the first one's pid.
 """
 
@@ -32,6 +33,8 @@ from ._version import __version__
 from .losses import LOSSES
 
 EXIT_USAGE = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells and other CLIs report it.
+EXIT_INTERRUPTED = 130
 #: The losses the command offers (names from xpnet.losses.LOSSES)
 CLI_LOSSES = ("cross_entropy", "quadratic")
 MODELS = ("mlp", "resmlp", "cnn", "gru", "logistic")
@@ -356,9 +359,43 @@ def _train(args, comm) -> int:
         _release(lock)
 
 
+class _Stage:
+    """What ``xpnet train`` is doing, for the one line Ctrl-C prints (:func:`_interrupted`):
+    fit's callbacks keep ``epoch``, the 0-based epoch in progress, up to date."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.epoch, self.what = epochs, None, "before training"
+        self.out: Path | None = None
+        self.written: list[str] = []
+
+    def callback(self):
+        import xpnet as xn
+
+        stage = self
+
+        class EpochInProgress(xn.Callback):
+            def on_train_begin(self, model, optimizer):
+                super().on_train_begin(model, optimizer)
+                stage.what, stage.epoch = "training", 0
+
+            def on_epoch_end(self, epoch, logs):
+                stage.epoch = epoch + 1
+
+        return EpochInProgress()
+
+    def line(self) -> str:
+        if self.what == "writing":
+            return (f"interrupted while writing to {self.out}; written: "
+                    f"{', '.join(self.written) or 'nothing'}")
+        where = (f"in epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
+                 if self.what == "training" else self.what)
+        return f"interrupted {where}; nothing was saved (the model is written when training ends)"
+
+
 def _train_into(args, comm, out: Path, writer: bool) -> int:
     import xpnet as xn
 
+    stage = args.stage = _Stage(args.epochs)
     xn.seed(args.seed)
     x_tr, y_tr, x_te, y_te = _load_data(args.data)
     n_out = int(max(y_tr.max(), y_te.max())) + 1
@@ -380,15 +417,18 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
                          validation_data=(x_te, y_te),
                          progress=None if args.progress else False, seed=args.seed,
                          distributed=comm if comm is not None else False,
-                         precision=args.precision)
+                         precision=args.precision, callbacks=[stage.callback()])
+        stage.what = "after training, while evaluating on the test set"
         result = xn.evaluate(model, x_te, y_te)
     if not writer:
         return 0
     name = FORMATS[args.format]
+    stage.what, stage.out, written = "writing", out, stage.written
     xn.save(out / name, model, optimizer=opt, epoch=args.epochs, data=args.data,
             test_accuracy=result["accuracy"])
+    written.append(name)
     history.to_json(out / "history.json")
-    written = [name, "history.json"]
+    written.append("history.json")
     try:
         history.plot(out / "curves.png")
         written.append("curves.png")
@@ -599,10 +639,24 @@ def _error_line(e: BaseException) -> str | None:
     return None
 
 
+def _interrupted(args: Any) -> str:
+    """The one line Ctrl-C prints: what was interrupted, and what was saved."""
+    stage = getattr(args, "stage", None)
+    if stage is not None:
+        return stage.line()
+    return "interrupted; nothing was written"
+
+
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = make_parser().parse_args(argv)
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not fit's traceback
+        if os.environ.get("XPNET_DEBUG"):
+            raise
+        print(f"error: {_interrupted(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:
         line = _error_line(e)
         if line is None:
