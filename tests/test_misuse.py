@@ -54,6 +54,18 @@ def test_host_ids_out_of_range_are_refused_before_upload(be, call):
             xn.predict(model, x)
 
 
+def test_ids_out_of_range_in_a_generator_batch_are_named(be):
+    """Item 7 and 12: host ids from an iterable are checked as each batch is read."""
+    x = np.tile(np.arange(5), 8).reshape(20, 2)
+    x[13, 1] = -1  # in batch 2
+    y = np.arange(20) % 2
+    model = _lm()
+    with pytest.raises(ValueError, match=r"fit: batch 2 of epoch 1, x: ids for the model's "
+                                         r"Embedding of 5 rows must lie in \[0, 4\], got -1"):
+        xn.fit(model, [(x[s:s + 8], y[s:s + 8]) for s in range(0, 20, 8)],
+               loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1), progress=False)
+
+
 @pytest.mark.parametrize("dtype", ["int8", "uint8", "int16", "uint16", "int32", "uint32",
                                    "int64", "uint64"])
 def test_embedding_takes_ids_of_any_integer_dtype(be, dtype):
