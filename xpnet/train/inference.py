@@ -16,7 +16,7 @@ from . import metrics as metrics_mod
 from .metrics import MetricSet
 
 
-def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
+def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
              batch_size: int = 1024, metrics: Any = None) -> dict[str, Any]:
     """Mean loss and metrics of ``model`` on ``(x, y)``, computed on its device.
 
@@ -24,7 +24,8 @@ def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
     model has one (``model.loss``: the loss ``fit`` trained it with, also after
     ``xn.load``); ``accuracy`` for classification targets. ``x`` and ``y`` may be
     host arrays (uploaded once here) or arrays already on the model's device; a Graph
-    with several inputs takes a list of arrays as ``x``.
+    with several inputs takes a list of arrays as ``x``. ``x`` may also be an iterable
+    of ``(x, y)`` batches (a generator, a DataLoader), with no ``y``, as ``fit`` takes.
 
     ``metrics``: names (``"accuracy"``, ``"top_k_accuracy"`` (k=5), ``"mae"``,
     ``"confusion_matrix"``) or :class:`xpnet.metrics.Metric` objects
@@ -63,7 +64,8 @@ def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
 def predict(model: Layer, x: Any, *, batch_size: int = 1024) -> Any:
     """The model's outputs for ``x`` (inference mode), as an array on its device.
 
-    ``x``: host or device arrays, a list of them for a Graph with several inputs."""
+    ``x``: host or device arrays, a list of them for a Graph with several inputs; or an
+    iterable (a generator, a DataLoader) of ``x``, ``(x,)`` or ``(x, y)`` batches."""
     _args.integer(batch_size, "batch_size", "predict", minimum=1)
     source = data_mod.prepare(model, x, who="predict", batch_size=batch_size, targets=False)
     with source.batches() as batches:
