@@ -166,7 +166,8 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
         source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
-                                  shuffle=shuffle, steps_per_epoch=steps_per_epoch)
+                                  shuffle=shuffle, steps_per_epoch=steps_per_epoch,
+                                  precision=precision)
         return _fit(model, source, loss, optimizer, options, strategy, metrics,
                     _validation(model, source, validation_data), list(callbacks or []),
                     _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress))
