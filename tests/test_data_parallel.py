@@ -273,3 +273,24 @@ def test_nccl_sums_cupy_buckets_on_its_own_stream(monkeypatch):
     calls.clear()
     comm.allreduce_sum([np.ones(2)])  # a host array: over MPI
     assert calls == [("mpi", 1)]
+
+
+def test_an_argument_error_on_one_rank_ends_the_job(tmp_path):
+    """``mpiexec -n 1 xpnet train --distributed ... : -n 1 xpnet train --distributed ...
+    --lr -1``: rank 1 printed its argument error and exited before MPI started, and rank
+    0 waited forever. The CLI now joins the job first, so the error ends every rank."""
+    cmd = _command("mpiexec")
+    exe = cmd[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OPENBLAS_NUM_THREADS": "1"}
+    train = [sys.executable, "-m", "xpnet.cli", "train", "--distributed", "--data", "xor",
+             "--epochs", "1"]
+    job = [exe, "-n", "1", *train, "--out", str(tmp_path / "a"), ":",
+           "-n", "1", *train, "--out", str(tmp_path / "b"), "--lr", "-1"]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(job, capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("rank 0 was left waiting after rank 1's argument error")
+    assert done.returncode != 0
+    assert "--lr" in done.stderr, done.stderr[-2000:]
+    assert time.perf_counter() - start < 40

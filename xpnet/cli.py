@@ -307,12 +307,16 @@ def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
 
 def cmd_train(args) -> int:
     _backend_flags(args)
-    comm = None
-    if args.distributed:
-        from . import distributed
+    from . import backends, distributed
 
-        comm = distributed.MPICommunicator()
+    comm = getattr(args, "comm", None)
+    if args.distributed and comm is None:
+        comm = distributed.detect()  # mpiexec (MPI) or torchrun (torch.distributed)
+    if comm is not None and comm.size == 1:
+        comm = None
     try:
+        if comm is not None and args.backend in ("cupy", "cp") and comm.name == "MPI":
+            comm = backends.adapter("cupy").communicator(comm)  # NCCL for CuPy arrays
         if comm is not None:
             args.device = distributed.local_device(args.backend, args.device, comm.local_rank)
         if comm is not None and comm.rank != 0:  # one voice and one writer: rank 0
@@ -589,7 +593,8 @@ def make_parser() -> _Parser:
                    help="32 (default), or forward and backward in bfloat16/float16 on "
                         "float32 weights (torch, jax: both; numpy, cupy: fp16)")
     t.add_argument("--distributed", action="store_true",
-                   help="data-parallel over MPI ranks: mpiexec -n R xpnet train --distributed")
+                   help="data-parallel over the ranks of the job: mpiexec -n R or "
+                        "torchrun --nproc_per_node=R")
     backend_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -647,10 +652,42 @@ def _interrupted(args: Any) -> str:
     return "interrupted; nothing was written"
 
 
+#: what a launcher sets in each process: MPI (MPICH's hydra, Open MPI, PMIx) or torchrun
+LAUNCHED = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def _job(argv: list[str]) -> Any:
+    """The job's communicator, made before the arguments are read when this process is
+    one rank of a distributed run: an argument error on one rank must then end them all
+    (the others would wait for it in MPI forever). None for one process."""
+    if "--distributed" not in argv or not any(v in os.environ for v in LAUNCHED):
+        return None
+    from . import distributed
+
+    comm = distributed.detect()
+    return comm if comm.size > 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    comm = _job(argv)
+    code = _run(argv, comm)
+    if comm is not None and code not in (0, None):
+        sys.stderr.flush()
+        comm.abort(code)  # this rank failed before training could end the job itself
+    return code
+
+
+def _run(argv: list[str], comm: Any) -> int:
     args = None
     try:
-        args = make_parser().parse_args(argv)
+        try:
+            args = make_parser().parse_args(argv)
+        except SystemExit as stop:  # argparse's own exit (--help: 0, a usage error: 2)
+            if comm is not None and stop.code not in (0, None):
+                comm.abort(EXIT_USAGE)  # the job ends, not only this rank
+            raise
+        args.comm = comm
         return args.func(args)
     except KeyboardInterrupt:  # Ctrl-C: one line, not fit's traceback
         if os.environ.get("XPNET_DEBUG"):
