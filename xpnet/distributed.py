@@ -306,6 +306,18 @@ def _by_rank(values: list[Any], width: int = 80) -> str:
     return ", ".join(parts)
 
 
+class _Stage:
+    """Arrays of any library to host memory and back to where another array lives."""
+
+    @staticmethod
+    def to_host(a: Any) -> np.ndarray:
+        return to_numpy(a)
+
+    @staticmethod
+    def to_device(host: np.ndarray, like: Any) -> Any:
+        return backend_of(like).asarray(host, dtype=like.dtype)
+
+
 #: what torchrun sets for each worker (torch.distributed's env:// rendezvous reads them)
 TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -315,7 +327,7 @@ def detect(backend: str | None = None) -> Communicator:
     ``torchrun`` set its variables, else MPI (one rank when not under ``mpiexec``), with
     NCCL for a model on CuPy (``backend``)."""
     if all(v in os.environ for v in TORCHRUN):
-        return backends.adapter("torch").communicator()
+        return backends.adapter("torch").communicator(_Stage())
     comm = MPICommunicator()
     if backend == "cupy" and comm.size > 1:
         return backends.adapter("cupy").communicator(comm)

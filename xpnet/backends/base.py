@@ -175,9 +175,11 @@ class Adapter:
     def limit_threads(self, n: int) -> None:
         """Use at most ``n`` CPU threads, where the library has a pool of its own."""
 
-    def communicator(self) -> Communicator:
+    def communicator(self, bootstrap: Any = None) -> Communicator:
         """This library's own way for the ranks of a job to talk (torch.distributed,
-        NCCL); ValueError where it has none (MPI serves every library)."""
+        NCCL); ValueError where it has none (MPI serves every library). ``bootstrap``:
+        what it starts from (NCCL: the MPI job's communicator; torch.distributed: how
+        other libraries' arrays are staged through the host)."""
         raise ValueError(f"{self.name} has no communicator of its own; run the job under "
                          f"mpiexec (MPI) instead")
 

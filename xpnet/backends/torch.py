@@ -203,9 +203,9 @@ class TorchAdapter(Adapter):
     def compiler(self) -> TorchCompiler:
         return TorchCompiler()
 
-    def communicator(self) -> TorchDistributed:
+    def communicator(self, stage: Any = None) -> TorchDistributed:
         self.import_library()
-        return TorchDistributed()
+        return TorchDistributed(stage)
 
     def make_ops(self) -> StandardOps:
         return TorchOps()
@@ -237,11 +237,13 @@ class TorchDistributed(Communicator):
 
     name = "torch.distributed"
 
-    def __init__(self, backend: str | None = None):
+    def __init__(self, stage: Any, backend: str | None = None):
+        """``stage``: how arrays of other libraries go to the host and back
+        (``to_host(a)``, ``to_device(host, like)``: xpnet.distributed's)."""
         import torch
         import torch.distributed as dist
 
-        self.torch, self.dist = torch, dist
+        self.torch, self.dist, self.stage = torch, dist, stage
         if not dist.is_initialized():
             chosen = backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
             dist.init_process_group(backend=chosen)
@@ -254,30 +256,23 @@ class TorchDistributed(Communicator):
 
     def _flat(self, arrays: list[Any]) -> Any:
         """One flat torch tensor of the arrays: on their device for torch tensors, over
-        host memory for the others."""
+        host memory for the others (staged by ``stage``)."""
         torch = self.torch
         if all(isinstance(a, torch.Tensor) for a in arrays):
             return torch.cat([a.reshape(-1) for a in arrays])
         import numpy as np
 
-        from ..backend import to_numpy
-
         return torch.from_numpy(np.concatenate(
-            [np.asarray(to_numpy(a)).reshape(-1) for a in arrays]))
+            [np.asarray(self.stage.to_host(a)).reshape(-1) for a in arrays]))
 
     def _back(self, flat: Any, like: list[Any]) -> list[Any]:
-        torch = self.torch
+        native = isinstance(like[0], self.torch.Tensor)
         out, start = [], 0
-        native = isinstance(like[0], torch.Tensor)
-        if not native:
-            from ..backend import backend_of
-
-            be = backend_of(like[0])
         for a in like:
             size = math.prod(a.shape)
             part = flat[start:start + size].reshape(tuple(a.shape))
             start += size
-            out.append(part if native else be.asarray(part.numpy(), dtype=a.dtype))
+            out.append(part if native else self.stage.to_device(part.numpy(), a))
         return out
 
     def allreduce_sum(self, arrays: list[Any]) -> list[Any]:
