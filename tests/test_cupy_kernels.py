@@ -321,9 +321,22 @@ _FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh}
 
 
 def _erf(x):
-    """erf element-wise through math.erf (in double), in the argument's dtype."""
+    """erf element-wise through math.erf (in double), in the argument's dtype: the C
+    function a kernel's source calls."""
     x = np.asarray(x)
     return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+
+
+#: ``cupyx.scipy.special.erf``'s loops in CuPy 14 (``_erf.py``): float16 has none of its
+#: own, so a float16 argument gives float64
+_SPECIAL_ERF_LOOPS = {np.dtype(np.float16): np.float64, np.dtype(np.float32): np.float32,
+                      np.dtype(np.float64): np.float64}
+
+
+def _special_erf(x):
+    """``cupyx.scipy.special.erf`` as CuPy 14 has it: loops ``e->d``, ``f->f``, ``d->d``."""
+    out = _SPECIAL_ERF_LOOPS[np.asarray(x).dtype]
+    return _erf(np.asarray(x).astype(out))
 
 
 def _params(spec):
@@ -476,7 +489,7 @@ def fake_cupy(monkeypatch):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["cupyx"].scipy = sys.modules["cupyx.scipy"]
     sys.modules["cupyx.scipy"].special = sys.modules["cupyx.scipy.special"]
-    sys.modules["cupyx.scipy.special"].erf = _erf
+    sys.modules["cupyx.scipy.special"].erf = _special_erf
     _calls.clear()
     return CupyOps()
 
@@ -633,3 +646,25 @@ def test_gpu_bench_turns_fused_kernels_off_only_while_it_runs(monkeypatch):
     monkeypatch.setattr(xpnet.backends, "ops", lambda xp: StandardOps())
     plain = object()
     assert gpu.unfused(types.SimpleNamespace(xp=None), plain) is plain  # nothing to turn off
+
+
+# -- dtypes: what CuPy's own functions return --------------------------------------------
+def test_stand_in_erf_widens_float16_as_cupy_does():
+    assert _special_erf(np.ones(2, np.float16)).dtype == np.float64
+    assert _special_erf(np.ones(2, np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard-path"])
+def test_erf_and_gelu_keep_float16(fake_cupy, rng, fused):
+    """cupyx.scipy.special.erf turns float16 into float64 (its only half loop is e->d);
+    CupyOps.erf gives the argument's dtype back, so the unfused GELU (float16 takes the
+    standard path: the kernels compute float16 only through fp16 mixed precision's casts)
+    stays float16 forward and backward."""
+    x = (rng.standard_normal((3, 4)) * 2).astype(np.float16)
+    fake_cupy.fused = fused
+    got = fake_cupy.erf(np, x)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got, np.vectorize(math.erf)(x.astype(np.float64)), atol=2e-3)
+    y, ctx = fake_cupy.gelu(np, x)
+    assert y.dtype == np.float16
+    assert fake_cupy.gelu_grad(np, np.ones_like(x), ctx).dtype == np.float16

@@ -282,9 +282,15 @@ class CupyOps(StandardOps):
 
     # -- the rest -----------------------------------------------------------------------
     def erf(self, xp, x):
+        """``cupyx.scipy.special.erf`` in ``x``'s dtype: its loops are ``e->d``, ``f->f``,
+        ``d->d``, so float16 is computed in float32 here and cast back (float64 would
+        reach the unfused GELU and every layer after it)."""
         import cupyx.scipy.special
 
-        return cupyx.scipy.special.erf(x)
+        if x.dtype == xp.float16:
+            return xp.astype(cupyx.scipy.special.erf(xp.astype(x, xp.float32)), x.dtype)
+        y = cupyx.scipy.special.erf(x)
+        return y if y.dtype == x.dtype else xp.astype(y, x.dtype)
 
     def rows_add(self, xp, n_rows, index, values):
         import cupy
