@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +22,13 @@ from .standard import StandardOps, counter_uniform, fold_key
 
 #: The dtypes mixed-precision training computes in, below float32.
 LOW_PRECISION = ("bfloat16", "float16")
+
+
+def tf32_allowed() -> bool:
+    """Whether float32 matmuls and convolutions on a CUDA device may run in TF32
+    (``XPNET_TF32=1``): 10-bit mantissas, several times the throughput on Ampere and
+    later GPUs. Off by default, so a GPU gives float32 results as the CPU does."""
+    return os.environ.get("XPNET_TF32", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -81,9 +89,14 @@ class Adapter:
         """The device strings this machine offers (the library is importable)."""
         return ["cpu"]
 
+    def before_import(self) -> None:
+        """Called before the library is imported by this adapter (settings the library
+        reads once, when it starts)."""
+
     def import_library(self, module: str | None = None) -> Any:
         """Import the library, or raise BackendUnavailableError with the install command."""
         module = module or self.package
+        self.before_import()
         try:
             return importlib.import_module(module)
         except ImportError as e:
@@ -92,6 +105,7 @@ class Adapter:
             ) from None
 
     def version(self) -> str | None:
+        self.before_import()
         try:
             return importlib.import_module(self.package).__version__
         except ImportError:

@@ -7,7 +7,13 @@ import sys
 import types
 from typing import Any
 
-from .base import Adapter, BackendUnavailableError, Placement, TracingCompiler
+from .base import (
+    Adapter,
+    BackendUnavailableError,
+    Placement,
+    TracingCompiler,
+    tf32_allowed,
+)
 from .standard import StandardOps, counter_uniform, fold_key
 
 
@@ -120,6 +126,21 @@ def _own_code(fn: Any) -> Any:
     return own if bound is None else types.MethodType(own, bound)
 
 
+def _set_tf32(torch: Any, allowed: bool) -> None:
+    """TF32 for CUDA float32 matmuls (cuBLAS) and convolutions (cuDNN), on or off.
+
+    PyTorch's defaults differ (matmuls in float32, cuDNN convolutions in TF32), so a
+    convolution on a GPU differed from the CPU's by ~1e-3; xpnet's default is float32 for
+    both, TF32 with ``XPNET_TF32=1``. These are PyTorch's process-wide flags: the newer
+    ``fp32_precision`` settings where PyTorch has them (2.9 and later; mixing them with
+    the older ``allow_tf32`` makes PyTorch raise), ``allow_tf32`` before."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "conv"):
+        matmul.fp32_precision = conv.conv.fp32_precision = "tf32" if allowed else "ieee"
+    else:  # pragma: no cover - PyTorch before 2.9
+        matmul.allow_tf32 = conv.allow_tf32 = allowed
+
+
 class TorchAdapter(Adapter):
     name = "torch"
     aliases = ("pytorch",)
@@ -149,6 +170,7 @@ class TorchAdapter(Adapter):
                     f"{torch.cuda.device_count()} CUDA device(s)"
                 )
             dev = torch.device("cuda", index)
+            _set_tf32(torch, tf32_allowed())
         elif dev.type == "mps" and not torch.backends.mps.is_available():
             raise BackendUnavailableError("torch: the MPS device is not available here")
         import array_api_compat.torch as xp
