@@ -128,3 +128,197 @@ def test_jax_cuda_computes_float32_in_float32(jax_gpu_stub, monkeypatch, opt_in,
     be = xn.backend.make("jax", "cuda")
     assert be.device_name == "cuda:0"
     assert jax.config.jax_default_matmul_precision == expected
+
+
+# -- 1. CUDA-graph capture: CuPy refuses cuBLAS while a stream captures ----------------------
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from xpnet import backends  # noqa: E402
+from xpnet.backends.base import CapturingCompiler  # noqa: E402
+from xpnet.backends.cupy import CudaGraphs  # noqa: E402
+from xpnet.train import Step, TrainStep  # noqa: E402
+
+#: CuPy 14's error (cupy_backends/cuda/libs/cublas.pyx, setStream) for any cuBLAS call
+#: on a capturing stream: every matmul (CuPy's GEMMs are cuBLAS)
+CUBLAS_REFUSAL = "calling cuBLAS API during stream capture is currently unsupported"
+#: NumpyOps' primitives that run a matmul (the rest of the layers' matmuls are ``@``, in
+#: backward, after a forward that has always run one of these first)
+GEMM_PRIMITIVES = ("linear", "conv_forward", "conv_backward", "rows_add_onehot")
+
+
+class RefusingGraphs(CapturingCompiler):
+    """``CudaGraphs`` on CuPy 14, on NumPy arrays: a capture runs the step's Python (as a
+    real capture does) and undoes what it computed (a capture records kernels without
+    running them); while it captures, a matmul raises CuPy's NotImplementedError. A
+    launch re-runs the captured code on the captured arrays. ``refusal`` is the real
+    CudaGraphs', so the driver is asked the question it asks on a GPU."""
+
+    name = "fake CUDA graph (cuBLAS refused while capturing)"
+    refusal = CudaGraphs.refusal
+
+    #: what a matmul raises while capturing
+    error = staticmethod(lambda: NotImplementedError(CUBLAS_REFUSAL))
+
+    def __init__(self, step=None):
+        self.step = step  # whose arrays a capture leaves as they were (None: not checked)
+        self.captures = self.launches = self.eager_runs = 0
+
+    def eager(self, fn):
+        self.eager_runs += 1
+        return fn()
+
+    def capture(self, fn):
+        self.captures += 1
+        saved = [(a, a.copy()) for a in self.step.arrays()] if self.step else []
+        o = backends.ops(np)
+
+        def refuse(*args, **kwargs):
+            raise self.error()
+
+        for name in GEMM_PRIMITIVES:
+            setattr(o, name, refuse)  # an instance attribute hides the method
+        try:
+            fn()
+        finally:
+            for name in GEMM_PRIMITIVES:
+                delattr(o, name)
+            for a, old in saved:
+                a[...] = old
+        return fn
+
+    def launch(self, graph):
+        self.launches += 1
+        graph()
+
+
+def _mlp():
+    return xn.Sequential(xn.Linear(8, 16), xn.Tanh(), xn.Linear(16, 3))
+
+
+def _no_gemm():
+    """Parameters, element-wise work and reductions, and no matmul: capturable."""
+    return xn.Sequential(xn.LayerNorm(8), xn.Tanh(), xn.LayerNorm(8))
+
+
+def _steps(build, compiler, sizes=(6, 6, 4), epochs=3):
+    """Costs and final state of Adam steps through TrainStep with ``compiler`` (False:
+    eager), on the same data from the same seed."""
+    xn.use("numpy")
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((sum(sizes), 8)).astype(np.float32)
+    y = rng.integers(0, 3, sum(sizes))
+    xn.seed(2)
+    model = build()
+    step = Step(model, xn.SoftmaxCrossEntropy(), xn.Adam(model.parameters(), lr=0.02))
+    if compiler:
+        compiler.step = step
+    runner = TrainStep(step, compiler=compiler)
+    bounds = np.cumsum((0,) + tuple(sizes))
+    costs = []
+    with xn.RandomStream(9).restart(9, 0).active():
+        for _ in range(epochs):
+            for i in range(len(sizes)):
+                xb, yb = x[bounds[i]:bounds[i + 1]].copy(), y[bounds[i]:bounds[i + 1]].copy()
+                costs.append(float(runner.run(xb, yb)))
+    return costs, {n: p.value.copy() for n, p in model.named_state()}, runner
+
+
+def test_capture_refused_by_cublas_runs_the_step_eagerly():
+    """CuPy refuses every cuBLAS call on a capturing stream, so the first capture of any
+    model with a matmul raised and fit(compile=True) crashed. The captured driver takes
+    the refusal, puts the step's state back, runs that step and every later one eagerly,
+    and says so once, naming why: the same steps as the eager driver."""
+    from xpnet.train import compiled
+
+    compiled._said.clear()
+    ref_costs, ref_state, _ = _steps(_mlp, False)
+    fake = RefusingGraphs()
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        costs, state, runner = _steps(_mlp, fake)
+        _steps(_mlp, RefusingGraphs())  # said once per process
+    notes = [str(w.message) for w in seen if "capture" in str(w.message)]
+    assert len(notes) == 1 and "cuBLAS" in notes[0] and "eagerly" in notes[0], notes
+    assert runner.kind == "eager" and CUBLAS_REFUSAL in runner.refused
+    assert fake.captures == 1 and fake.launches == 0  # not tried again at every step
+    np.testing.assert_allclose(costs, ref_costs, rtol=1e-6, atol=1e-7)
+    for name in ref_state:
+        np.testing.assert_allclose(state[name], ref_state[name], rtol=1e-6, atol=1e-7,
+                                   err_msg=name)
+
+
+def test_a_model_without_matmuls_is_still_captured():
+    ref_costs, ref_state, _ = _steps(_no_gemm, False)
+    fake = RefusingGraphs()
+    costs, state, runner = _steps(_no_gemm, fake)
+    assert runner.kind == "graph" and fake.captures == 2 and fake.launches == 7
+    np.testing.assert_allclose(costs, ref_costs, rtol=1e-6, atol=1e-7)
+    for name in ref_state:
+        np.testing.assert_allclose(state[name], ref_state[name], rtol=1e-6, atol=1e-7)
+
+
+def test_fit_compile_on_a_refusing_capture_equals_fit(monkeypatch):
+    """fit(compile=True) with CuPy's compiler (a refusing stand-in on NumPy): trains,
+    the same epochs as fit()."""
+    from xpnet.train import compiled
+
+    compiled._said.clear()
+    monkeypatch.setattr(backends.ADAPTERS["numpy"], "compiler", lambda: RefusingGraphs())
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((23, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 23)
+    runs = []
+    for compile in (False, True):
+        xn.use("numpy")
+        xn.seed(5)
+        model = _mlp()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hist = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(),
+                          optimizer=xn.Adam(model.parameters(), lr=0.01), epochs=2,
+                          batch_size=8, seed=3, progress=False, compile=compile)
+        runs.append((hist.history["loss"], [p.value for p in model.parameters()]))
+    (l0, p0), (l1, p1) = runs
+    np.testing.assert_allclose(l1, l0, rtol=1e-6)
+    for a, b in zip(p0, p1):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_other_errors_while_capturing_are_raised_and_change_nothing():
+    """Only the library's refusal to capture turns a step eager; any other error in the
+    capture is the step's own: raised, with the model as it was before."""
+    class Broken(RefusingGraphs):
+        error = staticmethod(lambda: ValueError("a bug"))
+
+    xn.use("numpy")
+    xn.seed(1)
+    # BatchNorm rebinds its running statistics before the matmul fails
+    model = xn.Sequential(xn.BatchNorm1D(8), xn.Linear(8, 3))
+    step = Step(model, xn.SoftmaxCrossEntropy(), xn.Adam(model.parameters(), lr=0.02))
+    fake = Broken(step)
+    runner = TrainStep(step, compiler=fake)
+    x = np.random.default_rng(0).standard_normal((4, 8)).astype(np.float32)
+    y = np.zeros(4, np.int64)
+    runner.run(x, y)  # the warm-up, eager
+    before = [np.array(a, copy=True) for a in step.arrays()]
+    with pytest.raises(ValueError, match="a bug"):
+        runner.run(x, y)
+    assert runner.kind == "graph"
+    after = step.arrays()
+    assert len(after) == len(before)
+    for a, b in zip(after, before):
+        np.testing.assert_array_equal(a, b)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_cuda_graphs_knows_cupys_refusals():
+    refusal = CudaGraphs.refusal
+    assert refusal(None, NotImplementedError(CUBLAS_REFUSAL))
+    assert refusal(None, NotImplementedError(
+        "calling cuRAND API during stream capture is currently unsupported"))
+    assert refusal(None, RuntimeError(
+        "the current stream is capturing, so synchronous API calls are disallowed"))
+    assert refusal(None, ValueError("shapes (3,4) and (5,6) not aligned")) is None
+    assert refusal(None, NotImplementedError("something else")) is None

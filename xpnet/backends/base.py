@@ -275,8 +275,18 @@ class CapturingCompiler(Compiler):
         return fn()
 
     def capture(self, fn: Any) -> Any:
-        """Record ``fn``'s device work as a graph, without running it."""
+        """Record ``fn``'s device work as a graph, without running it. If ``fn`` raises,
+        the capture is ended and ``fn``'s error raised."""
         raise NotImplementedError
+
+    def refusal(self, error: BaseException) -> str | None:
+        """Why the library refused to capture, when ``error`` (raised by :meth:`capture`)
+        is such a refusal (work it cannot record, such as CuPy's cuBLAS calls); None when
+        it is an error of the step itself. A refused step runs eagerly from then on."""
+        return None
+
+    #: what still speeds up a step that runs eagerly after a refusal (for the note)
+    eager_note = ""
 
     def launch(self, graph: Any) -> None:
         """Replay a captured graph."""

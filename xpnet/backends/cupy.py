@@ -404,9 +404,28 @@ class CudaGraphs(CapturingCompiler):
             self.stream.begin_capture()
             try:
                 fn()
-            finally:
-                graph = self.stream.end_capture()
-        return graph
+            except BaseException:
+                try:
+                    self.stream.end_capture()  # the stream must leave capture mode
+                except Exception:  # noqa: BLE001 - an invalidated capture: fn's error counts
+                    pass
+                raise
+            return self.stream.end_capture()
+
+    def refusal(self, error: BaseException) -> str | None:
+        """CuPy's refusals to capture: cuBLAS, cuRAND, cuSOLVER and cuSPARSE calls
+        (``NotImplementedError: calling cuBLAS API during stream capture is currently
+        unsupported``: every matmul), and synchronous copies and calls (``the current
+        stream is capturing, so ... are disallowed``, CUDA's
+        ``cudaErrorStreamCapture...``)."""
+        text = str(error)
+        if isinstance(error, NotImplementedError) and "during stream capture" in text:
+            return text
+        if "stream is capturing" in text or "StreamCapture" in text:
+            return text
+        return None
+
+    eager_note = "CuPy's fused element-wise kernels still apply"
 
     def launch(self, graph: Any) -> None:
         # on the current stream: after the copies into the static inputs, before reads
