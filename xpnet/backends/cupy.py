@@ -377,12 +377,29 @@ class CupyAdapter(Adapter):
 
 
 class CudaGraphs(CapturingCompiler):
-    """CUDA-graph capture and replay of a step (``xpnet.compile`` drives it).
+    """CUDA-graph capture and replay of a step (``xpnet.train.compiled`` drives it).
 
-    Arrays made while capturing come from a memory pool of the step's own, so nothing
-    else is handed their memory while the graph still writes to it; the warm-up step
-    runs in the same pool, so capturing finds its blocks already reserved (a
-    ``cudaMalloc`` inside a capture fails)."""
+    What CuPy (14) does while a stream captures (``Stream.begin_capture``):
+
+    - Memory: CuPy captures in relaxed mode (``cudaStreamCaptureModeRelaxed``) precisely
+      so that its pool may still grow by ``cudaMalloc`` inside a capture. The pool keeps
+      its free blocks per stream: what the eager warm-up (on the current stream) freed is
+      not handed to the capture (on this compiler's stream). Arrays made while capturing
+      are the graph's scratch: Python drops them after the capture and their blocks go
+      back to the pool, yet every replay writes there. So they come from a pool of this
+      step's own (``using_allocator``): no other array is ever handed that memory; only
+      this step's later captures (other batch shapes) reuse it, and its graphs are
+      launched one after another on one stream, never overlapping.
+    - Refused: cuBLAS, cuRAND, cuSOLVER and cuSPARSE calls (``NotImplementedError:
+      calling cuBLAS API during stream capture is currently unsupported``, raised by
+      ``cublas.setStream`` before any call: every matmul), and synchronous copies and
+      calls (``RuntimeError: the current stream is capturing, so ... are disallowed``).
+      :meth:`refusal` names them; the step then runs eagerly.
+
+    The eager warm-up before a capture makes what a step creates on its first run
+    (optimizer slots, metric sums) and builds its kernels: a capture records work
+    without running it. The stream is made on the device current at the first capture:
+    the step runs with its model's device current."""
 
     name = "CUDA graph"
 
@@ -391,7 +408,15 @@ class CudaGraphs(CapturingCompiler):
 
         self.cupy = cupy
         self.pool = cupy.cuda.MemoryPool()
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self._stream: Any = None
+
+    @property
+    def stream(self) -> Any:
+        """The stream captures run on (a stream belongs to the device current when it is
+        made: the model's, while a step runs)."""
+        if self._stream is None:
+            self._stream = self.cupy.cuda.Stream(non_blocking=True)
+        return self._stream
 
     def eager(self, fn: Any) -> Any:
         with self.cupy.cuda.using_allocator(self.pool.malloc):
