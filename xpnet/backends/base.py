@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -88,6 +89,14 @@ class Adapter:
     def devices(self) -> list[str]:
         """The device strings this machine offers (the library is importable)."""
         return ["cpu"]
+
+    def activate(self, device: Any) -> Callable[[], None] | None:
+        """Make ``device`` the library's current device in this thread, for a library
+        whose new arrays and kernels go to a current device (CuPy: array-api-compat drops
+        ``device=`` in ``zeros``, ``arange``, ``zeros_like``..., and a kernel refuses an
+        array of another device); returns what puts the previous one back, or None when
+        there is nothing to undo. Other libraries place by their arguments: nothing."""
+        return None
 
     def before_import(self) -> None:
         """Called before the library is imported by this adapter (settings the library

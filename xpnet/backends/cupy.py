@@ -328,6 +328,16 @@ class CupyAdapter(Adapter):
 
         return Placement(xp, cupy.cuda.Device(index), f"cuda:{index}")
 
+    def activate(self, device):
+        import cupy
+
+        runtime = cupy.cuda.runtime
+        previous = runtime.getDevice()
+        if previous == device.id:
+            return None
+        runtime.setDevice(device.id)
+        return lambda: runtime.setDevice(previous)
+
     def devices(self) -> list[str]:
         import cupy
 
@@ -371,8 +381,9 @@ class CupyAdapter(Adapter):
     def flat_buffer(self, arrays):
         import cupy
 
-        buf = cupy.concatenate([a.reshape(-1) for a in arrays])
-        cupy.cuda.get_current_stream().synchronize()  # the data is ready before MPI reads it
+        with arrays[0].device:
+            buf = cupy.concatenate([a.reshape(-1) for a in arrays])
+            cupy.cuda.get_current_stream().synchronize()  # ready before MPI reads it
         return buf
 
 

@@ -108,6 +108,7 @@ class TrainStep:
         state = step.state
         self.placement = _placement(state)
         library = adapter_of(state[0].value) if state else None
+        self._library, self._device = library, device(state[0].value) if state else None
         if compiler is None and library is not None:
             compiler = library.compiler()
         self.compiler: Compiler | None = compiler or None
@@ -152,7 +153,17 @@ class TrainStep:
         """One step per ``(x, y, examples, final)`` in order, their losses. With
         ``jax.jit`` batches of one shape run as one compiled call (Keras's
         ``steps_per_execution``): the Python between steps is paid once. They are the
-        steps :meth:`run` takes one by one, each with its own coefficients and draws."""
+        steps :meth:`run` takes one by one, each with its own coefficients and draws.
+        They run with the model's device current (CuPy makes arrays and runs kernels
+        on the current device)."""
+        undo = self._library.activate(self._device) if self._library is not None else None
+        try:
+            return self._run_many(batches)
+        finally:
+            if undo is not None:
+                undo()
+
+    def _run_many(self, batches: list[tuple[Any, Any, int | None, bool | None]]) -> list[Any]:
         self._check_placement()
         plans = [self.step.plan(int(y.shape[0]) if n is None else n, final)
                  for x, y, n, final in batches]
