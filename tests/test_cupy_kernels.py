@@ -1167,3 +1167,15 @@ def test_compiled_steps_on_cuda1(two_gpus, rng):
                     assert step.kind == "graph" and step.refused is None
                     assert len(step._graphs) == 1
         np.testing.assert_allclose(costs["cupy"], costs["numpy"], rtol=1e-5, err_msg=label)
+
+
+def test_gradcheck_and_check_layer_on_cuda1(two_gpus, rng):
+    """The test kit on a layer of the second device, with device 0 current."""
+    from xpnet.testing import check_layer
+
+    be = xn.backend.make("cupy", "cuda:1")
+    layer = _mlp_on(be)
+    x = be.asarray(rng.standard_normal((4, 8)), dtype="float32")
+    assert xn.gradcheck(layer, x)
+    check_layer(layer, x)
+    assert two_gpus.current == 0
