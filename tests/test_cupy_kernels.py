@@ -1179,3 +1179,14 @@ def test_gradcheck_and_check_layer_on_cuda1(two_gpus, rng):
     assert xn.gradcheck(layer, x)
     check_layer(layer, x)
     assert two_gpus.current == 0
+
+
+def test_gpu_bench_capture_gain_on_the_stand_in(two_gpus):
+    """``bench.gpu --capture`` on CuPy: the step without matmuls is captured (a graph
+    replayed), the eager one is not."""
+    from bench import gpu
+
+    out = gpu.capture_gain(xn.backend.make("cupy", "cuda:1"), batch=4, width=8, steps=2,
+                           rounds=1)
+    assert out["eager"][1] == "eager" and out["compiled"][1] == "graph"
+    assert two_gpus.current == 0

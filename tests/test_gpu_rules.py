@@ -322,3 +322,52 @@ def test_cuda_graphs_knows_cupys_refusals():
         "the current stream is capturing, so synchronous API calls are disallowed"))
     assert refusal(None, ValueError("shapes (3,4) and (5,6) not aligned")) is None
     assert refusal(None, NotImplementedError("something else")) is None
+
+
+# -- 8. the GPU bench's compiled rows, the kit's jax-cuda case ---------------------------------
+def test_gpu_bench_times_compiled_steps(monkeypatch):
+    """bench.gpu has fit(compile=True) rows for CuPy (CUDA graphs) and torch (inductor)
+    as bench/run.py has for the CPU; a "xpnet-compiled" case trains with compile=True."""
+    from bench import gpu
+    from bench import workloads as W
+
+    rows = {label: (name, kind) for label, name, _, kind in gpu.CASES}
+    assert rows["xpnet-cupy-compiled"] == ("cupy", "xpnet-compiled")
+    assert rows["xpnet-torch-compiled"] == ("torch", "xpnet-compiled")
+    seen = []
+    real = W.make_xpnet
+
+    def spy(*args, compile=False, **kwargs):
+        seen.append(compile)
+        return real(*args, compile=compile, **kwargs)
+
+    monkeypatch.setattr(W, "make_xpnet", spy)
+    out = gpu.bench([("xpnet-numpy", "numpy", "cpu", "xpnet"),
+                     ("xpnet-numpy-compiled", "numpy", "cpu", "xpnet-compiled")],
+                    ["a10"], rounds=1, steps_scale=0.02)
+    assert seen == [False, True]
+    assert set(out["results"]["a10"]) == {"xpnet-numpy", "xpnet-numpy-compiled"}
+
+
+def test_gpu_bench_times_capture_against_eager():
+    """``python -m bench.gpu --capture``: one GEMM-free step (what CuPy can capture)
+    eagerly and as compile_step's graph; here on NumPy, which has no compiler."""
+    from bench import gpu
+
+    out = gpu.capture_gain(xn.backend.make("numpy"), batch=8, width=16, steps=3, rounds=1)
+    assert set(out) == {"eager", "compiled"}
+    for rate, kind in out.values():
+        assert rate > 0 and kind == "eager"
+
+
+def test_the_kit_lists_jax_on_cuda():
+    from xpnet.testing import CASES, open_case
+
+    case = next(c for c in CASES if c.id == "jax-cuda")
+    assert (case.name, case.device) == ("jax", "cuda")
+    try:
+        be = open_case(case)
+    except pytest.skip.Exception as e:  # no GPU JAX here: skipped, saying why
+        assert str(e).startswith("jax-cuda: jax") or "not selected" in str(e), str(e)
+    else:
+        assert be.device_name == "cuda:0"

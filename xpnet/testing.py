@@ -63,6 +63,7 @@ CASES = [
     Case("jax-cpu", "jax", "cpu"),
     Case("cupy-cuda0", "cupy", "cuda:0"),
     Case("torch-cuda", "torch", "cuda"),
+    Case("jax-cuda", "jax", "cuda"),
 ]
 
 
