@@ -366,6 +366,14 @@ class _Runtime:
         assert 0 <= i < self.count, f"no device {i}"
         self.current = i
 
+    def getDeviceProperties(self, i):  # noqa: N802
+        return {"name": b"Stand-in GPU", "totalGlobalMem": 80 * 2**30}
+
+    def runtimeGetVersion(self):  # noqa: N802
+        return 13000
+
+    driverGetVersion = runtimeGetVersion  # noqa: N815
+
 
 class _Device:
     """``cupy.cuda.Device``: a context manager that makes it current; compared by id."""
@@ -384,11 +392,13 @@ class _Device:
     def __exit__(self, *exc):
         self.runtime.setDevice(self._stack.pop())
 
+    compute_capability = "90"
+
     def use(self):
         self.runtime.setDevice(self.id)
 
     def synchronize(self):
-        pass
+        _declare_synchronize()
 
     def __eq__(self, other):
         return isinstance(other, _Device) and other.id == self.id
@@ -539,6 +549,33 @@ def _capturing():
 def _refuse_sync(what="synchronous API calls"):
     if _capturing():
         raise RuntimeError(f"the current stream is capturing, so {what} are disallowed")
+    if what == "synchronous API calls":  # a read back to the host
+        _declare_synchronize()
+
+
+_SYNC_ALLOWED = [True]
+
+
+def _declare_synchronize():
+    """``cupy._core.syncdetect``: under ``cupyx.allow_synchronize(False)`` a read of
+    device data on the host (``.get()``, ``float()``...) or a device synchronize raises."""
+    if not _SYNC_ALLOWED[-1]:
+        raise RuntimeError("Device synchronization was detected while disallowed.")
+
+
+@contextlib.contextmanager
+def _allow_synchronize(allow):
+    _SYNC_ALLOWED.append(allow)
+    try:
+        yield
+    finally:
+        _SYNC_ALLOWED.pop()
+
+
+def _scatter_add(a, index, values):
+    """``cupyx.scatter_add``: repeated indices sum (a kernel, in place)."""
+    _refuse_other_device(*_gpu_arrays((a, index, values)))
+    _run_in_place(lambda: np.add.at(_unwrap(a), _unwrap(index), _unwrap(values)))
 
 
 def _run(fn):
@@ -1039,10 +1076,14 @@ def two_gpus(monkeypatch):
         MemoryPool=lambda: types.SimpleNamespace(malloc=None),
         using_allocator=lambda malloc: contextlib.nullcontext(),
         get_current_stream=lambda: _Stream.stack[-1])
+    cupy.zeros = _NAMESPACE.zeros
+    cupy.concatenate = _NAMESPACE.concat
     monkeypatch.setitem(sys.modules, "cupy", cupy)
     for name in ("cupyx", "cupyx.scipy", "cupyx.scipy.special"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["cupyx"].scipy = sys.modules["cupyx.scipy"]
+    sys.modules["cupyx"].allow_synchronize = _allow_synchronize
+    sys.modules["cupyx"].scatter_add = _scatter_add
     sys.modules["cupyx.scipy"].special = sys.modules["cupyx.scipy.special"]
     sys.modules["cupyx.scipy.special"].erf = _gpu_special_erf
     monkeypatch.setitem(sys.modules, "array_api_compat.cupy", _NAMESPACE)
@@ -1190,3 +1231,39 @@ def test_gpu_bench_capture_gain_on_the_stand_in(two_gpus):
                            rounds=1)
     assert out["eager"][1] == "eager" and out["compiled"][1] == "graph"
     assert two_gpus.current == 0
+
+
+def test_selftest_on_the_second_stand_in_gpu(two_gpus, capsys):
+    """``xpnet selftest --backend cupy --device cuda:1`` with device 0 current: every
+    layer, the compiled steps (the MLP's capture refused, the one without matmuls
+    captured), the host-read guard (the stand-in's ``cupyx.allow_synchronize``) and the
+    training run, all on cuda:1."""
+    from xpnet.cli import main
+
+    code = main(["selftest", "--backend", "cupy", "--device", "cuda:1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line[:34].strip(): line for line in out.splitlines()}
+    assert "Stand-in GPU" in rows["versions"]
+    assert "kind eager (calling cuBLAS API" in rows["compiled step: MLP"]
+    assert "kind graph" in rows["compiled step: no matmul"]
+    assert " OK " in rows["no host reads in a step"]
+    assert all(" FAIL " not in line for line in rows.values())
+
+
+def test_selftest_catches_a_host_read_in_a_step(two_gpus, capsys, monkeypatch):
+    """A layer that reads a value on the host in every step (``float()``: a stall per
+    step on a GPU) fails the host-read check, which names where."""
+    from xpnet import selftest
+    from xpnet.cli import main
+
+    class Reads(xn.Tanh):
+        def forward(self, x, *, train=True):
+            if float(xn.backend.backend_of(x).xp.sum(x)) != float("nan"):
+                return super().forward(x, train=train)
+
+    monkeypatch.setattr(selftest, "_mlp", lambda: xn.Sequential(xn.Linear(8, 3), Reads()))
+    assert main(["selftest", "--backend", "cupy", "--layers", "Linear"]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("no host reads"))
+    assert " FAIL " in row and "eager MLP" in row and "synchronization" in row, row

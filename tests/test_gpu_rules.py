@@ -11,6 +11,7 @@ devices, kernels that refuse arrays of another device, erf's float16 loop) is in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -371,3 +372,91 @@ def test_the_kit_lists_jax_on_cuda():
         assert str(e).startswith("jax-cuda: jax") or "not selected" in str(e), str(e)
     else:
         assert be.device_name == "cuda:0"
+
+
+# -- 9. xpnet selftest ------------------------------------------------------------------------
+#: What the CI runs per backend: every layer where that is quick; on JAX (each operation
+#: compiled on its first use: ~60 s for all 32 layers) and torch a few, as the rest of
+#: their layers go through check_layer in the ordinary tests of their cases anyway
+SELFTEST_LAYERS = {"numpy": None, "array_api_strict": None,
+                   "torch": None,
+                   "jax": "Linear,Dropout"}
+
+
+@pytest.mark.parametrize("name", list(SELFTEST_LAYERS))
+def test_selftest_passes_on_each_installed_backend(name, capsys, monkeypatch):
+    from xpnet.cli import main
+
+    try:
+        xn.backend.make(name)
+    except xn.BackendUnavailableError as e:
+        pytest.skip(f"{name} is not usable here: {e}")
+    if name == "torch":  # inductor takes ~45 s per model on 2 cores; the trace is the same
+        from xpnet.backends.torch import TorchCompiler
+
+        monkeypatch.setattr(TorchCompiler, "backend", "aot_eager")
+    argv = ["selftest", "--backend", name]
+    if SELFTEST_LAYERS[name]:
+        argv += ["--layers", SELFTEST_LAYERS[name]]
+    with _fewer_xla_passes(name == "jax"):  # compiling each operation is most of the time
+        code = main(argv)
+    out = capsys.readouterr().out
+    assert code == 0, out
+    lines = out.splitlines()
+    assert lines[1].startswith(f"xpnet selftest: {name} on ") and lines[2].startswith("check")
+    assert lines[-1].startswith("all ") and "checks held" in lines[-1], out
+    for line in lines[3:-1]:
+        assert line[35:41].strip() in ("OK", "SKIP"), line
+    for must in ("versions", "compiled step: MLP", "compiled step: no matmul",
+                 "no host reads in a step", "training: digits MLP"):
+        assert any(line.startswith(must) for line in lines), must
+    if SELFTEST_LAYERS[name] is None:
+        from xpnet.selftest import layer_cases
+
+        for layer_name, *_ in layer_cases():
+            assert any(line.startswith(f"layer {layer_name} ") for line in lines), layer_name
+
+
+@contextlib.contextmanager
+def _fewer_xla_passes(on: bool):
+    if not on:
+        yield
+        return
+    import jax
+
+    jax.config.update("jax_disable_most_optimizations", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_disable_most_optimizations", False)
+
+
+def test_selftest_fails_with_the_check_named(capsys, monkeypatch):
+    """A layer whose gradient is wrong: its row FAILs, the others still run, exit 1."""
+    from xpnet import selftest
+    from xpnet.cli import main
+
+    class Wrong(xn.Linear):
+        def backward(self, dy):
+            return 2 * super().backward(dy)  # the input gradient doubled
+
+    monkeypatch.setattr(selftest, "layer_cases", lambda: [
+        ("Linear", lambda: xn.Linear(4, 3), (3, 4)),
+        ("Wrong", lambda: Wrong(4, 3), (3, 4))])
+    code = main(["selftest", "--backend", "numpy"])
+    out = capsys.readouterr().out
+    assert code == 1
+    wrong = next(line for line in out.splitlines() if line.startswith("layer Wrong"))
+    assert " FAIL " in wrong and "gradient" in wrong, wrong
+    assert out.splitlines()[-1].startswith("FAILED: 1 of ") and "layer Wrong" in out
+    assert "training: digits MLP" in out  # the checks after it ran
+
+
+def test_selftest_of_an_unusable_backend_is_one_line(capsys):
+    from xpnet.cli import main
+
+    assert main(["selftest", "--backend", "cupy", "--device", "cuda:99"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "cupy" in err[0]
+    assert main(["selftest", "--backend", "numpy", "--layers", "Nope"]) == 2
+    assert "no layer case Nope" in capsys.readouterr().err

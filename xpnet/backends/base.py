@@ -113,6 +113,17 @@ class Adapter:
                 f"{self.name}: {module} is not installed ({e}); install it with: {self.install}"
             ) from None
 
+    def describe(self, device: Any) -> str:
+        """The library's version and what it knows of ``device`` (name, CUDA versions),
+        for ``xpnet selftest``."""
+        return f"{self.name} {self.version()} on {device}"
+
+    def forbid_host_reads(self, device: Any) -> Callable[[], Any] | None:
+        """A context manager factory under which reading an array of ``device`` on the
+        host (``float()``, ``.get()``, a device-wide synchronize) raises, where the
+        library can detect it; None where it cannot (``xpnet selftest``)."""
+        return None
+
     def version(self) -> str | None:
         self.before_import()
         try:

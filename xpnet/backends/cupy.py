@@ -338,6 +338,32 @@ class CupyAdapter(Adapter):
         runtime.setDevice(device.id)
         return lambda: runtime.setDevice(previous)
 
+    def describe(self, device):
+        import cupy
+
+        runtime = cupy.cuda.runtime
+        props = runtime.getDeviceProperties(device.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"cupy {cupy.__version__} on cuda:{device.id}: {name} (sm_"
+                f"{device.compute_capability}, {props['totalGlobalMem'] / 2**30:.0f} GiB) of "
+                f"{runtime.getDeviceCount()}; CUDA runtime {runtime.runtimeGetVersion()}, "
+                f"driver {runtime.driverGetVersion()}")
+
+    def forbid_host_reads(self, device):
+        import contextlib
+        import warnings
+
+        import cupyx
+
+        @contextlib.contextmanager
+        def guard():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "will be removed in future releases"
+                with cupyx.allow_synchronize(False):
+                    yield
+
+        return guard
+
     def devices(self) -> list[str]:
         import cupy
 

@@ -232,6 +232,14 @@ class JaxAdapter(Adapter):
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(len(self._gpus()))]
 
+    def describe(self, device):
+        import jax
+        import jaxlib
+
+        return (f"jax {jax.__version__} (jaxlib {jaxlib.__version__}) on "
+                f"{getattr(device, 'device_kind', device)} ({device.platform}); matmul "
+                f"precision {jax.config.jax_default_matmul_precision or 'default'}")
+
     def placement_of(self, x: Any) -> Placement:
         import jax.numpy as xp
 

@@ -177,6 +177,36 @@ class TorchAdapter(Adapter):
 
         return Placement(xp, dev, str(dev))
 
+    def describe(self, device):
+        import torch
+
+        about = f"torch {torch.__version__} on {device}"
+        if device.type == "cuda":
+            p = torch.cuda.get_device_properties(device)
+            about += (f": {p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB) "
+                      f"of {torch.cuda.device_count()}; CUDA {torch.version.cuda}, cuDNN "
+                      f"{torch.backends.cudnn.version()}, float32 matmuls "
+                      f"{getattr(torch.backends.cuda.matmul, 'fp32_precision', '?')}")
+        return about
+
+    def forbid_host_reads(self, device):
+        if device.type != "cuda":
+            return None
+        import contextlib
+
+        import torch
+
+        @contextlib.contextmanager
+        def guard():
+            before = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode(before)
+
+        return guard
+
     def devices(self) -> list[str]:
         import torch
 
