@@ -492,3 +492,15 @@ def test_fp16_loss_scale_goes_on_across_fits_and_checkpoints(be, tmp_path):
         for (name, a), (_, b) in zip(model.named_state(), straight.named_state()):
             np.testing.assert_allclose(_host(a.value), _host(b.value), rtol=1e-6, atol=1e-7,
                                        err_msg=name)
+
+
+def test_fit_refuses_inputs_beyond_float16_under_fp16(be):
+    """Inputs beyond float16's range ended in a NaN error that blamed the learning rate:
+    fit now names them before training."""
+    _low_or_skip(be, "fp16-mixed")
+    x, y = _blobs(32)
+    x[3, 2] = 1e6
+    model = _model()
+    with pytest.raises(ValueError, match=r"float16.*precision='fp16-mixed'"):
+        xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model),
+               progress=False, precision="fp16-mixed")

@@ -10,6 +10,9 @@
 Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
 Python API. Errors (bad flags, missing files, an unusable backend) print one line
 starting with ``error:`` on stderr and exit 2; ``XPNET_DEBUG=1`` shows the traceback.
+Ctrl-C prints one line (what was interrupted, what was saved) and exits 130. ``train``
+claims its ``--out`` folder with a lock file (``.xpnet-train.lock``: pid and host),
+removed when it ends: a second run into it exits 2 naming the first one's pid.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import math
 import os
+import socket
 import sys
 import time
 import traceback
@@ -30,6 +34,8 @@ from ._version import __version__
 from .losses import LOSSES
 
 EXIT_USAGE = 2
+#: Exit status after Ctrl-C (128 + SIGINT), as shells and other CLIs report it.
+EXIT_INTERRUPTED = 130
 #: The losses the command offers (names from xpnet.losses.LOSSES)
 CLI_LOSSES = ("cross_entropy", "quadratic")
 MODELS = ("mlp", "resmlp", "cnn", "gru", "logistic")
@@ -213,6 +219,66 @@ def _new_run_folder(root: Path = Path("runs")) -> Path:
             n += 1
 
 
+#: The file a training run holds in its output folder: its pid and host, one line.
+LOCK = ".xpnet-train.lock"
+
+
+def _lock_holder(lock: Path) -> str | None:
+    """The pid of the live run that holds ``lock`` (as text), or None when the lock is
+    stale (its process is gone) and was removed. A lock written on another host, or
+    that cannot be read, counts as held."""
+    try:
+        pid_text, _, host = lock.read_text().strip().partition(" ")
+        pid = int(pid_text)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "unknown"
+    if host.strip() not in ("", socket.gethostname(), "localhost"):
+        return f"{pid} on {host.strip()}"
+    try:
+        os.kill(pid, 0)  # signal 0: is it alive?
+    except ProcessLookupError:
+        print(f"(removed the stale lock of pid {pid}, which ended: {lock})")
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        return None
+    except PermissionError:  # alive, another user's
+        pass
+    return str(pid)
+
+
+def _claim(out: Path) -> Path:
+    """Claim ``out`` for this run: create its lock file, exclusively. Another live run's
+    lock is a UsageError naming its pid; a stale one is taken over."""
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _lock_holder(lock)
+            if holder is not None:
+                raise UsageError(f"--out {out}: another xpnet train (pid {holder}) is writing "
+                                 f"into this folder; wait for it to end or choose another "
+                                 f"--out") from None
+            continue
+        except OSError as e:
+            raise UsageError(f"--out {out}: cannot write there ({e.strerror or e})") from None
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return lock
+    raise UsageError(f"--out {out}: cannot claim the folder: {lock} keeps coming back")
+
+
+def _release(lock: Path | None) -> None:
+    """Remove this run's lock (only if it is still this process's)."""
+    if lock is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if int(lock.read_text().split()[0]) == os.getpid():
+            lock.unlink()
+
+
 def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
     """The output folder, created and known writable; and whether this run created it."""
     if text is None:
@@ -223,6 +289,9 @@ def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
     out = Path(text)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    if (out / LOCK).exists() and (holder := _lock_holder(out / LOCK)) is not None:
+        raise UsageError(f"--out {out}: another xpnet train (pid {holder}) is writing into "
+                         f"this folder; wait for it to end or choose another --out")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UsageError(f"--out {out}: the folder is not empty (an earlier run?); "
                          f"pass --overwrite to write into it anyway")
@@ -239,12 +308,16 @@ def _prepare_out(text: str | None, overwrite: bool) -> tuple[Path, bool]:
 
 def cmd_train(args) -> int:
     _backend_flags(args)
-    comm = None
-    if args.distributed:
-        from . import distributed
+    from . import backends, distributed
 
-        comm = distributed.MPICommunicator()
+    comm = getattr(args, "comm", None)
+    if args.distributed and comm is None:
+        comm = distributed.detect()  # mpiexec (MPI) or torchrun (torch.distributed)
+    if comm is not None and comm.size == 1:
+        comm = None
     try:
+        if comm is not None and args.backend in ("cupy", "cp") and comm.name == "MPI":
+            comm = backends.adapter("cupy").communicator(comm)  # NCCL for CuPy arrays
         if comm is not None:
             args.device = distributed.local_device(args.backend, args.device, comm.local_rank)
         if comm is not None and comm.rank != 0:  # one voice and one writer: rank 0
@@ -274,20 +347,60 @@ def _train(args, comm) -> int:
     _use(args)
     writer = comm is None or comm.rank == 0
     out, created = _prepare_out(args.out, args.overwrite) if writer else (None, False)
-    if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
-        out = Path(comm.bcast_object(str(out)))
+    lock = None
     try:
+        lock = _claim(out) if writer else None
+        if comm is not None:  # every rank writes to rank 0's folder name, if any rank writes
+            out = Path(comm.bcast_object(str(out)))
         return _train_into(args, comm, out, writer)
     except BaseException:
+        _release(lock)
+        lock = None
         if created:  # leave no empty folder behind a run that wrote nothing
             with contextlib.suppress(OSError):
                 out.rmdir()
         raise
+    finally:
+        _release(lock)
+
+
+class _Stage:
+    """What ``xpnet train`` is doing, for the one line Ctrl-C prints (:func:`_interrupted`):
+    fit's callbacks keep ``epoch``, the 0-based epoch in progress, up to date."""
+
+    def __init__(self, epochs: int):
+        self.epochs, self.epoch, self.what = epochs, None, "before training"
+        self.out: Path | None = None
+        self.written: list[str] = []
+
+    def callback(self):
+        import xpnet as xn
+
+        stage = self
+
+        class EpochInProgress(xn.Callback):
+            def on_train_begin(self, model, optimizer):
+                super().on_train_begin(model, optimizer)
+                stage.what, stage.epoch = "training", 0
+
+            def on_epoch_end(self, epoch, logs):
+                stage.epoch = epoch + 1
+
+        return EpochInProgress()
+
+    def line(self) -> str:
+        if self.what == "writing":
+            return (f"interrupted while writing to {self.out}; written: "
+                    f"{', '.join(self.written) or 'nothing'}")
+        where = (f"in epoch {min(self.epoch + 1, self.epochs)} of {self.epochs}"
+                 if self.what == "training" else self.what)
+        return f"interrupted {where}; nothing was saved (the model is written when training ends)"
 
 
 def _train_into(args, comm, out: Path, writer: bool) -> int:
     import xpnet as xn
 
+    stage = args.stage = _Stage(args.epochs)
     xn.seed(args.seed)
     x_tr, y_tr, x_te, y_te = _load_data(args.data)
     n_out = int(max(y_tr.max(), y_te.max())) + 1
@@ -309,15 +422,18 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
                          validation_data=(x_te, y_te),
                          progress=None if args.progress else False, seed=args.seed,
                          distributed=comm if comm is not None else False,
-                         precision=args.precision)
+                         precision=args.precision, callbacks=[stage.callback()])
+        stage.what = "after training, while evaluating on the test set"
         result = xn.evaluate(model, x_te, y_te)
     if not writer:
         return 0
     name = FORMATS[args.format]
+    stage.what, stage.out, written = "writing", out, stage.written
     xn.save(out / name, model, optimizer=opt, epoch=args.epochs, data=args.data,
             test_accuracy=result["accuracy"])
+    written.append(name)
     history.to_json(out / "history.json")
-    written = [name, "history.json"]
+    written.append("history.json")
     try:
         history.plot(out / "curves.png")
         written.append("curves.png")
@@ -378,7 +494,16 @@ def _read_inputs(text: str) -> np.ndarray:
     if x.ndim < 1 or x.dtype.kind not in "biuf":
         raise UsageError(f"--input {path}: expected a numeric array of examples, got "
                          f"{x.dtype} of shape {x.shape}")
-    return x.astype(np.float32).reshape(len(x), -1)
+    if x.size == 0:
+        raise UsageError(f"--input {path}: holds no examples (shape {x.shape}); give at "
+                         f"least one")
+    x = x.astype(np.float32).reshape(len(x), -1)
+    bad = ~np.isfinite(x)
+    if bad.any():  # checked on the host, before upload: a NaN predicts class 0
+        raise UsageError(f"--input {path}: {int(bad.sum())} value(s) are NaN or infinite "
+                         f"(the first in example {int(np.argwhere(bad)[0][0])}); "
+                         f"predictions from them mean nothing")
+    return x
 
 
 def _check_output(text: str) -> None:
@@ -478,7 +603,8 @@ def make_parser() -> _Parser:
                    help="32 (default), or forward and backward in bfloat16/float16 on "
                         "float32 weights (torch, jax: both; numpy, cupy: fp16)")
     t.add_argument("--distributed", action="store_true",
-                   help="data-parallel over MPI ranks: mpiexec -n R xpnet train --distributed")
+                   help="data-parallel over the ranks of the job: mpiexec -n R or "
+                        "torchrun --nproc_per_node=R")
     backend_flags(t)
     t.set_defaults(func=cmd_train)
 
@@ -534,10 +660,56 @@ def _error_line(e: BaseException) -> str | None:
     return None
 
 
+def _interrupted(args: Any) -> str:
+    """The one line Ctrl-C prints: what was interrupted, and what was saved."""
+    stage = getattr(args, "stage", None)
+    if stage is not None:
+        return stage.line()
+    return "interrupted; nothing was written"
+
+
+#: what a launcher sets in each process: MPI (MPICH's hydra, Open MPI, PMIx) or torchrun
+LAUNCHED = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK", "TORCHELASTIC_RUN_ID")
+
+
+def _job(argv: list[str]) -> Any:
+    """The job's communicator, made before the arguments are read when this process is
+    one rank of a distributed run: an argument error on one rank must then end them all
+    (the others would wait for it in MPI forever). None for one process."""
+    if "--distributed" not in argv or not any(v in os.environ for v in LAUNCHED):
+        return None
+    from . import distributed
+
+    comm = distributed.detect()
+    return comm if comm.size > 1 else None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    comm = _job(argv)
+    code = _run(argv, comm)
+    if comm is not None and code not in (0, None):
+        sys.stderr.flush()
+        comm.abort(code)  # this rank failed before training could end the job itself
+    return code
+
+
+def _run(argv: list[str], comm: Any) -> int:
+    args = None
     try:
-        args = make_parser().parse_args(argv)
+        try:
+            args = make_parser().parse_args(argv)
+        except SystemExit as stop:  # argparse's own exit (--help: 0, a usage error: 2)
+            if comm is not None and stop.code not in (0, None):
+                comm.abort(EXIT_USAGE)  # the job ends, not only this rank
+            raise
+        args.comm = comm
         return args.func(args)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not fit's traceback
+        if os.environ.get("XPNET_DEBUG"):
+            raise
+        print(f"error: {_interrupted(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as e:
         line = _error_line(e)
         if line is None:

@@ -13,10 +13,13 @@
   batches are ever held in memory. ``np.memmap`` is an ndarray subclass but is
   streamed; every other ndarray is in memory, whatever its size (it already is in
   memory; to stream one, save it and open it with ``np.memmap``).
-- **An iterable of** ``(x, y)`` **batches** (a generator, a PyTorch ``DataLoader``; fit
-  only), given as ``x`` with no ``y``: read in the same background thread
-  (:class:`BatchSource`), ``steps_per_epoch`` batches per epoch. Arrays of another
-  library (torch tensors on the CPU) come over through the host.
+- **An iterable of** ``(x, y)`` **batches** (a generator, a PyTorch ``DataLoader``),
+  given as ``x`` with no ``y``: read in the same background thread
+  (:class:`BatchSource`), ``steps_per_epoch`` batches per epoch for fit, all of them for
+  ``evaluate`` (``predict`` takes ``x``, ``(x,)`` or ``(x, y)`` batches). Arrays of
+  another library (torch tensors on the CPU) come over through the host. Each batch's
+  host arrays are checked as they are read, and an error names the batch: labels in
+  range, inputs finite (the batch cannot be looked at again).
 
 Shuffling. ``shuffle=True`` draws a permutation of the examples on the host from a
 generator seeded by ``(seed, epoch)`` (:func:`epoch_order`), so epoch ``k`` sees the same
@@ -36,6 +39,7 @@ are costly (h5py, zarr), ``"blocks"`` reads a few long runs per batch.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import queue
 import threading
@@ -220,22 +224,35 @@ class Source:
 
 def prepare(model: Any, x: Any, y: Any = None, *, who: str = "fit", batch_size: int = 32,
             shuffle: bool | str = False, steps_per_epoch: int | None = None,
-            targets: bool = True, like: Source | None = None) -> Source:
+            targets: bool = True, like: Source | None = None, precision: Any = None
+            ) -> Source:
     """``x`` (and ``y``) on the model's device, checked, as a :class:`Source`.
 
     ``x``: host or device arrays (a list of them for a Graph with several inputs),
-    streamed data (:func:`streams`), or for ``fit`` an iterable of ``(x, y)`` batches with
-    no ``y``. Inputs become the model's float dtype, except integer ids for inputs an
-    Embedding reads; integer labels still on the host are checked there (free, and the
-    error names the bad values). ``targets=False``: inputs only (predict). ``like``: the
-    training data whose example shapes these must have (validation data).
+    streamed data (:func:`streams`), or an iterable of batches with no ``y`` (a
+    generator, a DataLoader; a list of batches too, except for predict): ``(x, y)``
+    batches for ``fit`` and ``evaluate``, ``x`` (or ``(x,)``, or ``(x, y)``) batches for
+    ``predict``. Inputs become the model's float dtype, except integer ids for inputs an
+    Embedding reads; what is still on the host is checked there (free, and the error
+    names the bad values): integer labels and ids in range, and under
+    ``precision="fp16-mixed"`` inputs within float16's range; a batch from an iterable is
+    checked as it is read, its inputs finite too. ``targets=False``: inputs only
+    (predict). ``like``: the training data whose example shapes these must have
+    (validation data). ``precision``: fit's argument (a name, 16, or a MixedPrecision).
     """
     if targets and who == "fit":
         x, y = fit_data(x, y, shuffle, steps_per_epoch)
+    elif given_as_batches(x, y, targets, who):
+        x, y = BatchSource(x, None, who=who, targets=targets,
+                           inputs=getattr(model, "input_count", 1)).columns()
+    elif targets and y is None:
+        raise ValueError(f"{who}: y is missing: give labels y with the arrays x, or x as an "
+                         f"iterable of (x, y) batches (a generator, a DataLoader); got x of "
+                         f"type {type(x).__name__} and no y")
     be = model.backend
     state = model.named_state()
     dtype = dtype_name(be.xp, state[0][1].value.dtype) if state else "float32"
-    inputs = _inputs_on(model, be, dtype, x, who)
+    inputs = _inputs_on(model, be, dtype, x, who, _is_half(precision) and precision)
     n = _check_counts(who, inputs, y if targets else None)
     if like is not None:
         for i, (a, b) in enumerate(zip(inputs, like.inputs, strict=True)):
@@ -250,19 +267,118 @@ def prepare(model: Any, x: Any, y: Any = None, *, who: str = "fit", batch_size: 
     return source
 
 
-def _inputs_on(model: Any, be: Backend, dtype: str, x: Any, who: str) -> list[Any]:
+def given_as_batches(x: Any, y: Any, targets: bool, who: str) -> bool:
+    """Whether ``x`` (with no ``y``) is an iterable of batches rather than data: for
+    predict (``targets=False``) a generator or a DataLoader, not a list (a Graph's
+    inputs); with targets, as fit takes it, any iterable that is no array."""
+    if who not in ("evaluate", "predict"):
+        return False
+    if y is not None:
+        if isinstance(x, Iterator) or type(x).__name__ == "DataLoader":
+            raise ValueError(f"{who}: x is an iterable of (x, y) batches ("
+                             f"{type(x).__name__}); leave y out: the labels come in its "
+                             f"batches")
+        return False
+    if isinstance(x, (np.ndarray, np.generic, str, bytes, dict, HostData)) or (
+            not hasattr(x, "__iter__") or streams(x) or _is_array(x)):
+        return False
+    return targets or not isinstance(x, (list, tuple))
+
+
+def _inputs_on(model: Any, be: Backend, dtype: str, x: Any, who: str, half: Any
+               ) -> list[Any]:
     """The model's input arrays on its device, as a list (one entry per Graph input)."""
     wanted = getattr(model, "input_count", 1)
-    kinds = model.input_dtypes
+    kinds, counts = model.input_dtypes, model.input_id_counts
     if model.multi_input:
         if not isinstance(x, (list, tuple)) or len(x) != wanted:
             got = f"{len(x)} arrays" if isinstance(x, (list, tuple)) else type(x).__name__
             raise ValueError(f"{who}: {model.label} has {wanted} inputs; give x as a list "
                              f"of {wanted} arrays, got {got}")
-        return [on_backend(be, a, dtype, f"{who} (x[{i}])", labels=kinds[i] is not None)
+        return [_input_on(be, a, dtype, f"{who} (x[{i}])", kinds[i], counts[i], half)
                 for i, a in enumerate(x)]
-    # token ids for an Embedding stay integers (kept as labels are)
-    return [on_backend(be, x, dtype, f"{who} (x)", labels=kinds[0] is not None)]
+    return [_input_on(be, x, dtype, f"{who} (x)", kinds[0], counts[0], half)]
+
+
+def _input_on(be: Backend, a: Any, dtype: str, who: str, kind: str | None,
+              ids: int | None, half: Any) -> Any:
+    """One input on the device. Token ids for an Embedding (``kind`` set) stay integers,
+    as labels do; those still on the host are checked to lie in ``[0, ids)`` first.
+    ``half``: the precision, when it is float16's (inputs checked against its range)."""
+    def check(where: str, host: np.ndarray) -> np.ndarray:
+        if ids is not None:
+            return check_ids(where, host, ids)
+        return check_inputs(where, host, half)
+
+    if isinstance(a, (list, tuple)) and (ids is not None or half):
+        a = np.asarray(a)
+    if isinstance(a, np.ndarray) and not streams(a):
+        a = check(who, a)
+    placed = on_backend(be, a, dtype, who, labels=kind is not None)
+    if isinstance(placed, HostData):  # streamed, or an iterable's: each batch as read
+        placed.check = check
+        placed.finite = isinstance(placed, Part)
+    return placed
+
+
+def check_ids(who: str, a: np.ndarray, count: int) -> np.ndarray:
+    """Host token ids checked to lie in ``[0, count)`` (free on the host; on a device an
+    id out of range gives a NaN row); ``a`` as int64 where it is an unsigned type wider
+    than 8 bits, which not every library has."""
+    if a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+        return a  # floats and bools: the Embedding names the dtype it expects
+    if int(a.min()) < 0 or int(a.max()) >= count:
+        bad = np.unique(a[(a < 0) | (a >= count)])
+        shown = ", ".join(str(int(v)) for v in bad[:5]) + (", ..." if len(bad) > 5 else "")
+        raise ValueError(f"{who}: ids for the model's Embedding of {count} rows must lie in "
+                         f"[0, {count - 1}], got {shown} ({len(bad)} distinct value(s) out "
+                         f"of range, from {int(bad[0])} to {int(bad[-1])})")
+    if a.dtype.kind == "u" and a.dtype.itemsize > 1:
+        a = a.astype(np.int64)
+    return a
+
+
+#: The largest finite float16.
+FLOAT16_MAX = 65504.0
+
+
+def _is_half(precision: Any) -> bool:
+    """Whether fit's ``precision`` runs in float16 (a name, 16, or a MixedPrecision)."""
+    name = getattr(precision, "dtype_name", None)  # an xn.MixedPrecision
+    if name is not None:
+        return name == "float16"
+    return isinstance(precision, (str, int)) and precision in ("fp16-mixed", "16-mixed", 16)
+
+
+def check_numeric(who: str, a: np.ndarray, expected: str) -> None:
+    """A TypeError naming ``who`` for data that is not numbers (strings, objects)."""
+    if a.dtype.kind not in "biuf":
+        raise TypeError(f"{who}: expected {expected}, got an array of dtype {a.dtype}"
+                        f"{f' ({a.flat[0]!r}, ...)' if a.size else ''}")
+
+
+def check_inputs(who: str, a: np.ndarray, half: Any = None, finite: bool = False
+                 ) -> np.ndarray:
+    """Host inputs checked: numbers; with ``finite`` (a batch from an iterable, which
+    cannot be looked at again) no NaN or inf; with ``half`` (a float16 precision) no
+    value beyond float16's range, which the cast would make inf."""
+    check_numeric(who, a, "numbers")
+    if a.dtype.kind != "f" or a.size == 0:
+        return a
+    if finite:
+        bad = ~np.isfinite(a)
+        if bad.any():
+            first = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{who}: {int(bad.sum())} value(s) are NaN or infinite (the "
+                             f"first at {list(first)}); clean the data or drop such rows")
+    if half:
+        big = np.abs(a)
+        where = int(np.nanargmax(big)) if not np.isnan(big).all() else None
+        if where is not None and big.flat[where] > FLOAT16_MAX:
+            raise ValueError(f"{who}: inputs reach {a.flat[where]}, beyond float16's range "
+                             f"(±{FLOAT16_MAX:.0f}) for precision={half!r}; scale the inputs, "
+                             f"or train with precision='bf16-mixed' or '32'")
+    return a
 
 
 def _count(a: Any) -> int:
@@ -288,9 +404,20 @@ def _labels_on(be: Backend, dtype: str, y: Any, n_out: int, who: str) -> Any:
     free, and the error names the bad values (on a device the loss turns NaN instead)."""
     if isinstance(y, (list, tuple)):
         y = np.asarray(y)
-    if isinstance(y, np.ndarray):
-        check_labels(who, y, max(n_out, 2), outputs=n_out)  # one output: labels 0 and 1
-    return on_backend(be, y, dtype, f"{who} (y)", labels=True)
+    if isinstance(y, np.ndarray):  # a memmap too: read once, whole
+        check_targets(who, y, n_out)
+    placed = on_backend(be, y, dtype, f"{who} (y)", labels=True)
+    if isinstance(placed, HostData) and not isinstance(y, np.ndarray):  # each batch, as read
+        placed.check = lambda where, host: check_targets(where, host, n_out)
+    return placed
+
+
+def check_targets(who: str, y: np.ndarray, n_out: int) -> np.ndarray:
+    """Host targets checked: numbers, and integer labels in range for ``n_out`` outputs
+    (one output: labels 0 and 1)."""
+    check_numeric(who, y, "integer labels or float targets")
+    check_labels(who, y, max(n_out, 2), outputs=n_out)
+    return y
 
 
 # -- the data fit trains on -----------------------------------------------------------------
@@ -345,6 +472,12 @@ class HostData:
     labels = False
     transform: Callable[[Any], Any] | None = None
     shape: tuple[int, ...] = ()
+    #: ``check(who, host_array) -> host_array``, run on each batch read from the host
+    #: (in the reader thread) before it is uploaded: labels and ids in range, inputs
+    #: within float16's range under fp16 (:func:`prepare` sets it).
+    check: Callable[[str, np.ndarray], np.ndarray] | None = None
+    #: Whether the check also refuses NaN and inf inputs (batches from an iterable).
+    finite = False
 
     @property
     def ndim(self) -> int:
@@ -363,13 +496,18 @@ class HostData:
         new.transform = fn if first is None else (lambda a: fn(first(a)))
         return new
 
-    def upload(self, part: Any) -> Any:
-        """One batch read from the host (or an array already on ``be``) on ``be``."""
+    def upload(self, part: Any, who: str | None = None) -> Any:
+        """One batch read from the host (or an array already on ``be``) on ``be``; a host
+        batch is checked first (``who``: how errors name it, by default ``self.who``)."""
         if type(part) is not np.ndarray:
             if isinstance(part, np.ndarray) or not _is_array(part):
                 part = np.asarray(part)  # a memmap's rows: plain ndarray, same memory
             elif backend_of(part) != self.be:
                 part = to_numpy(part)  # another library's array (a torch CPU tensor)
+        if self.check is not None and isinstance(part, np.ndarray):
+            part = self.check(who or self.who, part)
+            if self.finite and not self.labels:
+                check_inputs(who or self.who, part, finite=True)
         return on_backend(self.be, part, self.dtype, self.who, self.labels)
 
     def finish(self, a: Any) -> Any:
@@ -443,11 +581,11 @@ class Column(HostData):
 
 
 class Part(HostData):
-    """One array of an iterable's ``(x, y)`` batches: input ``index`` (``y`` last).
+    """One array of an iterable's batches: input ``index`` (``y`` last, with targets).
     Its shape is that of the first batch, with the epoch's estimated example count."""
 
-    def __init__(self, source: BatchSource, index: int):
-        self.source, self.index = source, index
+    def __init__(self, source: BatchSource, index: int, name: str):
+        self.source, self.index, self.name = source, index, name
         sample = source.first[index]
         self.shape = (source.steps * int(sample.shape[0]), *(int(d) for d in sample.shape[1:]))
 
@@ -455,82 +593,134 @@ class Part(HostData):
         """Rows of the first batch on the device (``a[0:1, ...]``, for shapes)."""
         sample = self.source.first[self.index]
         s, e = self._rows(key, int(sample.shape[0]), self.who)
-        return self.finish(self.upload(sample[s:e]))
+        return self.finish(self.upload(sample[s:e], f"{self.source.where(1)}, {self.name}"))
 
 
 class BatchSource:
-    """An iterable of ``(x, y)`` batches that ``fit`` reads ``steps`` at a time.
+    """An iterable of batches that ``fit`` reads ``steps`` at a time, and ``evaluate``
+    and ``predict`` to its end.
 
-    ``x`` of a batch is an array, or a list of arrays for a model with several inputs;
-    arrays are NumPy arrays, lists, or any library's arrays. A one-shot iterator (a
-    generator) needs ``steps_per_epoch`` and goes on where it stopped in the next epoch;
-    a re-iterable (a DataLoader, a list) is iterated again from its start each epoch, for
-    ``steps_per_epoch`` batches or to its end (``len()`` batches by default).
+    A batch is ``(x, y)`` (``targets=False``, predict: ``x``, ``(x,)`` or ``(x, y)``, its
+    ``y`` unused). ``x`` of a batch is an array, or a list of arrays for a model with
+    several inputs; arrays are NumPy arrays, lists, or any library's arrays. For fit, a
+    one-shot iterator (a generator) needs ``steps_per_epoch`` and goes on where it
+    stopped in the next epoch; a re-iterable (a DataLoader, a list) is iterated again
+    from its start each epoch, for ``steps_per_epoch`` batches or to its end (``len()``
+    batches by default). Each batch's host arrays are checked as they are read
+    (:attr:`HostData.check`): errors name the batch.
+
+    Parameters
+    ----------
+    items : iterable of batches
+    steps_per_epoch : int or None
+        fit's argument; for ``who`` other than fit the iterable is read to its end.
+    who : str
+        ``"fit"``, ``"evaluate"`` or ``"predict"``: how errors start.
+    targets : bool
+        Batches hold ``y`` (fit, evaluate).
+    inputs : int
+        The model's inputs (predict tells ``[x1, x2]`` from ``(x, y)`` by it).
     """
 
-    def __init__(self, items: Iterable, steps_per_epoch: int | None):
-        self.items = items
+    def __init__(self, items: Iterable, steps_per_epoch: int | None, *, who: str = "fit",
+                 targets: bool = True, inputs: int = 1):
+        self.items, self.who, self.targets, self.inputs = items, who, targets, inputs
         self.one_shot = isinstance(items, Iterator)
-        if steps_per_epoch is None:
+        self.to_end = who != "fit"
+        if self.to_end:
+            steps_per_epoch = _length(items) or 1  # an estimate, for the example count
+        elif steps_per_epoch is None:
             if self.one_shot:
                 raise ValueError(
                     f"fit: x is an iterator ({type(items).__name__}), which cannot start "
                     f"again for each epoch; give steps_per_epoch, the batches per epoch")
-            try:
-                steps_per_epoch = len(items)  # type: ignore[arg-type]
-            except TypeError:
+            steps_per_epoch = _length(items)
+            if steps_per_epoch is None:
                 raise ValueError(f"fit: x, an iterable of batches ({type(items).__name__}), "
-                                 f"has no len(); give steps_per_epoch") from None
+                                 f"has no len(); give steps_per_epoch")
             if steps_per_epoch < 1:
                 raise ValueError("fit: x, the iterable of batches, is empty")
         self.steps = steps_per_epoch
         self.epochs = 0  # epochs started, for messages
         self.first: list[Any] = []  # the first batch: shapes, and the first rows
-        self.multi = False
+        self.multi = inputs > 1
         self._iterator: Iterator = iter(items)
         item = next(self._iterator, _END)
         if item is _END:
-            raise ValueError("fit: x, the iterable of batches, gave no batch")
+            raise ValueError(f"{who}: x, the iterable of batches, gave no batch")
         self.first = self.split(item, 1)
         self._pending: Any = item  # trained on first, in the first epoch
 
+    def where(self, step: int) -> str:
+        """How errors name batch ``step`` (1-based) of the current epoch."""
+        if self.to_end:
+            return f"{self.who}: batch {step}"
+        return f"{self.who}: batch {step} of epoch {max(self.epochs, 1)}"
+
     def columns(self) -> tuple[Any, Any]:
-        """``(x, y)`` for fit: a Part per input (a list of them for several) and ``y``."""
-        parts = [Part(self, i) for i in range(len(self.first))]
-        return (parts[:-1] if self.multi else parts[0]), parts[-1]
+        """``(x, y)``: a Part per input (a list of them for several) and one for ``y``
+        (None without targets)."""
+        count = len(self.first) - (1 if self.targets else 0)
+        parts = [Part(self, i, f"x[{i}]" if self.multi else "x") for i in range(count)]
+        y = Part(self, count, "y") if self.targets else None
+        return (parts if self.multi else parts[0]), y
 
     def split(self, item: Any, step: int) -> list[Any]:
-        """``[*inputs, y]`` of one batch, checked against the first batch."""
-        where = f"fit: batch {step} of epoch {max(self.epochs, 1)} of x"
-        if not isinstance(item, (tuple, list)) or len(item) != 2:
-            size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
-            raise TypeError(f"{where}: expected an (x, y) pair, got a "
-                            f"{type(item).__name__}{size}")
-        xb, yb = item
-        multi = isinstance(xb, (list, tuple))
-        parts = [*(xb if multi else [xb]), yb]
+        """``[*inputs, y]`` of one batch (no ``y`` without targets), checked against the
+        first batch."""
+        where = f"{self.where(step)} of x"
+        if self.targets:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                size = f" of {len(item)}" if isinstance(item, (tuple, list)) else ""
+                raise TypeError(f"{where}: expected an (x, y) pair, got a "
+                                f"{type(item).__name__}{size}")
+            xb, yb = item
+            multi = isinstance(xb, (list, tuple))
+            parts = [*(xb if multi else [xb]), yb]
+        else:
+            xb = self._inputs_of(item, where)
+            multi = self.multi
+            parts = list(xb) if multi else [xb]
         parts = [a if hasattr(a, "shape") else np.asarray(a) for a in parts]
         sizes = {int(a.shape[0]) if len(a.shape) else 0 for a in parts}
         if len(sizes) != 1 or sizes == {0}:
-            raise ValueError(f"{where}: x and y must hold the same number (at least one) "
+            what = "x and y" if self.targets else "the inputs"
+            raise ValueError(f"{where}: {what} must hold the same number (at least one) "
                              f"of examples, got shapes {[tuple(a.shape) for a in parts]}")
         if not self.first:
             self.multi = multi
             return parts
+        ys = 1 if self.targets else 0
         if multi != self.multi or len(parts) != len(self.first):
-            raise ValueError(f"{where}: x has {len(parts) - 1} array(s), the first batch "
-                             f"{len(self.first) - 1}")
+            raise ValueError(f"{where}: x has {len(parts) - ys} array(s), the first batch "
+                             f"{len(self.first) - ys}")
         for i, (a, b) in enumerate(zip(parts, self.first)):
             if tuple(a.shape[1:]) != tuple(b.shape[1:]):
-                what = "y" if i == len(parts) - 1 else (f"x[{i}]" if self.multi else "x")
+                what = ("y" if ys and i == len(parts) - 1
+                        else (f"x[{i}]" if self.multi else "x"))
                 raise ValueError(f"{where}: {what} has examples of shape "
                                  f"{tuple(a.shape[1:])}, the first batch "
                                  f"{tuple(b.shape[1:])}")
         return parts
 
+    def _inputs_of(self, item: Any, where: str) -> Any:
+        """A predict batch's ``x``: the batch itself, or the first of ``(x,)``/``(x, y)``;
+        for a model of several inputs, a list of that many arrays is ``x``."""
+        if not isinstance(item, (tuple, list)):
+            return item
+        if self.inputs > 1 and len(item) == self.inputs and not any(
+                isinstance(a, (tuple, list)) for a in item):
+            return item
+        if len(item) in (1, 2) and (self.inputs == 1 or isinstance(item[0], (tuple, list))):
+            return item[0]
+        want = f"a list of {self.inputs} arrays" if self.inputs > 1 else "an array"
+        raise TypeError(f"{where}: expected x ({want}), (x,) or (x, y), got a "
+                        f"{type(item).__name__} of {len(item)}")
+
     def read(self, columns: list[Part]) -> Iterator[list[Any]]:
-        """One epoch: up to ``steps`` batches, each ``[column.upload(part)]``. A re-iterable
-        that ends sooner ends the epoch; an iterator that gives nothing raises."""
+        """One epoch: up to ``steps`` batches (evaluate, predict: all), each
+        ``[column.upload(part)]``. A re-iterable that ends sooner ends the epoch; an
+        iterator that gives nothing raises."""
         self.epochs += 1
         if self._pending is not None:
             it: Iterator = _chain(self._pending, self._iterator)
@@ -539,16 +729,26 @@ class BatchSource:
             it = self._iterator
         else:
             it = iter(self.items)
-        for step in range(1, self.steps + 1):
+        steps = itertools.count(1) if self.to_end else range(1, self.steps + 1)
+        for step in steps:
             item = next(it, _END)
             if item is _END:
                 if step == 1:
-                    raise ValueError(f"fit: x ran out of batches: it gave none for epoch "
-                                     f"{self.epochs} of this fit; a generator must give "
-                                     f"steps_per_epoch batches for each epoch")
+                    raise ValueError(f"{self.who}: x ran out of batches: it gave none for "
+                                     f"epoch {self.epochs} of this fit; a generator must "
+                                     f"give steps_per_epoch batches for each epoch")
                 return
             parts = self.split(item, step)
-            yield [c.upload(parts[c.index]) for c in columns]
+            where = self.where(step)
+            yield [c.upload(parts[c.index], f"{where}, {c.name}") for c in columns]
+
+
+def _length(items: Any) -> int | None:
+    """``len(items)``, or None for an iterable without one (a generator)."""
+    try:
+        return len(items)
+    except TypeError:
+        return None
 
 
 def _chain(first: Any, rest: Iterator) -> Iterator:

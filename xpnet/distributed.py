@@ -1,25 +1,27 @@
-"""Data-parallel training over MPI (through ``mpi4py``); xpnet has no networking of its own.
+"""Data-parallel training: every rank holds the whole model, takes its slice of every
+global mini-batch, and the ranks' gradients are summed before each optimizer step, so
+the steps are those a single process takes on the whole batch. xpnet has no networking
+of its own: the ranks talk through a :class:`~xpnet.backends.base.Communicator`, chosen
+by how the job was started (:func:`detect`):
 
-Every rank holds the whole model. ``fit(..., distributed=True)`` gives each rank its
-own slice of every global mini-batch, sums the ranks' gradients before each optimizer
-step, and so takes the same step a single process would take on the whole batch.
+- **MPI** (:class:`MPICommunicator`, through ``mpi4py``) under ``mpiexec``: ``Allreduce``
+  and ``Bcast`` on array buffers. NumPy arrays go directly; CuPy arrays go directly when
+  the MPI library is CUDA-aware (checked, not guessed: :func:`cuda_aware`); arrays of
+  other devices are staged through host memory, one copy per call (a gradient bucket),
+  and come back on the device they came from.
+- **torch.distributed** under ``torchrun`` (it sets ``RANK``, ``WORLD_SIZE``,
+  ``MASTER_ADDR``...): gloo for CPU arrays, NCCL for CUDA tensors (the torch adapter's).
+- **NCCL** for CuPy arrays, bootstrapped over MPI (the CuPy adapter's).
 
-``fit`` talks to a :class:`Strategy`: the plain one runs in one process and does
-nothing; :class:`DataParallel` checks that the ranks were given the same run, broadcasts
-the starting state, takes this rank's share of each batch, sums gradients across ranks
-and ends every rank on an error. Its :class:`Communicator` moves the arrays:
+``fit`` talks to a :class:`Strategy`: the plain one runs in one process and does nothing;
+:class:`DataParallel` checks that the ranks were given the same run, broadcasts the
+starting state, takes this rank's share of each batch, reduces the epoch's sums, keeps
+decisions that change training (stop, learning rate, a checkpoint's "best") the same on
+every rank, and ends every rank on an error on any. The gradient sum itself is a
+gradient transform of the step (:class:`xpnet.train.transforms.AllReduce`), in buckets.
 
-- :class:`SingleProcess`: one rank, every operation a no-op;
-- :class:`MPICommunicator`: ``Allreduce``/``Bcast`` on array buffers. NumPy arrays go
-  directly. CuPy arrays go directly when the MPI library is CUDA-aware (checked, not
-  guessed: :func:`cuda_aware`), otherwise they are staged through host memory, as
-  are arrays of every other device (torch, JAX, array-api-strict's devices); results
-  always come back on the device they came from. What MPI may read directly is each
-array library's adapter's answer (``xpnet.backends``). Several GPUs in one machine could use
-  NCCL instead (``cupyx.distributed``): a communicator with the same methods is the
-  seam for it.
-
-Run ``mpiexec -n 2 xpnet train --distributed`` or a script calling ``fit`` likewise.
+Run ``mpiexec -n 2 xpnet train --distributed``, ``torchrun --nproc_per_node=2
+script.py``, or a script calling ``fit(..., distributed=True)`` under either.
 """
 
 from __future__ import annotations
@@ -35,34 +37,7 @@ import numpy as np
 
 from . import backends
 from .backend import backend_of, to_numpy
-
-
-class Communicator:
-    """What data-parallel training needs from a group of processes."""
-
-    rank = 0
-    size = 1
-    local_rank = 0
-
-    def allreduce_sum(self, arrays: list[Any]) -> list[Any]:
-        """Element-wise sums over ranks, each on the device its input came from."""
-        return arrays
-
-    def broadcast(self, arrays: list[Any], root: int = 0) -> list[Any]:
-        """``root``'s arrays on every rank (same shapes, dtypes and devices as given)."""
-        return arrays
-
-    def bcast_object(self, value: Any, root: int = 0) -> Any:
-        """A small JSON-like Python value from ``root`` on every rank."""
-        return value
-
-    def allgather_object(self, value: Any) -> list[Any]:
-        """Every rank's small JSON-like value, in rank order, on every rank."""
-        return [value]
-
-    def abort(self, code: int = 1) -> None:
-        """End every rank of the job (after an error on this one)."""
-        raise SystemExit(code)
+from .backends.base import Communicator, Pending
 
 
 class SingleProcess(Communicator):
@@ -98,6 +73,8 @@ def cuda_aware() -> bool:
 class MPICommunicator(Communicator):
     """Ranks of an MPI communicator (``MPI.COMM_WORLD`` by default)."""
 
+    name = "MPI"
+
     def __init__(self, comm: Any = None, *, share_cores: bool = True):
         """``share_cores``: limit BLAS and torch threads of each rank to its share of
         this machine's cores (as ``torchrun`` does). Ranks that each start one thread
@@ -119,23 +96,29 @@ class MPICommunicator(Communicator):
 
     def _flat(self, arrays: list[Any]) -> tuple[Any, bool]:
         """One contiguous buffer of every array, and whether it stayed where the arrays
-        are (host NumPy, or CuPy with a CUDA-aware MPI) rather than staged on the host."""
+        are (host NumPy, or CuPy with a CUDA-aware MPI) rather than staged on the host:
+        then the arrays are joined on their device first, so staging is one copy."""
         owner = backends.adapter_of(arrays[0])
         if all(backends.adapter_of(a) is owner and owner.mpi_direct(a, self.direct_cuda)
                for a in arrays):
+            if len(arrays) == 1 and arrays[0].ndim == 1 and owner.name == "numpy":
+                return np.array(arrays[0], copy=True), True  # MPI writes into it
             return owner.flat_buffer(arrays), True
-        return np.concatenate([to_numpy(a).reshape(-1) for a in arrays]), False
+        xp = backend_of(arrays[0]).xp
+        joined = arrays[0] if len(arrays) == 1 and arrays[0].ndim == 1 else xp.concat(
+            [xp.reshape(a, (-1,)) for a in arrays])
+        return np.array(to_numpy(joined), copy=True), False
 
     def _unflat(self, buf: Any, like: list[Any], direct: bool) -> list[Any]:
+        if not direct:  # staged: back to the device it came from, in one copy
+            be = backend_of(like[0])
+            buf = be.asarray(buf, dtype=like[0].dtype)
+        xp = backends.adapter_of(buf).placement_of(buf).xp if direct else be.xp
         out, start = [], 0
         for a in like:
             size = int(np.prod(a.shape))
-            part = buf[start:start + size].reshape(tuple(a.shape))
+            out.append(xp.reshape(buf[start:start + size], tuple(a.shape)))
             start += size
-            if not direct:  # staged: back to the device it came from
-                be = backend_of(a)
-                part = be.asarray(part, dtype=a.dtype)
-            out.append(part)
         return out
 
     def _check_dtypes(self, arrays: list[Any]) -> None:
@@ -150,6 +133,24 @@ class MPICommunicator(Communicator):
         buf, direct = self._flat(arrays)
         self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return self._unflat(buf, arrays, direct)
+
+    def start_allreduce(self, buffer: Any) -> Pending:
+        """``Iallreduce`` of one flat buffer: the sum travels while the caller packs and
+        starts the next bucket."""
+        if self.size == 1:
+            return Pending(buffer)
+        owner = backends.adapter_of(buffer)
+        if owner.name == "numpy" and buffer.flags.c_contiguous and buffer.flags.writeable:
+            buf, direct = buffer, True  # summed in place: no copy of the bucket
+        else:
+            buf, direct = self._flat([buffer])
+        request = self.comm.Iallreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
+
+        def done() -> Any:
+            request.Wait()
+            return self._unflat(buf, [buffer], direct)[0]
+
+        return Pending(wait=done)
 
     def broadcast(self, arrays: list[Any], root: int = 0) -> list[Any]:
         if not arrays or self.size == 1:
@@ -206,8 +207,15 @@ class Strategy:
         """Host numbers summed over ranks."""
         return values
 
+    def any(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on any rank (every rank must ask)."""
+        return flag
+
+    def share_rate(self, optimizer: Any) -> None:
+        """Give every rank rank 0's learning rate (a callback may have lowered it)."""
+
     def finish(self, model: Any) -> None:
-        """Make the ranks' models agree at the end of training."""
+        """Make the ranks' models agree at the end of training (rank 0's)."""
 
     def fail(self, error: BaseException) -> None:
         """Deal with an error raised in ``fit`` on this rank (never returns)."""
@@ -247,11 +255,17 @@ class DataParallel(Strategy):
     def totals(self, values: list[float]) -> list[float]:
         return [float(v) for v in self.comm.allreduce_sum([np.array(values)])[0]]
 
+    def any(self, flag: bool) -> bool:
+        return self.totals([float(bool(flag))])[0] > 0
+
+    def share_rate(self, optimizer: Any) -> None:
+        if not callable(optimizer.lr):
+            optimizer.lr = self.comm.bcast_object(float(optimizer.lr))
+
     def finish(self, model: Any) -> None:
-        # statistics such as BatchNorm's: rank 0's copy everywhere
-        frozen = [p for _, p in model.named_state() if not p.trainable]
-        for p, v in zip(frozen, self.comm.broadcast([p.value for p in frozen]), strict=True):
-            p.value = v
+        # rank 0's model everywhere: statistics such as BatchNorm's (each rank's come
+        # from its share), and weights a callback put back on one rank only (EarlyStopping)
+        model.bind(self.comm.broadcast(model.arrays()))
 
     def fail(self, error: BaseException) -> None:
         """Show this rank's error and end the whole job, so no other rank waits forever."""
@@ -292,13 +306,31 @@ def _by_rank(values: list[Any], width: int = 80) -> str:
     return ", ".join(parts)
 
 
-def resolve(distributed: bool | Communicator | None) -> Strategy:
-    """The strategy ``fit(distributed=...)`` asks for: ``True`` for this MPI job's ranks,
-    a Communicator for its ranks, ``False`` for one process."""
+#: what torchrun sets for each worker (torch.distributed's env:// rendezvous reads them)
+TORCHRUN = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def detect(backend: str | None = None) -> Communicator:
+    """The communicator of how this job was started: ``torch.distributed`` when
+    ``torchrun`` set its variables, else MPI (one rank when not under ``mpiexec``), with
+    NCCL for a model on CuPy (``backend``)."""
+    if all(v in os.environ for v in TORCHRUN):
+        return backends.adapter("torch").communicator()
+    comm = MPICommunicator()
+    if backend == "cupy" and comm.size > 1:
+        return backends.adapter("cupy").communicator(comm)
+    return comm
+
+
+def resolve(distributed: bool | Communicator | None, backend: str | None = None
+            ) -> Strategy:
+    """The strategy ``fit(distributed=...)`` asks for: ``True`` for this job's ranks (as
+    :func:`detect` finds them for a model on ``backend``), a Communicator for its ranks,
+    ``False`` for one process."""
     if distributed is None or distributed is False:
         return Strategy()
     if distributed is True:
-        distributed = MPICommunicator()
+        distributed = detect(backend)
     if isinstance(distributed, Communicator):
         return DataParallel(distributed) if distributed.size > 1 else Strategy()
     raise TypeError(f"fit: distributed must be a bool or a Communicator, got {distributed!r}")

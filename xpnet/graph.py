@@ -152,8 +152,23 @@ class Graph(Layer):
         return out
 
     @property
+    def input_id_counts(self) -> list[int | None]:
+        """Per input, the fewest ids a layer reading it takes (Embedding's
+        ``num_embeddings``), None where no layer reads ids."""
+        out = []
+        for i in self._input_index:
+            counts = [self._node_layers[j].id_count for j, ins in enumerate(self._node_inputs)
+                      if i in ins]
+            out.append(min((c for c in counts if c is not None), default=None))
+        return out
+
+    @property
     def input_dtype(self) -> str | None:  # type: ignore[override]
         return None if self._multi else self.input_dtypes[0]
+
+    @property
+    def id_count(self) -> int | None:  # type: ignore[override]
+        return None if self._multi else self.input_id_counts[0]
 
     @property
     def output_layer(self) -> Layer | None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Adapter, BackendUnavailableError, Placement
+from .base import Adapter, BackendUnavailableError, Communicator, Placement
 from .cupy import CupyAdapter
 from .jax import JaxAdapter
 from .numpy import NumpyAdapter
@@ -88,5 +88,6 @@ def limit_threads(n: int) -> None:
         a.limit_threads(n)
 
 
-__all__ = ["ADAPTERS", "Adapter", "BackendUnavailableError", "Placement", "StandardOps",
+__all__ = ["ADAPTERS", "Adapter", "BackendUnavailableError", "Communicator", "Placement",
+           "StandardOps",
            "adapter", "adapter_of", "canonical", "limit_threads", "ops", "register"]

@@ -209,6 +209,12 @@ class Adapter:
     def limit_threads(self, n: int) -> None:
         """Use at most ``n`` CPU threads, where the library has a pool of its own."""
 
+    def communicator(self) -> Communicator:
+        """This library's own way for the ranks of a job to talk (torch.distributed,
+        NCCL); ValueError where it has none (MPI serves every library)."""
+        raise ValueError(f"{self.name} has no communicator of its own; run the job under "
+                         f"mpiexec (MPI) instead")
+
     # -- MPI -------------------------------------------------------------------------
     def mpi_direct(self, x: Any, cuda_aware: bool) -> bool:
         """Whether MPI can read and write ``x``'s memory as it is."""
@@ -311,3 +317,61 @@ class CapturingCompiler(Compiler):
     def launch(self, graph: Any) -> None:
         """Replay a captured graph."""
         raise NotImplementedError
+
+
+class Communicator:
+    """What data-parallel training needs from a group of processes: sums of device
+    arrays, broadcasts, small Python values, and ending the whole job. This default is
+    one process, every operation a no-op.
+
+    Implementations: MPI (``xpnet.distributed.MPICommunicator``, under ``mpiexec``),
+    ``torch.distributed`` (the torch adapter's, under ``torchrun``: gloo on CPU, NCCL for
+    CUDA tensors) and NCCL for CuPy arrays (the CuPy adapter's).
+    """
+
+    rank = 0
+    size = 1
+    local_rank = 0
+    local_size = 1
+    #: how messages name it
+    name = "one process"
+
+    def allreduce_sum(self, arrays: list[Any]) -> list[Any]:
+        """Element-wise sums over ranks, each on the device its input came from (arrays of
+        one call share a dtype)."""
+        return arrays
+
+    def start_allreduce(self, buffer: Any) -> Pending:
+        """Begin summing one flat 1-D buffer over ranks (it may be summed in place);
+        ``.wait()`` gives the sum. Where the transport allows it the sum runs while the
+        caller goes on (MPI's ``Iallreduce``, NCCL on its own stream); by default it is
+        done at once."""
+        return Pending(self.allreduce_sum([buffer])[0])
+
+    def broadcast(self, arrays: list[Any], root: int = 0) -> list[Any]:
+        """``root``'s arrays on every rank (same shapes, dtypes and devices as given)."""
+        return arrays
+
+    def bcast_object(self, value: Any, root: int = 0) -> Any:
+        """A small JSON-like Python value from ``root`` on every rank."""
+        return value
+
+    def allgather_object(self, value: Any) -> list[Any]:
+        """Every rank's small JSON-like value, in rank order, on every rank."""
+        return [value]
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job (after an error on this one)."""
+        raise SystemExit(code)
+
+
+class Pending:
+    """A collective under way: :meth:`wait` gives its result."""
+
+    def __init__(self, result: Any = None, wait: Any = None):
+        self._result, self._wait = result, wait
+
+    def wait(self) -> Any:
+        if self._wait is not None:
+            self._result, self._wait = self._wait(), None
+        return self._result

@@ -6,7 +6,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .base import Adapter, BackendUnavailableError, CapturingCompiler, Placement
+from .base import (
+    Adapter,
+    BackendUnavailableError,
+    CapturingCompiler,
+    Communicator,
+    Pending,
+    Placement,
+)
 from .standard import _INV_SQRT_2PI, _SQRT_HALF, StandardOps, counter_uniform, fold_key
 
 
@@ -398,6 +405,16 @@ class CupyAdapter(Adapter):
     def compiler(self) -> CudaGraphs:
         return CudaGraphs()
 
+    def communicator(self, bootstrap: Communicator | None = None) -> Communicator:
+        """NCCL between the ranks of ``bootstrap`` (the MPI job's communicator), for CuPy
+        arrays; ``bootstrap`` itself where CuPy was built without NCCL."""
+        cupy = self.import_library()
+        if bootstrap is None or bootstrap.size == 1:
+            raise ValueError("cupy: NCCL needs the ranks of a job to start from (MPI)")
+        if not getattr(cupy.cuda.nccl, "available", False):
+            return bootstrap
+        return CupyNCCL(bootstrap)
+
     def synchronize(self, device):
         device.synchronize()
 
@@ -492,3 +509,90 @@ class CudaGraphs(CapturingCompiler):
     def launch(self, graph: Any) -> None:
         # on the current stream: after the copies into the static inputs, before reads
         graph.launch(self.cupy.cuda.get_current_stream())
+
+
+#: NCCL's names for the dtypes gradients come in
+_NCCL_DTYPES = {"float16": "NCCL_FLOAT16", "float32": "NCCL_FLOAT32",
+                "float64": "NCCL_FLOAT64", "int32": "NCCL_INT32", "int64": "NCCL_INT64"}
+
+
+class CupyNCCL(Communicator):
+    """NCCL for CuPy arrays between the ranks of an MPI job (``bootstrap``): rank 0's
+    NCCL id reaches the others over MPI, and small Python values, host numbers and
+    arrays of other libraries keep going over MPI. CuPy arrays are summed by NCCL on a
+    stream of its own: it waits for the work that wrote a buffer (an event), and the
+    caller's stream waits for the sum only when the result is asked for, so the next
+    bucket is packed while one travels."""
+
+    name = "NCCL"
+
+    def __init__(self, bootstrap: Communicator):
+        import cupy
+        from cupy.cuda import nccl
+
+        self.cupy, self.nccl, self.boot = cupy, nccl, bootstrap
+        self.rank, self.size = bootstrap.rank, bootstrap.size
+        self.local_rank, self.local_size = bootstrap.local_rank, bootstrap.local_size
+        uid = bootstrap.bcast_object(nccl.get_unique_id() if self.rank == 0 else None)
+        self.comm = nccl.NcclCommunicator(self.size, uid, self.rank)
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+
+    def _ours(self, arrays: list[Any]) -> bool:
+        return all(isinstance(a, self.cupy.ndarray) for a in arrays)
+
+    def _on_stream(self, run: Any) -> Any:
+        """``run(stream pointer)`` on NCCL's stream once the current stream's work is
+        done; the event that marks its end."""
+        cuda = self.cupy.cuda
+        ready = cuda.Event()
+        ready.record()  # on the current stream: the buffer is written
+        self.stream.wait_event(ready)
+        run(self.stream.ptr)
+        done = cuda.Event()
+        done.record(self.stream)
+        return done
+
+    def start_allreduce(self, buffer: Any) -> Pending:
+        if not self._ours([buffer]):
+            return self.boot.start_allreduce(buffer)
+        kind = getattr(self.nccl, _NCCL_DTYPES[str(buffer.dtype)])
+        done = self._on_stream(lambda stream: self.comm.allReduce(
+            buffer.data.ptr, buffer.data.ptr, buffer.size, kind, self.nccl.NCCL_SUM, stream))
+
+        def result() -> Any:
+            self.cupy.cuda.get_current_stream().wait_event(done)
+            return buffer
+
+        return Pending(wait=result)
+
+    def _split(self, flat: Any, like: list[Any]) -> list[Any]:
+        out, at = [], 0
+        for a in like:
+            out.append(flat[at:at + a.size].reshape(a.shape))
+            at += a.size
+        return out
+
+    def allreduce_sum(self, arrays: list[Any]) -> list[Any]:
+        if not arrays or not self._ours(arrays):
+            return self.boot.allreduce_sum(arrays)
+        flat = self.cupy.concatenate([a.reshape(-1) for a in arrays])
+        return self._split(self.start_allreduce(flat).wait(), arrays)
+
+    def broadcast(self, arrays: list[Any], root: int = 0) -> list[Any]:
+        if not arrays or not self._ours(arrays):
+            return self.boot.broadcast(arrays, root)
+        flat = self.cupy.concatenate([a.reshape(-1) for a in arrays])
+        kind = getattr(self.nccl, _NCCL_DTYPES[str(flat.dtype)])
+        done = self._on_stream(lambda stream: self.comm.bcast(
+            flat.data.ptr, flat.size, kind, root, stream))
+        self.cupy.cuda.get_current_stream().wait_event(done)
+        return self._split(flat, arrays)
+
+    def bcast_object(self, value: Any, root: int = 0) -> Any:
+        return self.boot.bcast_object(value, root)
+
+    def allgather_object(self, value: Any) -> list[Any]:
+        return self.boot.allgather_object(value)
+
+    def abort(self, code: int = 1) -> None:
+        self.boot.abort(code)

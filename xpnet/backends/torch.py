@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import math
+import os
 import sys
 import types
 from typing import Any
@@ -10,6 +13,8 @@ from typing import Any
 from .base import (
     Adapter,
     BackendUnavailableError,
+    Communicator,
+    Pending,
     Placement,
     TracingCompiler,
     tf32_allowed,
@@ -245,6 +250,10 @@ class TorchAdapter(Adapter):
     def compiler(self) -> TorchCompiler:
         return TorchCompiler()
 
+    def communicator(self) -> TorchDistributed:
+        self.import_library()
+        return TorchDistributed()
+
     def make_ops(self) -> StandardOps:
         return TorchOps()
 
@@ -261,3 +270,105 @@ class TorchAdapter(Adapter):
     def mpi_direct(self, x, cuda_aware):
         return False  # staged through host memory: torch.cuda tensors are not MPI buffers
 
+
+
+class TorchDistributed(Communicator):
+    """The ranks of a ``torch.distributed`` job (started by ``torchrun``, which sets
+    ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and ``MASTER_PORT``): gloo for arrays in
+    host memory, NCCL for CUDA tensors (``"cpu:gloo,cuda:nccl"`` when CUDA is there).
+
+    torch tensors are reduced where they are; arrays of other libraries go through a
+    torch CPU tensor over the same host memory (NumPy) or one host copy, and come back
+    as they came. A failing rank exits: torchrun then ends the other workers.
+    """
+
+    name = "torch.distributed"
+
+    def __init__(self, backend: str | None = None):
+        import torch
+        import torch.distributed as dist
+
+        self.torch, self.dist = torch, dist
+        if not dist.is_initialized():
+            chosen = backend or ("cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo")
+            dist.init_process_group(backend=chosen)
+            # gloo's threads still running at interpreter exit abort the process
+            # ("terminate called without an active exception"): end the group first
+            atexit.register(_destroy_group, dist)
+        self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
+    def _flat(self, arrays: list[Any]) -> Any:
+        """One flat torch tensor of the arrays: on their device for torch tensors, over
+        host memory for the others."""
+        torch = self.torch
+        if all(isinstance(a, torch.Tensor) for a in arrays):
+            return torch.cat([a.reshape(-1) for a in arrays])
+        import numpy as np
+
+        from ..backend import to_numpy
+
+        return torch.from_numpy(np.concatenate(
+            [np.asarray(to_numpy(a)).reshape(-1) for a in arrays]))
+
+    def _back(self, flat: Any, like: list[Any]) -> list[Any]:
+        torch = self.torch
+        out, start = [], 0
+        native = isinstance(like[0], torch.Tensor)
+        if not native:
+            from ..backend import backend_of
+
+            be = backend_of(like[0])
+        for a in like:
+            size = math.prod(a.shape)
+            part = flat[start:start + size].reshape(tuple(a.shape))
+            start += size
+            out.append(part if native else be.asarray(part.numpy(), dtype=a.dtype))
+        return out
+
+    def allreduce_sum(self, arrays: list[Any]) -> list[Any]:
+        if not arrays or self.size == 1:
+            return arrays
+        flat = self._flat(arrays)
+        self.dist.all_reduce(flat)
+        return self._back(flat, arrays)
+
+    def start_allreduce(self, buffer: Any) -> Pending:
+        if self.size == 1:
+            return Pending(buffer)
+        flat = self._flat([buffer])
+        work = self.dist.all_reduce(flat, async_op=True)
+
+        def done() -> Any:
+            work.wait()
+            return self._back(flat, [buffer])[0]
+
+        return Pending(wait=done)
+
+    def broadcast(self, arrays: list[Any], root: int = 0) -> list[Any]:
+        if not arrays or self.size == 1:
+            return arrays
+        flat = self._flat(arrays)
+        self.dist.broadcast(flat, src=root)
+        return self._back(flat, arrays)
+
+    def bcast_object(self, value: Any, root: int = 0) -> Any:
+        box = [value]
+        self.dist.broadcast_object_list(box, src=root)
+        return box[0]
+
+    def allgather_object(self, value: Any) -> list[Any]:
+        out: list[Any] = [None] * self.size
+        self.dist.all_gather_object(out, value)
+        return out
+
+    def abort(self, code: int = 1) -> None:
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(code)  # torchrun sees a failed worker and ends the others
+
+
+def _destroy_group(dist: Any) -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

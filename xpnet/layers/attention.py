@@ -52,11 +52,19 @@ from .norm import LayerNorm
 
 
 def _check_sequence(layer: Layer, x: Any, ref: Any, width: int) -> None:
-    """``x`` is ``(N, L, width)`` with ``ref``'s library, device and dtype."""
+    """``x`` is ``(N, L, width)`` with ``L >= 1``, with ``ref``'s library, device and
+    dtype (softmax over no positions has no value)."""
+    _check_shape(layer, x, width)
+    check_like_parameters(layer, x, ref)
+
+
+def _check_shape(layer: Layer, x: Any, width: int) -> None:
     if x.ndim != 3 or x.shape[2] != width:
         raise ValueError(f"{layer.label}: expected input of shape (N, L, {width}), got "
                          f"{tuple(x.shape)}")
-    check_like_parameters(layer, x, ref)
+    if x.shape[1] < 1:  # as GRU and LSTM say it
+        raise ValueError(f"{layer.label}: expected input of shape (N, L, {width}) with "
+                         f"L >= 1 (batch first), got {tuple(x.shape)}")
 
 
 def causal_mask(xp: Any, length: int, dtype: Any, dev: Any) -> Any:
@@ -363,9 +371,7 @@ class TransformerBlock(Layer):
         return [(attr, getattr(self, attr)) for attr in self._child_names]
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
-        if x.ndim != 3 or x.shape[2] != self.embed_dim:
-            raise ValueError(f"{self.label}: expected input of shape (N, L, "
-                             f"{self.embed_dim}), got {tuple(x.shape)}")
+        _check_shape(self, x, self.embed_dim)
         a = self.self_attn.forward(self.norm1.forward(x, train=train), train=train)
         x = x + self.dropout1.forward(a, train=train)
         h = self.linear1.forward(self.norm2.forward(x, train=train), train=train)

@@ -50,13 +50,47 @@ class LoadResult(NamedTuple):
 
 
 def _host_copy(value: Any) -> np.ndarray:
-    """A NumPy array from an array of any library (through its adapter, DLPack or NumPy)."""
+    """A NumPy array from an array of any library (through its adapter, DLPack or NumPy).
+    bfloat16, which NumPy lacks (torch's ``numpy()`` refuses it), arrives as float32."""
     if not isinstance(value, np.ndarray) and hasattr(value, "__dlpack__"):
         try:
             adapter_of(value)
         except TypeError:  # a library xpnet has no adapter for
             return np.from_dlpack(value)
-    return np.asarray(to_numpy(value))
+        if "bfloat16" in str(getattr(value, "dtype", "")):
+            xp = backend_of(value).xp
+            value = xp.astype(value, xp.float32)  # exact: bfloat16 is float32's top half
+    host = np.asarray(to_numpy(value))
+    return host.astype(np.float32) if host.dtype.name == "bfloat16" else host  # ml_dtypes'
+
+
+def _state_items(layer: Any, state: Any) -> list[tuple[str, Any]]:
+    """``load_state_dict``'s ``state`` as ``(name, value)`` pairs: a mapping's items, or
+    the pairs themselves (what ``OrderedDict(pairs)`` takes); every name a string."""
+    who = f"load_state_dict for {type(layer).__name__}"
+    if isinstance(state, Mapping):
+        items = list(state.items())
+    else:
+        if isinstance(state, (str, bytes)) or not hasattr(state, "__iter__"):
+            raise TypeError(f"{who}: state must be a mapping of names to arrays (a "
+                            f"state_dict) or (name, value) pairs, got {type(state).__name__}")
+        items = list(state)
+        for i, item in enumerate(items):
+            if not isinstance(item, (tuple, list)) or len(item) != 2:
+                raise TypeError(f"{who}: state must be a mapping of names to arrays (a "
+                                f"state_dict) or (name, value) pairs; item {i} is "
+                                f"{_short(item)} ({type(item).__name__})")
+    for key, _ in items:
+        if not isinstance(key, str):
+            example = next(iter(dict(layer.named_state())), "0.weight")
+            raise TypeError(f"{who}: key {_short(key)} ({type(key).__name__}) is not a "
+                            f"string; the keys are parameter names such as {example!r}")
+    return [tuple(item) for item in items]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 #: Every layer type a checkpoint may name: filled by ``Layer.__init_subclass__``.
@@ -124,6 +158,9 @@ class Layer:
     #: The dtype of the input a graph or a summary should probe the layer with: None for
     #: the parameters' floating dtype, ``"int64"`` for layers that read ids (Embedding).
     input_dtype: str | None = None
+    #: For a layer that reads integer ids (Embedding): how many there are, so ids still in
+    #: host memory are checked to lie in ``[0, id_count)`` before they are uploaded.
+    id_count: int | None = None
     #: The Loss that ``fit`` last trained this model with; ``evaluate``'s default; saved
     #: in checkpoints (``xn.save`` records it, ``xn.load`` restores it). None: none yet.
     loss: Loss | None = None
@@ -132,6 +169,11 @@ class Layer:
     def input_dtypes(self) -> list[str | None]:
         """``input_dtype`` for each array ``forward`` takes (a Graph may take several)."""
         return [self.input_dtype]
+
+    @property
+    def input_id_counts(self) -> list[int | None]:
+        """``id_count`` for each array ``forward`` takes (a Graph may take several)."""
+        return [self.id_count]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -230,7 +272,8 @@ class Layer:
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Set the model's arrays from ``state``: NumPy arrays, torch tensors (CPU or
-        CUDA), arrays of any xpnet backend, or anything with ``__dlpack__``.
+        CUDA, bfloat16 included), arrays of any xpnet backend, or anything with
+        ``__dlpack__``, by name: a mapping (a ``state_dict``) or ``(name, value)`` pairs.
 
         Values go to each parameter's backend and device, in its dtype. PyTorch's
         ``num_batches_tracked`` entries are ignored. A mis-shaped entry is always an
@@ -238,7 +281,8 @@ class Layer:
         every problem and nothing is changed. Returns ``(missing_keys, unexpected_keys)``.
         """
         own = dict(self.named_state())
-        given = {k: v for k, v in state.items() if not str(k).endswith("num_batches_tracked")}
+        given = {k: v for k, v in _state_items(self, state)
+                 if not k.endswith("num_batches_tracked")}
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
         hosts, problems = {}, []
@@ -462,6 +506,10 @@ class Sequential(Layer):
     @property
     def input_dtype(self) -> str | None:  # what the first layer reads
         return self._layers[0].input_dtype if self._layers else None
+
+    @property
+    def id_count(self) -> int | None:  # type: ignore[override]
+        return self._layers[0].id_count if self._layers else None
 
     def __len__(self) -> int:
         return len(self._layers)

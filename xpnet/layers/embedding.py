@@ -33,11 +33,14 @@ class Embedding(Layer):
     Input: integer ids of any shape, e.g. ``(N, L)``, each in ``[0, num_embeddings)``.
     Output: float vectors of shape ``(*input.shape, embedding_dim)``, e.g. ``(N, L, D)``.
 
-    Ids out of range are refused with a ValueError naming the range where the ids live
-    in host memory (NumPy): the check reads them, which is free there. Elsewhere it
-    would need a host read that stalls the device, so xpnet does not check, and the
-    library's ``take`` decides: torch on the CPU and array-api-strict raise IndexError,
-    JAX gives NaN rows, and GPU libraries do not check.
+    Ids of any integer dtype are taken (torch's gather wants int32 or int64: others are
+    converted on the device). Ids out of range (negative ones included) are refused with
+    a ValueError naming them where they live in host memory: NumPy arrays given to this
+    layer, and host ids given to ``fit``, ``evaluate`` and ``predict`` (checked before
+    they are uploaded). On a device that check would need a host read that stalls it,
+    so there an id outside ``[0, num_embeddings)`` gives a row of NaN, on every backend
+    (the loss turns NaN, which ``fit`` reports), and sends no gradient back; ids are
+    never wrapped around (as ``-1`` for the last row, or JAX's int32 index arithmetic).
 
     Parameters
     ----------
@@ -57,6 +60,11 @@ class Embedding(Layer):
     """
 
     input_dtype = "int64"  # what a Graph or a summary probes it with
+
+    @property
+    def id_count(self) -> int:  # type: ignore[override]
+        """Ids this layer takes: ``[0, num_embeddings)`` (fit checks host ids against it)."""
+        return self.num_embeddings
 
     def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype: str = "float32",
                  backend: str | Backend | None = None, device: str | None = None,
@@ -82,10 +90,20 @@ class Embedding(Layer):
                             f"{dtype_name(backend_of(x).xp, x.dtype)}; convert it, e.g. "
                             f"xp.astype(x, xp.int64)")
         ids = xp.reshape(x, (math.prod(x.shape),))
-        if ops(xp).on_host and ids.shape[0]:
+        on_host = ops(xp).on_host
+        if on_host and ids.shape[0]:
             self._check_range(xp, ids)
-        self._ids = ids if train else None
-        return xp.reshape(xp.take(W, ids, axis=0), (*x.shape, self.embedding_dim))
+        if ids.dtype not in (xp.int32, xp.int64):
+            ids = xp.astype(ids, xp.int64)  # torch's gather takes int32 and int64 only
+        valid = None
+        if not on_host:  # no host read: an out-of-range id looks up row 0, made NaN below
+            valid = (ids >= 0) & (ids < self.num_embeddings)
+            ids = ids * xp.astype(valid, ids.dtype)
+        self._ids = (ids, valid) if train else None
+        rows = xp.take(W, ids, axis=0)
+        if valid is not None:
+            rows = xp.where(valid[:, None], rows, xp.full_like(rows, math.nan))
+        return xp.reshape(rows, (*x.shape, self.embedding_dim))
 
     def _check_range(self, xp: Any, ids: Any) -> None:
         """Ids within ``[0, num_embeddings)``: host memory only, where reading is free."""
@@ -99,9 +117,11 @@ class Embedding(Layer):
         return None
 
     def backward_params(self, dy: Any) -> None:
-        ids = self._require_cache(self._ids)
+        ids, valid = self._require_cache(self._ids)
         xp = namespace(dy)
         rows = xp.reshape(dy, (ids.shape[0], self.embedding_dim))
+        if valid is not None:  # a NaN row is a constant: nothing flows back through it
+            rows = xp.where(valid[:, None], rows, xp.zeros_like(rows))
         self.weight.accumulate(ops(xp).rows_add(xp, self.num_embeddings, ids, rows))
 
     def get_config(self) -> dict[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import csv
 import math
+import os
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -185,10 +187,7 @@ class ModelCheckpoint(_Monitor):
 
     def check(self, logged: set[str]) -> None:
         super().check(logged)
-        folder = Path(self.path).parent
-        if not folder.is_dir():
-            raise FileNotFoundError(f"ModelCheckpoint: folder {str(folder)!r} of "
-                                    f"{str(self.path)!r} does not exist; create it first")
+        check_writable("ModelCheckpoint", Path(self.path))
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
@@ -199,6 +198,33 @@ class ModelCheckpoint(_Monitor):
         if (self._improved(logs) or not self.save_best_only) and self.rank == 0:
             save(self.path, self.model, optimizer=self.optimizer if self.save_optimizer else None,
                  epoch=epoch + 1, **{k: v for k, v in logs.items() if isinstance(v, float)})
+
+
+def check_writable(who: str, path: Path) -> None:
+    """Raise before training when ``path`` cannot be written after an epoch: it is a
+    folder, its folder does not exist, or that folder takes no new file (``os.access``,
+    then a temp file made and removed there, as the atomic save will make one)."""
+    folder = path.parent
+    if path.is_dir():
+        raise IsADirectoryError(f"{who}: the path {str(path)!r} is a folder; name a file in "
+                                f"it, such as {str(path / 'model.xpnet')!r}")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{who}: folder {str(folder)!r} of {str(path)!r} does not "
+                                f"exist; create it first")
+    problem = None
+    if not os.access(folder, os.W_OK):
+        problem = "is not writable"
+    else:
+        probe = folder / f".xpnet-probe-{os.getpid()}-{uuid.uuid4().hex}.tmp"
+        try:
+            with open(probe, "x"):
+                pass
+            probe.unlink()
+        except OSError as e:
+            problem = f"takes no new file ({e.strerror or e})"
+    if problem is not None:
+        raise PermissionError(f"{who}: cannot write {str(path)!r}: the folder {str(folder)!r} "
+                              f"{problem}; make it writable or choose another path")
 
 
 class TerminateOnNaN(Callback):
@@ -244,6 +270,19 @@ class CSVLogger(Callback):
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"CSVLogger: folder {str(self.path.parent)!r} of "
                                     f"{str(self.path)!r} does not exist; create it first")
+        if self.append and self.path.is_file():
+            self._header()  # a file it cannot append to fails before training
+
+    def _header(self) -> list[str] | None:
+        """The header row of the file appended to (None when it is empty)."""
+        try:
+            with self.path.open(newline="", encoding="utf-8") as f:
+                return next(csv.reader(f, delimiter=self.separator), None) or None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"CSVLogger: {str(self.path)!r} is not UTF-8 text (byte "
+                             f"{e.start}: {e.object[e.start:e.start + 1]!r}), so no CSV "
+                             f"rows can be added to it; pass append=False to start it "
+                             f"afresh, or another path") from None
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
@@ -251,10 +290,9 @@ class CSVLogger(Callback):
         if self.rank != 0:
             return
         if self.append and self.path.is_file():
-            with self.path.open(newline="") as f:
-                self._columns = next(csv.reader(f, delimiter=self.separator), None) or None
+            self._columns = self._header()
         elif not self.append:
-            self.path.write_text("")
+            self.path.write_text("", encoding="utf-8")
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.rank != 0:
@@ -263,7 +301,7 @@ class CSVLogger(Callback):
         if header:
             self._columns = ["epoch", *sorted(logs)]
         row = [epoch] + [logs.get(k, "NA") for k in self._columns[1:]]
-        with self.path.open("a", newline="") as f:
+        with self.path.open("a", newline="", encoding="utf-8") as f:
             writer = csv.writer(f, delimiter=self.separator)
             if header:
                 writer.writerow(self._columns)

@@ -18,7 +18,7 @@ from .metrics import MetricSet
 
 
 @on_model_device
-def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
+def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
              batch_size: int = 1024, metrics: Any = None) -> dict[str, Any]:
     """Mean loss and metrics of ``model`` on ``(x, y)``, computed on its device.
 
@@ -26,7 +26,8 @@ def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
     model has one (``model.loss``: the loss ``fit`` trained it with, also after
     ``xn.load``); ``accuracy`` for classification targets. ``x`` and ``y`` may be
     host arrays (uploaded once here) or arrays already on the model's device; a Graph
-    with several inputs takes a list of arrays as ``x``.
+    with several inputs takes a list of arrays as ``x``. ``x`` may also be an iterable
+    of ``(x, y)`` batches (a generator, a DataLoader), with no ``y``, as ``fit`` takes.
 
     ``metrics``: names (``"accuracy"``, ``"top_k_accuracy"`` (k=5), ``"mae"``,
     ``"confusion_matrix"``) or :class:`xpnet.metrics.Metric` objects
@@ -47,7 +48,9 @@ def evaluate(model: Layer, x: Any, y: Any, *, loss: Loss | None = None,
 
 
 def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
-              metrics: list[metrics_mod.Metric]) -> dict[str, Any]:
+                metrics: list[metrics_mod.Metric], reduce: Any = None) -> dict[str, Any]:
+    """The loss (when given) and ``metrics`` of ``model`` over ``source``; ``reduce``
+    sums the device sums over the ranks of a data-parallel run before they are read."""
     sums = MetricSet(metrics, loss=loss is not None)
     for m in metrics:
         m.reset()
@@ -55,6 +58,8 @@ def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
         for size, (*xb, yb) in batches:
             pred = model.forward(source.x(xb), train=False)
             sums.update(pred, yb, loss.forward(pred, yb) if loss is not None else None, size)
+    if reduce is not None and sums.started:
+        sums.bind(reduce(sums.arrays()))
     return sums.results()
 
 
@@ -62,7 +67,8 @@ def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
 def predict(model: Layer, x: Any, *, batch_size: int = 1024) -> Any:
     """The model's outputs for ``x`` (inference mode), as an array on its device.
 
-    ``x``: host or device arrays, a list of them for a Graph with several inputs."""
+    ``x``: host or device arrays, a list of them for a Graph with several inputs; or an
+    iterable (a generator, a DataLoader) of ``x``, ``(x,)`` or ``(x, y)`` batches."""
     _args.integer(batch_size, "batch_size", "predict", minimum=1)
     source = data_mod.prepare(model, x, who="predict", batch_size=batch_size, targets=False)
     with source.batches() as batches:

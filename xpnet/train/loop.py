@@ -162,13 +162,14 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         of the last epoch whose loss was finite (or the starting ones).
         ``TerminateOnNaN`` reads every batch's loss and stops at the first bad one.
     """
-    strategy = distributed_mod.resolve(distributed)
+    strategy = distributed_mod.resolve(distributed, model.backend.name)
     options = StepOptions(compile, precision, clip_grad_norm, clip_grad_value,
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
         source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
-                                  shuffle=shuffle, steps_per_epoch=steps_per_epoch)
+                                  shuffle=shuffle, steps_per_epoch=steps_per_epoch,
+                                  precision=precision)
         return _fit(model, source, loss, optimizer, options, strategy, metrics,
                     _validation(model, source, validation_data), list(callbacks or []),
                     _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress))
@@ -202,7 +203,8 @@ def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer
     seed = plan.seed if plan.seed is not None else int(random.current().host.integers(2**31))
     strategy.agree({"model": json.dumps(layer_config(model), sort_keys=True),
                     **source.facts(), "batch_size": source.batch_size,
-                    "epochs": plan.epochs, "initial_epoch": plan.initial_epoch})
+                    "epochs": plan.epochs, "initial_epoch": plan.initial_epoch,
+                    "validation_data": val is not None, "metrics": driver.metrics.names})
     seed = strategy.start(model, seed)  # every rank: rank 0's parameters and seed
     model.loss = loss  # evaluate() reports this loss by default; save() records it
     run = _Run(model, source, driver, strategy, random.RandomStream(seed), callbacks,
@@ -290,13 +292,17 @@ class _Run:
         for cb in self.callbacks:
             cb.rank = self.strategy.rank
             cb.on_train_begin(self.model, self.driver.optimizer)
+        # every rank joins a per-batch stop vote if any rank has a per-batch callback, so
+        # callbacks on one rank cannot put the ranks' collective calls out of step
+        self.vote_per_batch = self.strategy.any(bool(self.hooks))
         history = History()
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()
             logs = self.epoch(epoch)
-            if self.val is not None:
+            if self.val is not None:  # summed over the ranks' validation data
                 scores = run_metrics(self.model, self.val, self.driver.loss,
-                                   [copy.copy(m) for m in self.metrics.metrics])
+                                     [copy.copy(m) for m in self.metrics.metrics],
+                                     reduce=self.strategy.reduce_sums)
                 logs.update({"val_" + k: v for k, v in scores.items()})
             elapsed = time.perf_counter() - start
             logs["time"] = elapsed
@@ -305,7 +311,10 @@ class _Run:
             self.progress.end(epoch, logs)
             for cb in self.callbacks:
                 cb.on_epoch_end(epoch, logs)
-            if any(cb.stop_training for cb in self.callbacks):
+            # decisions that change training are the same on every rank: rank 0's rate,
+            # and a stop on any rank stops all
+            self.strategy.share_rate(self.driver.optimizer)
+            if self.strategy.any(any(cb.stop_training for cb in self.callbacks)):
                 break
         for cb in self.callbacks:
             cb.on_train_end()
@@ -337,13 +346,15 @@ class _Run:
                      ) -> bool:
         """Call the per-batch callbacks for each batch of a group; whether one stopped
         training (on any rank)."""
-        if not self.hooks:
+        if not self.vote_per_batch:
             return False
         stop = False
         for i, ((_, y, size, _), cost) in enumerate(zip(group, costs, strict=True)):
             local = int(y.shape[0])
-            stop = batch_end(self.hooks, done + i, cost if local else None, size, epoch) or stop
-        return self.strategy.totals([float(stop)])[0] > 0 if self.strategy.size > 1 else stop
+            if self.hooks:
+                stop = batch_end(self.hooks, done + i, cost if local else None, size,
+                                 epoch) or stop
+        return self.strategy.any(stop)
 
     def _report(self, epoch: int, done: int, n: int) -> None:
         """The one host read inside the loop, at the reporting interval: the running

@@ -83,6 +83,13 @@ class Step:
                              f"model.parameters()")
         self.params = optimizer.params
         self.accumulate = _args.integer(accumulate, "accumulate_grad_batches", who, minimum=1)
+        clips: list[GradientTransform] = []  # checked before anything is changed
+        if clip_grad_value is not None:
+            clips.append(ClipByValue(_args.real(clip_grad_value, "clip_grad_value", who,
+                                                low=0.0, low_open=True)))
+        if clip_grad_norm is not None:
+            clips.append(ClipByNorm(_args.real(clip_grad_norm, "clip_grad_norm", who,
+                                               low=0.0)))
         self.precision = precision
         self.weighted = self.accumulate > 1 or reduce is not None
         transforms: list[GradientTransform] = []
@@ -97,14 +104,7 @@ class Step:
             precision.scaler.take(optimizer.loss_scale)
             optimizer.loss_scale = precision.scaler
             transforms.append(precision.scaler)
-        if clip_grad_value is not None:
-            value = _args.real(clip_grad_value, "clip_grad_value", who, low=0.0,
-                               low_open=True)
-            transforms.append(ClipByValue(value))
-        if clip_grad_norm is not None:
-            transforms.append(ClipByNorm(_args.real(clip_grad_norm, "clip_grad_norm", who,
-                                                    low=0.0)))
-        self.transforms = transforms
+        self.transforms = transforms + clips
         self.metrics = metrics if metrics is not None else MetricSet([])
         self._pending, self._examples = 0, 0  # batches and examples of the open group
 
@@ -117,8 +117,7 @@ class Step:
         early (the last batches of an epoch)."""
         self._pending += 1
         self._examples += examples
-        update = final if final is not None else self._pending >= self.accumulate
-        update = update or self._pending >= self.accumulate
+        update = bool(final) or self._pending >= self.accumulate
         ctx = StepContext(update=update, total=self._examples if self.weighted else None)
         coefficients: tuple[Any, ...] = ()
         if update:

@@ -6,6 +6,7 @@ is fp16's unscaling (:class:`xpnet.train.precision.LossScale`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,24 +136,77 @@ class ClipByNorm(GradientTransform):
         return f"ClipByNorm({self.max_norm})"
 
 
+#: DDP's default bucket size: gradients are summed over ranks this many bytes at a time.
+BUCKET_BYTES = 25 * 2**20
+
+
 class AllReduce(GradientTransform):
     """Sums the gradients over the ranks of a data-parallel run (``comm``: a
-    :class:`xpnet.distributed.Communicator`). Each rank's backward was weighted by its
+    :class:`~xpnet.backends.base.Communicator`), in buckets of at most ``bucket_bytes``
+    (:data:`BUCKET_BYTES` by default, DDP's 25 MiB; a larger gradient is a bucket of its
+    own). Each bucket is
+    packed into one flat buffer on the device and reduced with one collective, all
+    started before any is waited for (MPI's ``Iallreduce``, NCCL's own stream), last
+    layers first, as backward produced them. Each rank's backward was weighted by its
     examples and :class:`Normalize` follows, so the update is the one the global batch
-    takes. A rank whose share of the batch is empty sends zeros."""
+    takes. A rank whose share of the batch is empty sends zeros. ``bytes``: what the last
+    step reduced."""
 
     traceable = capturable = False
     reason = ("the data-parallel gradient sum is a call into MPI between backward and the "
               "update, which a compiled step cannot make")
 
-    def __init__(self, comm: Any):
+    def __init__(self, comm: Any, bucket_bytes: int | None = None):
         self.comm = comm
+        self.bucket_bytes = BUCKET_BYTES if bucket_bytes is None else bucket_bytes
+        self.bytes = 0
+        self._plan: tuple[tuple, list[list[int]]] = ((), [])
+
+    def buckets(self, grads: list[Any]) -> list[list[int]]:
+        """Indices of ``grads`` per bucket: in reverse order, one dtype a bucket, each at
+        most ``bucket_bytes`` (made once per set of shapes)."""
+        key = tuple((tuple(g.shape), g.dtype) for g in grads)
+        if self._plan[0] != key:
+            out: list[list[int]] = []
+            size = 0
+            for i in reversed(range(len(grads))):
+                g = grads[i]
+                nbytes = math.prod(g.shape) * _itemsize(g)
+                if (not out or size + nbytes > self.bucket_bytes
+                        or grads[out[-1][0]].dtype != g.dtype):
+                    out.append([])
+                    size = 0
+                out[-1].append(i)
+                size += nbytes
+            self._plan = (key, out)
+        return self._plan[1]
 
     def __call__(self, params: list[Parameter], ctx: StepContext) -> None:
         grads = [namespace(p.value).zeros_like(p.value) if p.grad is None else p.grad
                  for p in params]
-        for p, g in zip(params, self.comm.allreduce_sum(grads), strict=True):
-            p.grad = g
+        started = []
+        self.bytes = 0
+        for bucket in self.buckets(grads):
+            xp = namespace(grads[bucket[0]])
+            flat = xp.concat([xp.reshape(grads[i], (-1,)) for i in bucket]) \
+                if len(bucket) > 1 else xp.reshape(grads[bucket[0]], (-1,))
+            self.bytes += math.prod(flat.shape) * _itemsize(flat)
+            started.append((bucket, self.comm.start_allreduce(flat)))
+        for bucket, pending in started:
+            summed = pending.wait()
+            xp = namespace(summed)
+            at = 0
+            for i in bucket:
+                n = math.prod(grads[i].shape)
+                params[i].grad = xp.reshape(summed[at:at + n], tuple(grads[i].shape))
+                at += n
 
     def __repr__(self) -> str:
-        return f"AllReduce({type(self.comm).__name__}, size={self.comm.size})"
+        return f"AllReduce({self.comm.name}, size={self.comm.size})"
+
+
+def _itemsize(a: Any) -> int:
+    """Bytes per element of ``a`` (the standard's finfo/iinfo: every library has them)."""
+    xp = namespace(a)
+    info = xp.finfo(a.dtype) if xp.isdtype(a.dtype, "real floating") else xp.iinfo(a.dtype)
+    return info.bits // 8
