@@ -92,7 +92,7 @@ def test_info_lists_every_backend(capsys):
     (["train", "--optimizer", "rmsprop"], "unknown optimizer 'rmsprop'"),
     (["train", "--epochs", "0"], "argument --epochs: must be at least 1"),
     (["train", "--format", "onnx"], "argument --format: invalid choice: 'onnx'"),
-    (["train", "--backend", "cupy"], "cupy"),
+    (["train", "--backend", "cupy", "--device", "cuda:99"], "cupy"),  # no GPU, or no 100th
     (["train", "--backend", "numpy", "--device", "cuda"], "numpy runs only on the CPU"),
     (["eval", "/no/such/model.xpnet", "--backend", "numpy"], "no such checkpoint file"),
     (["predict"], "the following arguments are required: checkpoint"),

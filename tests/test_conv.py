@@ -174,6 +174,7 @@ def test_cupy_dropout_draws_on_the_device(monkeypatch):
 
 
 def test_conv_bad_input_is_named():
+    xn.use("numpy")  # NumPy inputs below (auto picks CuPy on a GPU)
     layer = xn.Conv1D(2, 4, kernel_size=7, padding=1)
     with pytest.raises(ValueError, match=r"kernel \(7,\) is larger than the input's spatial "
                                          r"size \(6,\) \(after padding \(1,\)\)"):

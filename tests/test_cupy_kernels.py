@@ -14,14 +14,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import sys
 import types
 
+import array_api_compat
 import numpy as np
 import pytest
 
+import xpnet as xn
 from xpnet import backends
 from xpnet.backend import to_numpy
 from xpnet.backends import StandardOps
@@ -321,9 +324,403 @@ _FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "tanh": np.tanh}
 
 
 def _erf(x):
-    """erf element-wise through math.erf (in double), in the argument's dtype."""
+    """erf element-wise through math.erf (in double), in the argument's dtype: the C
+    function a kernel's source calls."""
     x = np.asarray(x)
     return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
+
+
+#: ``cupyx.scipy.special.erf``'s loops in CuPy 14 (``_erf.py``): float16 has none of its
+#: own, so a float16 argument gives float64
+_SPECIAL_ERF_LOOPS = {np.dtype(np.float16): np.float64, np.dtype(np.float32): np.float32,
+                      np.dtype(np.float64): np.float64}
+
+
+def _special_erf(x):
+    """``cupyx.scipy.special.erf`` as CuPy 14 has it: loops ``e->d``, ``f->f``, ``d->d``."""
+    out = _SPECIAL_ERF_LOOPS[np.asarray(x).dtype]
+    return _erf(np.asarray(x).astype(out))
+
+
+# -- a stand-in CuPy with two devices ----------------------------------------------------
+# CuPy runs every kernel on the *current* device and makes every new array there; an
+# array of another device is refused by the kernel (CuPy 14's ``_check_peer_access``:
+# ValueError without peer access; with it, a PerformanceWarning and a kernel on the wrong
+# device reading across the bus). array-api-compat's CuPy namespace drops ``device=`` in
+# ``zeros``, ``arange``, ``*_like``... (only ``asarray`` enters the device). The arrays
+# below hold NumPy data and a device number; their operators, the namespace's functions
+# and the kernels check that every array is on the current device and put results there.
+class _Runtime:
+    """``cupy.cuda.runtime``: the current device of this (single-threaded) test."""
+
+    def __init__(self, count: int):
+        self.count, self.current = count, 0
+
+    def getDeviceCount(self):  # noqa: N802 - CuPy's names
+        return self.count
+
+    def getDevice(self):  # noqa: N802
+        return self.current
+
+    def setDevice(self, i):  # noqa: N802
+        assert 0 <= i < self.count, f"no device {i}"
+        self.current = i
+
+    def getDeviceProperties(self, i):  # noqa: N802
+        return {"name": b"Stand-in GPU", "totalGlobalMem": 80 * 2**30}
+
+    def runtimeGetVersion(self):  # noqa: N802
+        return 13000
+
+    driverGetVersion = runtimeGetVersion  # noqa: N815
+
+
+class _Device:
+    """``cupy.cuda.Device``: a context manager that makes it current; compared by id."""
+
+    runtime: _Runtime  # set by the fixture
+
+    def __init__(self, i=None):
+        self.id = self.runtime.getDevice() if i is None else int(i)
+        self._stack = []
+
+    def __enter__(self):
+        self._stack.append(self.runtime.getDevice())
+        self.runtime.setDevice(self.id)
+        return self
+
+    def __exit__(self, *exc):
+        self.runtime.setDevice(self._stack.pop())
+
+    compute_capability = "90"
+
+    def use(self):
+        self.runtime.setDevice(self.id)
+
+    def synchronize(self):
+        _declare_synchronize()
+
+    def __eq__(self, other):
+        return isinstance(other, _Device) and other.id == self.id
+
+    def __hash__(self):
+        return hash(("cuda", self.id))
+
+    def __repr__(self):
+        return f"<CUDA Device {self.id}>"
+
+
+def _refuse_other_device(*arrays):
+    current = _Device.runtime.getDevice()
+    for a in arrays:
+        if a._device_id != current:
+            raise ValueError(f"The device where the array resides ({a._device_id}) is "
+                             f"different from the current device ({current}). Peer access "
+                             f"is unavailable between these devices.")
+
+
+class _GpuArray(np.lib.mixins.NDArrayOperatorsMixin):
+    """``cupy.ndarray`` in the stand-in: NumPy data on one of the stand-in's devices.
+    Views (slices, ``.T``) stay on the array's device without a kernel; everything else
+    is a kernel on the current device."""
+
+    __module__ = "cupy"  # how xpnet's registry tells the library of an array
+
+    def __init__(self, data, device_id):
+        self._a, self._device_id = data, device_id
+
+    shape = property(lambda self: self._a.shape)
+    dtype = property(lambda self: self._a.dtype)
+    ndim = property(lambda self: self._a.ndim)
+    size = property(lambda self: self._a.size)
+    T = property(lambda self: _GpuArray(self._a.T, self._device_id))
+    mT = property(lambda self: _GpuArray(self._a.mT, self._device_id))
+    device = property(lambda self: _Device(self._device_id))
+
+    def get(self):
+        _refuse_sync()
+        return np.array(self._a, copy=True)
+
+    def __array__(self, *args, **kwargs):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. Please use "
+                        "`.get()` to construct a NumPy array explicitly.")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        out = kwargs.get("out", ())
+        _refuse_other_device(*_gpu_arrays(inputs + tuple(out)))
+        if ufunc is np.matmul and _capturing():
+            raise NotImplementedError(CUBLAS_REFUSAL)
+        if out:
+            kwargs["out"] = tuple(_unwrap(o) for o in out)
+            _run_in_place(lambda: getattr(ufunc, method)(*_unwrap(inputs), **kwargs))
+            return out[0] if len(out) == 1 else out
+        return _wrap(_run(lambda: getattr(ufunc, method)(*_unwrap(inputs), **kwargs)))
+
+    def __getitem__(self, key):
+        if _gpu_arrays(key):  # advanced indexing: a gather kernel
+            _refuse_other_device(self, *_gpu_arrays(key))
+            return _wrap(_run(lambda: self._a[_unwrap(key)]))
+        return _GpuArray(self._a[key], self._device_id)  # a view
+
+    def __setitem__(self, key, value):
+        _refuse_other_device(self, *_gpu_arrays((key, value)))
+        _run_in_place(lambda: self._a.__setitem__(_unwrap(key), _unwrap(value)))
+
+    def astype(self, dtype, copy=True):
+        _refuse_other_device(self)
+        return _wrap(_run(lambda: self._a.astype(dtype, copy=True)))
+
+    def reshape(self, *shape):
+        return _GpuArray(self._a.reshape(*shape), self._device_id)
+
+    def __float__(self):
+        _refuse_sync()
+        return float(self._a)
+
+    def __int__(self):
+        _refuse_sync()
+        return int(self._a)
+
+    def __bool__(self):
+        _refuse_sync()
+        return bool(self._a)
+
+    def __index__(self):
+        _refuse_sync()
+        return self._a.__index__()
+
+    def __len__(self):
+        return len(self._a)
+
+    def __repr__(self):
+        return f"stand-in cupy array on cuda:{self._device_id}: {self._a!r}"
+
+
+CUBLAS_REFUSAL = "calling cuBLAS API during stream capture is currently unsupported"
+
+
+class _Stream:
+    """``cupy.cuda.Stream``: current inside ``with``; a capture records each kernel (a
+    closure over the arrays it reads and writes) instead of running it, and the graph
+    it ends with replays them in order on the same arrays."""
+
+    stack: list  # the current stream is the last (set by the fixture)
+
+    def __init__(self, non_blocking=False):
+        self.recorded = None  # a list while capturing
+
+    def __enter__(self):
+        self.stack.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.stack.pop()
+
+    def begin_capture(self):
+        assert self.recorded is None, "already capturing"
+        self.recorded = []
+
+    def end_capture(self):
+        graph, self.recorded = _Graph(self.recorded), None
+        return graph
+
+    def is_capturing(self):
+        return self.recorded is not None
+
+    def synchronize(self):
+        if self.is_capturing():
+            raise RuntimeError("the current stream is capturing, so synchronous API calls "
+                               "are disallowed")
+
+
+class _Graph:
+    def __init__(self, kernels):
+        self.kernels = kernels
+
+    def launch(self, stream=None):
+        for kernel in self.kernels:
+            kernel()
+
+
+def _capturing():
+    return _Stream.stack[-1].is_capturing()
+
+
+def _refuse_sync(what="synchronous API calls"):
+    if _capturing():
+        raise RuntimeError(f"the current stream is capturing, so {what} are disallowed")
+    if what == "synchronous API calls":  # a read back to the host
+        _declare_synchronize()
+
+
+_SYNC_ALLOWED = [True]
+
+
+def _declare_synchronize():
+    """``cupy._core.syncdetect``: under ``cupyx.allow_synchronize(False)`` a read of
+    device data on the host (``.get()``, ``float()``...) or a device synchronize raises."""
+    if not _SYNC_ALLOWED[-1]:
+        raise RuntimeError("Device synchronization was detected while disallowed.")
+
+
+@contextlib.contextmanager
+def _allow_synchronize(allow):
+    _SYNC_ALLOWED.append(allow)
+    try:
+        yield
+    finally:
+        _SYNC_ALLOWED.pop()
+
+
+def _scatter_add(a, index, values):
+    """``cupyx.scatter_add``: repeated indices sum (a kernel, in place)."""
+    _refuse_other_device(*_gpu_arrays((a, index, values)))
+    _run_in_place(lambda: np.add.at(_unwrap(a), _unwrap(index), _unwrap(values)))
+
+
+def _run(fn):
+    """A kernel making new arrays: run now (while capturing too, so the outputs exist
+    with their shapes: CuPy allocates them at capture) and, while capturing, recorded to
+    write the same outputs at each replay."""
+    result = fn()
+    if _capturing():
+        outs = result if isinstance(result, tuple) else (result,)
+        outs = tuple(np.asarray(o) if isinstance(o, np.generic) else o for o in outs)
+
+        def replay(outs=outs):
+            new = fn()
+            for o, n in zip(outs, new if isinstance(new, tuple) else (new,)):
+                np.copyto(o, n)
+
+        _Stream.stack[-1].recorded.append(replay)
+        return outs if isinstance(result, tuple) else outs[0]
+    return result
+
+
+def _run_in_place(fn):
+    """A kernel writing into arrays it is given: run now, or recorded while capturing
+    (a capture does not run it)."""
+    if _capturing():
+        _Stream.stack[-1].recorded.append(fn)
+    else:
+        fn()
+
+
+def _gpu_arrays(obj):
+    if isinstance(obj, _GpuArray):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [a for o in obj for a in _gpu_arrays(o)]
+    if isinstance(obj, dict):
+        return _gpu_arrays(list(obj.values()))
+    return []
+
+
+def _unwrap(obj):
+    if isinstance(obj, _GpuArray):
+        return obj._a
+    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        return tuple(_unwrap(o) for o in obj)
+    if isinstance(obj, list):
+        return [_unwrap(o) for o in obj]
+    return obj
+
+
+def _wrap(obj, device_id=None):
+    """Results: NumPy arrays and scalars become arrays on the current device."""
+    device_id = _Device.runtime.getDevice() if device_id is None else device_id
+    if isinstance(obj, (np.ndarray, np.generic)):
+        return _GpuArray(np.asarray(obj), device_id)
+    if isinstance(obj, tuple):
+        items = [_wrap(o, device_id) for o in obj]
+        return type(obj)(*items) if hasattr(obj, "_fields") else tuple(items)
+    if isinstance(obj, list):
+        return [_wrap(o, device_id) for o in obj]
+    return obj
+
+
+#: functions array-api-compat's CuPy namespace makes on the current device, dropping
+#: ``device=`` (``_aliases`` calls ``_check_device``, which ignores CuPy)
+_DROPS_DEVICE = {"zeros", "ones", "empty", "full", "arange", "eye", "linspace",
+                 "zeros_like", "ones_like", "empty_like", "full_like"}
+
+
+class _Namespace(types.ModuleType):
+    """``array_api_compat.cupy`` in the stand-in: NumPy's namespace on the arrays above."""
+
+    def __init__(self):
+        super().__init__("array_api_compat.cupy")
+
+    def __getattr__(self, name):
+        target = getattr(np, name)
+        if name.startswith("__") and name != "__array_namespace_info__":
+            raise AttributeError(name)
+        if not callable(target) or isinstance(target, type) or name in (
+                "isdtype", "finfo", "iinfo", "result_type", "can_cast",
+                "__array_namespace_info__"):
+            return target  # dtypes, constants, dtype functions
+
+        def call(*args, **kwargs):
+            if name == "asarray":
+                return self._asarray(*args, **kwargs)
+            if name in _DROPS_DEVICE:
+                kwargs.pop("device", None)
+            else:
+                assert kwargs.pop("device", None) is None, f"{name}(device=...)"
+                _refuse_other_device(*_gpu_arrays((args, kwargs)))
+            return _wrap(_run(lambda: target(*_unwrap(args), **{k: _unwrap(v) for k, v in
+                                                                 kwargs.items()})))
+
+        return call
+
+    @staticmethod
+    def astype(x, dtype, /, *, copy=True, device=None):
+        return x.astype(dtype)
+
+    @staticmethod
+    def _asarray(obj, dtype=None, device=None, copy=None):
+        """array-api-compat's: ``with cupy.cuda.Device(device)``, so the copy lands on
+        ``device`` (the current one when None); another device's array is copied over
+        (a peer copy, which CuPy allows)."""
+        with _Device(device.id if isinstance(device, _Device) else device) as dev:
+            if not isinstance(obj, _GpuArray):
+                _refuse_sync("H2D transfers")
+                return _GpuArray(np.array(obj, dtype=dtype, copy=True), dev.id)
+            if obj._device_id == dev.id and not copy and (dtype is None or
+                                                          obj.dtype == dtype):
+                return obj
+            return _GpuArray(_run(lambda: np.array(obj._a, dtype=dtype, copy=True)), dev.id)
+
+
+#: the stand-in's namespace (one object: xpnet caches the namespace of an array type)
+_NAMESPACE = _Namespace()
+
+
+def _device_kernel(call):
+    """A stand-in kernel's ``__call__`` on stand-in arrays: every argument on the current
+    device (else CuPy's ValueError), outputs given written in place, new ones made on the
+    current device; recorded while a stream captures."""
+
+    def run(self, *args, **kwargs):
+        gpu = _gpu_arrays(args)
+        if not gpu:
+            return call(self, *args, **kwargs)
+        _refuse_other_device(*gpu)
+        if len(args) == len(self.ins) + len(self.outs):  # outputs given: in place
+            _run_in_place(lambda: call(self, *_unwrap(list(args)), **kwargs))
+            outs = args[len(self.ins):]
+            return outs[0] if len(outs) == 1 else tuple(outs)
+        return _wrap(_run(lambda: call(self, *_unwrap(list(args)), **kwargs)))
+
+    return run
+
+
+def _gpu_special_erf(x):
+    """``cupyx.scipy.special.erf`` on the stand-in's arrays (a kernel like the others)."""
+    if not isinstance(x, _GpuArray):
+        return _special_erf(x)
+    _refuse_other_device(x)
+    return _wrap(_run(lambda: _special_erf(x._a)))
 
 
 def _params(spec):
@@ -416,6 +813,8 @@ class _ElementwiseKernel:
         _calls[self.name] += 1
         return out_args[0] if len(out_args) == 1 else tuple(out_args)
 
+    __call__ = _device_kernel(__call__)
+
 
 class _ReductionKernel:
     def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr,
@@ -442,6 +841,8 @@ class _ReductionKernel:
         exec(self.post, env)  # noqa: S102
         _calls[self.name] += 1
         return outs[0]
+
+    __call__ = _device_kernel(__call__)
 
 
 def _real_of(kernel_name):
@@ -476,7 +877,7 @@ def fake_cupy(monkeypatch):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     sys.modules["cupyx"].scipy = sys.modules["cupyx.scipy"]
     sys.modules["cupyx.scipy"].special = sys.modules["cupyx.scipy.special"]
-    sys.modules["cupyx.scipy.special"].erf = _erf
+    sys.modules["cupyx.scipy.special"].erf = _special_erf
     _calls.clear()
     return CupyOps()
 
@@ -633,3 +1034,236 @@ def test_gpu_bench_turns_fused_kernels_off_only_while_it_runs(monkeypatch):
     monkeypatch.setattr(xpnet.backends, "ops", lambda xp: StandardOps())
     plain = object()
     assert gpu.unfused(types.SimpleNamespace(xp=None), plain) is plain  # nothing to turn off
+
+
+# -- dtypes: what CuPy's own functions return --------------------------------------------
+def test_stand_in_erf_widens_float16_as_cupy_does():
+    assert _special_erf(np.ones(2, np.float16)).dtype == np.float64
+    assert _special_erf(np.ones(2, np.float32)).dtype == np.float32
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "standard-path"])
+def test_erf_and_gelu_keep_float16(fake_cupy, rng, fused):
+    """cupyx.scipy.special.erf turns float16 into float64 (its only half loop is e->d);
+    CupyOps.erf gives the argument's dtype back, so the unfused GELU (float16 takes the
+    standard path: the kernels compute float16 only through fp16 mixed precision's casts)
+    stays float16 forward and backward."""
+    x = (rng.standard_normal((3, 4)) * 2).astype(np.float16)
+    fake_cupy.fused = fused
+    got = fake_cupy.erf(np, x)
+    assert got.dtype == np.float16
+    np.testing.assert_allclose(got, np.vectorize(math.erf)(x.astype(np.float64)), atol=2e-3)
+    y, ctx = fake_cupy.gelu(np, x)
+    assert y.dtype == np.float16
+    assert fake_cupy.gelu_grad(np, np.ones_like(x), ctx).dtype == np.float16
+
+
+# -- two devices: arrays and kernels of a model on cuda:1 stay there ----------------------
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """The stand-in CuPy with two devices (device 0 current) as ``cupy``, ``cupyx`` and
+    ``array_api_compat.cupy``; xpnet's CuPy adapter opens it and builds fresh ops (their
+    kernels the stand-in's). Yields its runtime (``.current``: the current device)."""
+    runtime = _Runtime(2)
+    monkeypatch.setattr(_Device, "runtime", runtime, raising=False)
+    monkeypatch.setattr(_Stream, "stack", [_Stream()], raising=False)
+    cupy = types.ModuleType("cupy")
+    cupy.__version__ = "14.2.0 (stand-in)"
+    cupy.ndarray, cupy.is_available = _GpuArray, lambda: True
+    cupy.ElementwiseKernel, cupy.ReductionKernel = _ElementwiseKernel, _ReductionKernel
+    cupy.cuda = types.SimpleNamespace(
+        runtime=runtime, Device=_Device, Stream=_Stream,
+        MemoryPool=lambda: types.SimpleNamespace(malloc=None),
+        using_allocator=lambda malloc: contextlib.nullcontext(),
+        get_current_stream=lambda: _Stream.stack[-1])
+    cupy.zeros = _NAMESPACE.zeros
+    cupy.concatenate = _NAMESPACE.concat
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    for name in ("cupyx", "cupyx.scipy", "cupyx.scipy.special"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["cupyx"].scipy = sys.modules["cupyx.scipy"]
+    sys.modules["cupyx"].allow_synchronize = _allow_synchronize
+    sys.modules["cupyx"].scatter_add = _scatter_add
+    sys.modules["cupyx.scipy"].special = sys.modules["cupyx.scipy.special"]
+    sys.modules["cupyx.scipy.special"].erf = _gpu_special_erf
+    monkeypatch.setitem(sys.modules, "array_api_compat.cupy", _NAMESPACE)
+    monkeypatch.setattr(array_api_compat, "cupy", _NAMESPACE, raising=False)
+    monkeypatch.setattr(backends.ADAPTERS["cupy"], "_ops", None)  # kernels of this cupy
+    monkeypatch.setattr(backends, "_by_namespace", {})
+    _calls.clear()
+    yield runtime
+
+
+def test_stand_in_has_cupys_device_rules(two_gpus):
+    xp = _NAMESPACE
+    with _Device(1):
+        a = xp.asarray(np.ones(3, np.float32))
+        b = xp.zeros(3, dtype=xp.float32, device=_Device(0))  # array-api-compat drops it
+    assert a.device.id == 1 and b.device.id == 1 and two_gpus.current == 0
+    with pytest.raises(ValueError, match="different from the current device"):
+        a + a  # a kernel on device 0 reading device 1's memory
+    with pytest.raises(ValueError, match="different from the current device"):
+        build_kernel("sigmoid", "float")(a)
+    c = xp.asarray(a, device=_Device(0))  # asarray enters the device: a copy across
+    assert c.device.id == 0 and (c + c).device.id == 0
+    assert xp.zeros_like(a).device.id == 0  # like CuPy: on the current device
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+
+
+def _mlp_on(be):
+    with be:
+        xn.seed(0)
+        return xn.Sequential(xn.Linear(8, 16), xn.Tanh(), xn.Linear(16, 3))
+
+
+def test_backend_makes_its_device_current(two_gpus):
+    """``with backend:`` (and ``xn.use``) make a CuPy device current, as ``with
+    cupy.cuda.Device(1):`` does, and restore the one before."""
+    be = xn.backend.make("cupy", "cuda:1")
+    with be:
+        assert two_gpus.current == 1
+        with xn.backend.make("cupy", "cuda:0"):
+            assert two_gpus.current == 0
+        assert two_gpus.current == 1
+    assert two_gpus.current == 0
+    with xn.use("cupy", "cuda:1"):
+        assert two_gpus.current == 1
+    assert two_gpus.current == 0
+    xn.use("cupy", "cuda:1")  # like torch.cuda.set_device: holds after the call
+    assert two_gpus.current == 1
+    xn.use("numpy")
+    assert two_gpus.current == 1  # NumPy has no device to make current
+    with xn.backend.make("cupy", "cuda:0"):
+        assert two_gpus.current == 0
+    assert two_gpus.current == 1
+
+
+def test_a_model_on_cuda1_trains_and_predicts_there(two_gpus, rng):
+    """fit, evaluate and predict run on the model's device, whatever device is current:
+    every array they make is on cuda:1 (the stand-in refuses a kernel on an array of
+    another device, as CuPy does without peer access), and the numbers are NumPy's."""
+    x = rng.standard_normal((30, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 30)
+    runs = {}
+    for name, device in (("numpy", "cpu"), ("cupy", "cuda:1")):
+        be = xn.backend.make(name, device)
+        model = _mlp_on(be)
+        opt = xn.Adam(model.parameters(), lr=0.01)
+        assert two_gpus.current == 0
+        hist = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, epochs=2,
+                      batch_size=8, seed=1, progress=False, validation_data=(x, y))
+        scores = xn.evaluate(model, x, y)
+        out = xn.predict(model, x)
+        runs[name] = (hist.history, scores, xn.to_numpy(out), model, opt)
+        assert two_gpus.current == 0
+    *_, model, opt = runs["cupy"]
+    with pytest.raises(ValueError, match="different from the current device"):
+        model(be.asarray(x))  # by hand, with device 0 current: CuPy refuses
+    with model.backend:  # what fit, evaluate and predict do
+        direct = model(be.asarray(x))
+    for a in [*model.arrays(), *opt.arrays(), direct]:
+        assert xn.backend.backend_of(a).device_name == "cuda:1"
+    np.testing.assert_allclose(runs["cupy"][0]["loss"], runs["numpy"][0]["loss"], rtol=1e-5)
+    assert runs["cupy"][1] == pytest.approx(runs["numpy"][1], rel=1e-5)
+    np.testing.assert_allclose(runs["cupy"][2], runs["numpy"][2], rtol=1e-5, atol=1e-6)
+    assert _calls["xpnet_adam_float"]  # the fused kernels ran, on cuda:1
+
+
+def test_compiled_steps_on_cuda1(two_gpus, rng):
+    """compile_step's CUDA graph on cuda:1 with device 0 current: a model with matmuls
+    is refused at its first capture (cuBLAS on a capturing stream) and runs eagerly; one
+    without is captured (the stand-in records each kernel and a launch replays them) and
+    takes the eager steps."""
+    import warnings
+
+    from xpnet.train import compiled
+
+    x = rng.standard_normal((8, 8)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    builds = {"mlp": lambda: xn.Sequential(xn.Linear(8, 8), xn.Tanh(), xn.Linear(8, 3)),
+              "no-gemm": lambda: xn.Sequential(xn.LayerNorm(8), xn.Tanh(), xn.LayerNorm(8))}
+    for label, build in builds.items():
+        costs = {}
+        for name, device, compile in (("numpy", "cpu", False), ("cupy", "cuda:1", True)):
+            be = xn.backend.make(name, device)
+            with be:
+                xn.seed(3)
+                model = build()
+            step = xn.compile_step(model, xn.SoftmaxCrossEntropy(),
+                                   xn.Adam(model.parameters(), lr=0.05))
+            xd, yd = be.asarray(x), be.asarray(y)
+            compiled._said.clear()
+            with warnings.catch_warnings(record=True) as seen:
+                warnings.simplefilter("always")
+                costs[name] = [float(xn.to_numpy(step(xd, yd))) for _ in range(5)]
+            assert two_gpus.current == 0
+            if compile:
+                assert all(xn.backend.backend_of(a).device_name == "cuda:1"
+                           for a in model.arrays())
+                if label == "mlp":
+                    assert step.kind == "eager" and "cuBLAS" in step.refused
+                    assert any("cuBLAS" in str(w.message) for w in seen)
+                else:
+                    assert step.kind == "graph" and step.refused is None
+                    assert len(step._graphs) == 1
+        np.testing.assert_allclose(costs["cupy"], costs["numpy"], rtol=1e-5, err_msg=label)
+
+
+def test_gradcheck_and_check_layer_on_cuda1(two_gpus, rng):
+    """The test kit on a layer of the second device, with device 0 current."""
+    from xpnet.testing import check_layer
+
+    be = xn.backend.make("cupy", "cuda:1")
+    layer = _mlp_on(be)
+    x = be.asarray(rng.standard_normal((4, 8)), dtype="float32")
+    assert xn.gradcheck(layer, x)
+    check_layer(layer, x)
+    assert two_gpus.current == 0
+
+
+def test_gpu_bench_capture_gain_on_the_stand_in(two_gpus):
+    """``bench.gpu --capture`` on CuPy: the step without matmuls is captured (a graph
+    replayed), the eager one is not."""
+    from bench import gpu
+
+    out = gpu.capture_gain(xn.backend.make("cupy", "cuda:1"), batch=4, width=8, steps=2,
+                           rounds=1)
+    assert out["eager"][1] == "eager" and out["compiled"][1] == "graph"
+    assert two_gpus.current == 0
+
+
+def test_selftest_on_the_second_stand_in_gpu(two_gpus, capsys):
+    """``xpnet selftest --backend cupy --device cuda:1`` with device 0 current: every
+    layer, the compiled steps (the MLP's capture refused, the one without matmuls
+    captured), the host-read guard (the stand-in's ``cupyx.allow_synchronize``) and the
+    training run, all on cuda:1."""
+    from xpnet.cli import main
+
+    code = main(["selftest", "--backend", "cupy", "--device", "cuda:1"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {line[:34].strip(): line for line in out.splitlines()}
+    assert "Stand-in GPU" in rows["versions"]
+    assert "kind eager (calling cuBLAS API" in rows["compiled step: MLP"]
+    assert "kind graph" in rows["compiled step: no matmul"]
+    assert " OK " in rows["no host reads in a step"]
+    assert all(" FAIL " not in line for line in rows.values())
+
+
+def test_selftest_catches_a_host_read_in_a_step(two_gpus, capsys, monkeypatch):
+    """A layer that reads a value on the host in every step (``float()``: a stall per
+    step on a GPU) fails the host-read check, which names where."""
+    from xpnet import selftest
+    from xpnet.cli import main
+
+    class Reads(xn.Tanh):
+        def forward(self, x, *, train=True):
+            if float(xn.backend.backend_of(x).xp.sum(x)) != float("nan"):
+                return super().forward(x, train=train)
+
+    monkeypatch.setattr(selftest, "_mlp", lambda: xn.Sequential(xn.Linear(8, 3), Reads()))
+    assert main(["selftest", "--backend", "cupy", "--layers", "Linear"]) == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.startswith("no host reads"))
+    assert " FAIL " in row and "eager MLP" in row and "synchronization" in row, row

@@ -182,7 +182,7 @@ def test_conftest_uses_the_kit():
     assert conftest.pytest_plugins == ["xpnet.testing"]
     assert [c.id for c in xpnet.testing.CASES] == [
         "numpy-cpu", "strict-cpu", "strict-device1", "strict-no_float64", "torch-cpu",
-        "jax-cpu", "cupy-cuda0", "torch-cuda"]
+        "jax-cpu", "cupy-cuda0", "torch-cuda", "jax-cuda"]
 
 
 def test_importing_xpnet_imports_neither_pytest_nor_the_kit():
@@ -212,7 +212,7 @@ def test_plugin_runs_a_users_test_file(tmp_path):
     assert "test_mine.py::test_mine[numpy-cpu] PASSED" in out.stdout, out.stdout
     assert "not selected by XPNET_BACKENDS" in out.stdout, out.stdout
     passed, skipped = map(int, re.search(r"(\d+) passed, (\d+) skipped", out.stdout).groups())
-    assert (passed, skipped) == ((2, 6) if _has_strict() else (1, 7)), out.stdout
+    assert (passed, skipped) == ((2, 7) if _has_strict() else (1, 8)), out.stdout
 
 
 def test_a_test_may_leave_a_backend_selected():

@@ -15,8 +15,10 @@ raises :class:`BackendUnavailableError`; only ``"auto"`` falls back, and it says
 from __future__ import annotations
 
 import contextvars
+import functools
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,7 +121,7 @@ class Backend:
                 f"{dtype_name(self.xp, self.dtype(dtype))}; use float32 there"
             )
 
-    # -- `with backend:` selects it for the block ------------------------------------
+    # -- `with backend:` selects it for the block (and makes its device current) --------
     def __enter__(self) -> Backend:
         _enter(self)
         return self
@@ -197,9 +199,10 @@ def resolve(backend: str | Backend | None = None, device: str | None = None) -> 
 # Selection: one ContextVar, so threads and asyncio tasks each have their own.
 _selected: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
     "xpnet_backend", default=None)
-# What each `with` block restores on exit, innermost last.
-_restore: contextvars.ContextVar[tuple[Backend | None, ...]] = contextvars.ContextVar(
-    "xpnet_backend_restore", default=())
+# What each `with` block restores on exit, innermost last: the selection, and what puts
+# the library's current device back (None: nothing to put back).
+_restore: contextvars.ContextVar[tuple[tuple[Backend | None, Callable[[], None] | None], ...]] \
+    = contextvars.ContextVar("xpnet_backend_restore", default=())
 _from_environment: Backend | None = None
 
 
@@ -212,17 +215,18 @@ class _Used(Backend):
 
     __slots__ = ("_selected_backend", "_replaced")
 
-    def __init__(self, be: Backend, replaced: Backend | None):
+    def __init__(self, be: Backend, replaced: Backend | None,
+                 undo: Callable[[], None] | None = None):
         super().__init__(be.adapter, be._place(), be.note)
         object.__setattr__(self, "_selected_backend", be)
-        object.__setattr__(self, "_replaced", [replaced])
+        object.__setattr__(self, "_replaced", [(replaced, undo)])
 
     def __enter__(self) -> Backend:
         be, pending = self._selected_backend, self._replaced
         if pending and _selected.get() is be:
-            _push(be, pending.pop())
+            _push(be, *pending.pop())
         else:
-            _push(be, _selected.get())
+            _enter(be)
         return be
 
 
@@ -239,7 +243,8 @@ def use(name: str | Backend = "auto", device: str | None = None) -> Backend:
     be = resolve(name, device) if isinstance(name, Backend) else make(name, device)
     replaced = _selected.get()
     _selected.set(be)
-    return _Used(be, replaced)
+    undo = be.adapter.activate(be.device)  # CuPy: this device is current from now on
+    return _Used(be, replaced, undo)
 
 
 def selection_state() -> tuple[Any, Any]:
@@ -255,19 +260,49 @@ def restore_selection(state: tuple[Any, Any]) -> None:
     _restore.set(state[1])
 
 
-def _push(be: Backend, restore: Backend | None) -> None:
-    _restore.set(_restore.get() + (restore,))
+def _push(be: Backend, restore: Backend | None, undo: Callable[[], None] | None) -> None:
+    _restore.set(_restore.get() + ((restore, undo),))
     _selected.set(be)
 
 
 def _enter(be: Backend) -> None:
-    _push(be, _selected.get())
+    _push(be, _selected.get(), be.adapter.activate(be.device))
 
 
 def _exit() -> None:
     stack = _restore.get()
+    restore, undo = stack[-1]
     _restore.set(stack[:-1])
-    _selected.set(stack[-1])
+    _selected.set(restore)
+    if undo is not None:
+        undo()
+
+
+def on_model_device(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn(model, ...)`` (fit, evaluate, predict) run with the model's device current,
+    without changing the selection: on CuPy every array and kernel goes to the current
+    device, so a model on ``cuda:1`` must be trained with ``cuda:1`` current, whatever
+    ``use`` or the user's code made current. The device current before comes back."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        undo = _activate_for(args[0] if args else kwargs.get("model"))
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if undo is not None:
+                undo()
+
+    return run
+
+
+def _activate_for(model: Any) -> Callable[[], None] | None:
+    """Make ``model``'s device current (:meth:`Adapter.activate`); the undo, or None."""
+    try:
+        be = model.backend
+    except Exception:  # noqa: BLE001 - not a usable model: the function itself says why
+        return None
+    return be.adapter.activate(be.device) if isinstance(be, Backend) else None
 
 
 def current() -> Backend:

@@ -5,6 +5,7 @@
     xpnet train --format safetensors   # model.safetensors, readable by other tools
     xpnet eval runs/<time>/model.xpnet # on the data set recorded in the checkpoint
     xpnet info                         # every backend: usable or not, devices, why not
+    xpnet selftest --backend cupy      # check a (GPU) backend: layers, compiled step, training
 
 Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
 Python API. Errors (bad flags, missing files, an unusable backend) print one line
@@ -549,6 +550,15 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_selftest(args) -> int:
+    from .selftest import main as selftest
+
+    _backend_flags(args)
+    _use(args)  # an unusable backend: one line, exit 2, as for train
+    names = None if args.layers is None else [n.strip() for n in args.layers.split(",")]
+    return selftest(args.backend, args.device, names)
+
+
 def make_parser() -> _Parser:
     p = _Parser(prog="xpnet", description="Train and use xpnet models from the command line.")
     p.add_argument("--version", action="version", version=f"xpnet {__version__}")
@@ -615,6 +625,12 @@ def make_parser() -> _Parser:
 
     i = sub.add_parser("info", help="list backends: usable or not, devices, versions, why not")
     i.set_defaults(func=cmd_info)
+    s = sub.add_parser("selftest", help="check a backend and device here: every layer, "
+                       "compiled steps, no host reads, a short training run")
+    backend_flags(s)
+    s.add_argument("--layers", default=None,
+                   help="check_layer on these layers only, comma-separated (default: all)")
+    s.set_defaults(func=cmd_selftest)
     return p
 
 

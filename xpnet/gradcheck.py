@@ -17,7 +17,7 @@ import numpy as np
 
 from ._compat import device as device_of
 from ._compat import namespace
-from .backend import backend_of, to_numpy
+from .backend import backend_of, on_model_device, to_numpy
 from .layers.base import Layer
 from .losses import Loss
 from .random import RandomStream
@@ -27,6 +27,7 @@ class GradcheckError(AssertionError):
     """An analytic gradient disagrees with the finite-difference estimate."""
 
 
+@on_model_device
 def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None, *,
               eps: float | None = None, rtol: float | None = None,
               atol: float | None = None, seed: int = 0,

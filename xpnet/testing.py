@@ -29,6 +29,7 @@ from .backend import (
     backend_of,
     dtype_name,
     make,
+    on_model_device,
     restore_selection,
     selection_state,
     to_numpy,
@@ -62,6 +63,7 @@ CASES = [
     Case("jax-cpu", "jax", "cpu"),
     Case("cupy-cuda0", "cupy", "cuda:0"),
     Case("torch-cuda", "torch", "cuda"),
+    Case("jax-cuda", "jax", "cuda"),
 ]
 
 
@@ -119,6 +121,7 @@ def assert_on(be: Backend, y: Any, dtype: str = "float32") -> None:
 DEVICE1_RTOL, DEVICE1_ATOL = 1e-4, 1e-5
 
 
+@on_model_device
 def check_layer(layer: Layer, x: Any, *, loss: Loss | None = None, target: Any = None) -> None:
     """Check a layer the way xpnet checks its own; the layer is copied, never changed.
 

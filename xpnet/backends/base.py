@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import os
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -21,6 +23,13 @@ from .standard import StandardOps, counter_uniform, fold_key
 
 #: The dtypes mixed-precision training computes in, below float32.
 LOW_PRECISION = ("bfloat16", "float16")
+
+
+def tf32_allowed() -> bool:
+    """Whether float32 matmuls and convolutions on a CUDA device may run in TF32
+    (``XPNET_TF32=1``): 10-bit mantissas, several times the throughput on Ampere and
+    later GPUs. Off by default, so a GPU gives float32 results as the CPU does."""
+    return os.environ.get("XPNET_TF32", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -81,9 +90,22 @@ class Adapter:
         """The device strings this machine offers (the library is importable)."""
         return ["cpu"]
 
+    def activate(self, device: Any) -> Callable[[], None] | None:
+        """Make ``device`` the library's current device in this thread, for a library
+        whose new arrays and kernels go to a current device (CuPy: array-api-compat drops
+        ``device=`` in ``zeros``, ``arange``, ``zeros_like``..., and a kernel refuses an
+        array of another device); returns what puts the previous one back, or None when
+        there is nothing to undo. Other libraries place by their arguments: nothing."""
+        return None
+
+    def before_import(self) -> None:
+        """Called before the library is imported by this adapter (settings the library
+        reads once, when it starts)."""
+
     def import_library(self, module: str | None = None) -> Any:
         """Import the library, or raise BackendUnavailableError with the install command."""
         module = module or self.package
+        self.before_import()
         try:
             return importlib.import_module(module)
         except ImportError as e:
@@ -91,7 +113,19 @@ class Adapter:
                 f"{self.name}: {module} is not installed ({e}); install it with: {self.install}"
             ) from None
 
+    def describe(self, device: Any) -> str:
+        """The library's version and what it knows of ``device`` (name, CUDA versions),
+        for ``xpnet selftest``."""
+        return f"{self.name} {self.version()} on {device}"
+
+    def forbid_host_reads(self, device: Any) -> Callable[[], Any] | None:
+        """A context manager factory under which reading an array of ``device`` on the
+        host (``float()``, ``.get()``, a device-wide synchronize) raises, where the
+        library can detect it; None where it cannot (``xpnet selftest``)."""
+        return None
+
     def version(self) -> str | None:
+        self.before_import()
         try:
             return importlib.import_module(self.package).__version__
         except ImportError:
@@ -269,8 +303,18 @@ class CapturingCompiler(Compiler):
         return fn()
 
     def capture(self, fn: Any) -> Any:
-        """Record ``fn``'s device work as a graph, without running it."""
+        """Record ``fn``'s device work as a graph, without running it. If ``fn`` raises,
+        the capture is ended and ``fn``'s error raised."""
         raise NotImplementedError
+
+    def refusal(self, error: BaseException) -> str | None:
+        """Why the library refused to capture, when ``error`` (raised by :meth:`capture`)
+        is such a refusal (work it cannot record, such as CuPy's cuBLAS calls); None when
+        it is an error of the step itself. A refused step runs eagerly from then on."""
+        return None
+
+    #: what still speeds up a step that runs eagerly after a refusal (for the note)
+    eager_note = ""
 
     def launch(self, graph: Any) -> None:
         """Replay a captured graph."""

@@ -289,9 +289,15 @@ class CupyOps(StandardOps):
 
     # -- the rest -----------------------------------------------------------------------
     def erf(self, xp, x):
+        """``cupyx.scipy.special.erf`` in ``x``'s dtype: its loops are ``e->d``, ``f->f``,
+        ``d->d``, so float16 is computed in float32 here and cast back (float64 would
+        reach the unfused GELU and every layer after it)."""
         import cupyx.scipy.special
 
-        return cupyx.scipy.special.erf(x)
+        if x.dtype == xp.float16:
+            return xp.astype(cupyx.scipy.special.erf(xp.astype(x, xp.float32)), x.dtype)
+        y = cupyx.scipy.special.erf(x)
+        return y if y.dtype == x.dtype else xp.astype(y, x.dtype)
 
     def rows_add(self, xp, n_rows, index, values):
         import cupy
@@ -328,6 +334,42 @@ class CupyAdapter(Adapter):
         import array_api_compat.cupy as xp
 
         return Placement(xp, cupy.cuda.Device(index), f"cuda:{index}")
+
+    def activate(self, device):
+        import cupy
+
+        runtime = cupy.cuda.runtime
+        previous = runtime.getDevice()
+        if previous == device.id:
+            return None
+        runtime.setDevice(device.id)
+        return lambda: runtime.setDevice(previous)
+
+    def describe(self, device):
+        import cupy
+
+        runtime = cupy.cuda.runtime
+        props = runtime.getDeviceProperties(device.id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return (f"cupy {cupy.__version__} on cuda:{device.id}: {name} (sm_"
+                f"{device.compute_capability}, {props['totalGlobalMem'] / 2**30:.0f} GiB) of "
+                f"{runtime.getDeviceCount()}; CUDA runtime {runtime.runtimeGetVersion()}, "
+                f"driver {runtime.driverGetVersion()}")
+
+    def forbid_host_reads(self, device):
+        import contextlib
+        import warnings
+
+        import cupyx
+
+        @contextlib.contextmanager
+        def guard():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "will be removed in future releases"
+                with cupyx.allow_synchronize(False):
+                    yield
+
+        return guard
 
     def devices(self) -> list[str]:
         import cupy
@@ -382,18 +424,36 @@ class CupyAdapter(Adapter):
     def flat_buffer(self, arrays):
         import cupy
 
-        buf = cupy.concatenate([a.reshape(-1) for a in arrays])
-        cupy.cuda.get_current_stream().synchronize()  # the data is ready before MPI reads it
+        with arrays[0].device:
+            buf = cupy.concatenate([a.reshape(-1) for a in arrays])
+            cupy.cuda.get_current_stream().synchronize()  # ready before MPI reads it
         return buf
 
 
 class CudaGraphs(CapturingCompiler):
-    """CUDA-graph capture and replay of a step (``xpnet.compile`` drives it).
+    """CUDA-graph capture and replay of a step (``xpnet.train.compiled`` drives it).
 
-    Arrays made while capturing come from a memory pool of the step's own, so nothing
-    else is handed their memory while the graph still writes to it; the warm-up step
-    runs in the same pool, so capturing finds its blocks already reserved (a
-    ``cudaMalloc`` inside a capture fails)."""
+    What CuPy (14) does while a stream captures (``Stream.begin_capture``):
+
+    - Memory: CuPy captures in relaxed mode (``cudaStreamCaptureModeRelaxed``) precisely
+      so that its pool may still grow by ``cudaMalloc`` inside a capture. The pool keeps
+      its free blocks per stream: what the eager warm-up (on the current stream) freed is
+      not handed to the capture (on this compiler's stream). Arrays made while capturing
+      are the graph's scratch: Python drops them after the capture and their blocks go
+      back to the pool, yet every replay writes there. So they come from a pool of this
+      step's own (``using_allocator``): no other array is ever handed that memory; only
+      this step's later captures (other batch shapes) reuse it, and its graphs are
+      launched one after another on one stream, never overlapping.
+    - Refused: cuBLAS, cuRAND, cuSOLVER and cuSPARSE calls (``NotImplementedError:
+      calling cuBLAS API during stream capture is currently unsupported``, raised by
+      ``cublas.setStream`` before any call: every matmul), and synchronous copies and
+      calls (``RuntimeError: the current stream is capturing, so ... are disallowed``).
+      :meth:`refusal` names them; the step then runs eagerly.
+
+    The eager warm-up before a capture makes what a step creates on its first run
+    (optimizer slots, metric sums) and builds its kernels: a capture records work
+    without running it. The stream is made on the device current at the first capture:
+    the step runs with its model's device current."""
 
     name = "CUDA graph"
 
@@ -402,7 +462,15 @@ class CudaGraphs(CapturingCompiler):
 
         self.cupy = cupy
         self.pool = cupy.cuda.MemoryPool()
-        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self._stream: Any = None
+
+    @property
+    def stream(self) -> Any:
+        """The stream captures run on (a stream belongs to the device current when it is
+        made: the model's, while a step runs)."""
+        if self._stream is None:
+            self._stream = self.cupy.cuda.Stream(non_blocking=True)
+        return self._stream
 
     def eager(self, fn: Any) -> Any:
         with self.cupy.cuda.using_allocator(self.pool.malloc):
@@ -415,9 +483,28 @@ class CudaGraphs(CapturingCompiler):
             self.stream.begin_capture()
             try:
                 fn()
-            finally:
-                graph = self.stream.end_capture()
-        return graph
+            except BaseException:
+                try:
+                    self.stream.end_capture()  # the stream must leave capture mode
+                except Exception:  # noqa: BLE001 - an invalidated capture: fn's error counts
+                    pass
+                raise
+            return self.stream.end_capture()
+
+    def refusal(self, error: BaseException) -> str | None:
+        """CuPy's refusals to capture: cuBLAS, cuRAND, cuSOLVER and cuSPARSE calls
+        (``NotImplementedError: calling cuBLAS API during stream capture is currently
+        unsupported``: every matmul), and synchronous copies and calls (``the current
+        stream is capturing, so ... are disallowed``, CUDA's
+        ``cudaErrorStreamCapture...``)."""
+        text = str(error)
+        if isinstance(error, NotImplementedError) and "during stream capture" in text:
+            return text
+        if "stream is capturing" in text or "StreamCapture" in text:
+            return text
+        return None
+
+    eager_note = "CuPy's fused element-wise kernels still apply"
 
     def launch(self, graph: Any) -> None:
         # on the current stream: after the copies into the static inputs, before reads

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any, NamedTuple
 
 from .._compat import device
-from .base import Adapter, BackendUnavailableError, Placement, TracingCompiler
+from .base import (
+    Adapter,
+    BackendUnavailableError,
+    Placement,
+    TracingCompiler,
+    tf32_allowed,
+)
 from .cupy import cuda_index
 from .standard import StandardOps
 
@@ -182,6 +189,14 @@ class JaxAdapter(Adapter):
     package = "jax"
     install = 'pip install "xpnet[jax]"'
 
+    def before_import(self) -> None:
+        """JAX takes 75% of every GPU's memory the first time any of its platforms
+        starts (``jax.devices("cpu")`` too), which leaves CuPy and torch in the same
+        process a quarter: xpnet imports it with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
+        (memory as needed), unless the user set that variable. A jax imported before
+        xpnet first asks for it keeps the setting it started with."""
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
     def open(self, device: str | None) -> Placement:
         jax = self.import_library()
         # float64 parameters must really be float64 (gradcheck, astype("float64")).
@@ -198,6 +213,11 @@ class JaxAdapter(Adapter):
                 f"jax: no device cuda:{index} (jax sees {len(gpus)} GPU(s); "
                 f'install a CUDA build: pip install "jax[cuda12]")'
             )
+        # float32 matmuls on a GPU default to reduced precision (TF32 passes): full
+        # float32, as on the CPU, unless XPNET_TF32=1 (a process-wide JAX setting; the
+        # convolutions ask for HIGHEST themselves)
+        jax.config.update("jax_default_matmul_precision",
+                          "tensorfloat32" if tf32_allowed() else "highest")
         return Placement(xp, gpus[index], f"cuda:{index}")
 
     @staticmethod
@@ -211,6 +231,14 @@ class JaxAdapter(Adapter):
 
     def devices(self) -> list[str]:
         return ["cpu"] + [f"cuda:{i}" for i in range(len(self._gpus()))]
+
+    def describe(self, device):
+        import jax
+        import jaxlib
+
+        return (f"jax {jax.__version__} (jaxlib {jaxlib.__version__}) on "
+                f"{getattr(device, 'device_kind', device)} ({device.platform}); matmul "
+                f"precision {jax.config.jax_default_matmul_precision or 'default'}")
 
     def placement_of(self, x: Any) -> Placement:
         import jax.numpy as xp

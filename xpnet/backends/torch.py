@@ -17,6 +17,7 @@ from .base import (
     Pending,
     Placement,
     TracingCompiler,
+    tf32_allowed,
 )
 from .standard import StandardOps, counter_uniform, fold_key
 
@@ -130,6 +131,21 @@ def _own_code(fn: Any) -> Any:
     return own if bound is None else types.MethodType(own, bound)
 
 
+def _set_tf32(torch: Any, allowed: bool) -> None:
+    """TF32 for CUDA float32 matmuls (cuBLAS) and convolutions (cuDNN), on or off.
+
+    PyTorch's defaults differ (matmuls in float32, cuDNN convolutions in TF32), so a
+    convolution on a GPU differed from the CPU's by ~1e-3; xpnet's default is float32 for
+    both, TF32 with ``XPNET_TF32=1``. These are PyTorch's process-wide flags: the newer
+    ``fp32_precision`` settings where PyTorch has them (2.9 and later; mixing them with
+    the older ``allow_tf32`` makes PyTorch raise), ``allow_tf32`` before."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(conv, "conv"):
+        matmul.fp32_precision = conv.conv.fp32_precision = "tf32" if allowed else "ieee"
+    else:  # pragma: no cover - PyTorch before 2.9
+        matmul.allow_tf32 = conv.allow_tf32 = allowed
+
+
 class TorchAdapter(Adapter):
     name = "torch"
     aliases = ("pytorch",)
@@ -159,11 +175,42 @@ class TorchAdapter(Adapter):
                     f"{torch.cuda.device_count()} CUDA device(s)"
                 )
             dev = torch.device("cuda", index)
+            _set_tf32(torch, tf32_allowed())
         elif dev.type == "mps" and not torch.backends.mps.is_available():
             raise BackendUnavailableError("torch: the MPS device is not available here")
         import array_api_compat.torch as xp
 
         return Placement(xp, dev, str(dev))
+
+    def describe(self, device):
+        import torch
+
+        about = f"torch {torch.__version__} on {device}"
+        if device.type == "cuda":
+            p = torch.cuda.get_device_properties(device)
+            about += (f": {p.name} (sm_{p.major}{p.minor}, {p.total_memory / 2**30:.0f} GiB) "
+                      f"of {torch.cuda.device_count()}; CUDA {torch.version.cuda}, cuDNN "
+                      f"{torch.backends.cudnn.version()}, float32 matmuls "
+                      f"{getattr(torch.backends.cuda.matmul, 'fp32_precision', '?')}")
+        return about
+
+    def forbid_host_reads(self, device):
+        if device.type != "cuda":
+            return None
+        import contextlib
+
+        import torch
+
+        @contextlib.contextmanager
+        def guard():
+            before = torch.cuda.get_sync_debug_mode()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                yield
+            finally:
+                torch.cuda.set_sync_debug_mode(before)
+
+        return guard
 
     def devices(self) -> list[str]:
         import torch

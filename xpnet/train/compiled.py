@@ -17,7 +17,10 @@ What the compiler sees is the layers' own eager code, through the library's
 - captured (CUDA graphs on CuPy): after one eager warm-up per input shape, the body is
   captured once and replayed: the batch, the coefficients and the stream's position are
   copied into the graph's own arrays, and every state array the body rebinds is copied
-  back into the array the graph reads, so each replay continues from the last.
+  back into the array the graph reads, so each replay continues from the last. Work the
+  library refuses to capture (CuPy 14 refuses cuBLAS, so every matmul, on a capturing
+  stream) ends the capture with the step's state put back; that step and every later one
+  run eagerly (``kind`` becomes ``"eager"``, ``refused`` says why, a note says it once).
 - NumPy and array-api-strict have no compiler: the step runs eagerly (said once).
 
 The per-step scalars (the rate of a schedule, Adam's bias corrections) are computed on
@@ -105,6 +108,7 @@ class TrainStep:
         state = step.state
         self.placement = _placement(state)
         library = adapter_of(state[0].value) if state else None
+        self._library, self._device = library, device(state[0].value) if state else None
         if compiler is None and library is not None:
             compiler = library.compiler()
         self.compiler: Compiler | None = compiler or None
@@ -124,6 +128,7 @@ class TrainStep:
         self._draws: dict[tuple, int] = {}      # input signature -> random draws per call
         self._traced: set[tuple] = set()        # signatures traced (or warmed up) already
         self._graphs: dict[tuple, _Captured] = {}
+        self.refused: str | None = None  # why the library refused to capture the step
         self._key: tuple[Any, Any] = (None, None)  # (stream key, the compiler's key)
         self._bound: Any = None  # the model's first array as a step left it
         # the random stream layers draw from inside a compiled call: made once, set as
@@ -148,7 +153,17 @@ class TrainStep:
         """One step per ``(x, y, examples, final)`` in order, their losses. With
         ``jax.jit`` batches of one shape run as one compiled call (Keras's
         ``steps_per_execution``): the Python between steps is paid once. They are the
-        steps :meth:`run` takes one by one, each with its own coefficients and draws."""
+        steps :meth:`run` takes one by one, each with its own coefficients and draws.
+        They run with the model's device current (CuPy makes arrays and runs kernels
+        on the current device)."""
+        undo = self._library.activate(self._device) if self._library is not None else None
+        try:
+            return self._run_many(batches)
+        finally:
+            if undo is not None:
+                undo()
+
+    def _run_many(self, batches: list[tuple[Any, Any, int | None, bool | None]]) -> list[Any]:
         self._check_placement()
         plans = [self.step.plan(int(y.shape[0]) if n is None else n, final)
                  for x, y, n, final in batches]
@@ -258,7 +273,15 @@ class TrainStep:
                 self._traced.add(sig)
                 assert isinstance(self.compiler, CapturingCompiler)
                 return self.compiler.eager(lambda: self._run_eager(x, y, ctx, coefficients))
-            captured = self._graphs[sig] = self._capture(x, y, ctx, coefficients)
+            try:
+                captured = self._capture(x, y, ctx, coefficients)
+            except Exception as error:
+                why = self.compiler.refusal(error)
+                if why is None:
+                    raise
+                self._refused(why)
+                return self._run_eager(x, y, ctx, coefficients)
+            self._graphs[sig] = captured
         xp = namespace(x)
         captured.x[...] = x
         captured.y[...] = y
@@ -273,6 +296,16 @@ class TrainStep:
         stream.position += captured.draws
         # a copy: the next replay overwrites the graph's own output array
         return None if captured.cost is None else xp.asarray(captured.cost, copy=True)
+
+    def _refused(self, why: str) -> None:
+        """The library cannot capture this step (CuPy refuses cuBLAS, so every matmul,
+        while a stream captures): it runs eagerly from now on, and says so once."""
+        compiler = self.compiler
+        self.kind, self.refused = "eager", why
+        note = f" ({compiler.eager_note})" if compiler.eager_note else ""
+        _say_once(f"refused: {compiler.name}: {why}",
+                  f"compile_step: {compiler.name} cannot capture this step: {why}; it runs "
+                  f"eagerly from now on{note}")
 
     def _capture(self, x: Any, y: Any, ctx: StepContext, coefficients: tuple) -> _Captured:
         step, compiler = self.step, self.compiler
@@ -305,7 +338,14 @@ class TrainStep:
             for p in step.params:
                 p.grad = None
 
-        captured.graph = compiler.capture(body)
+        try:
+            captured.graph = compiler.capture(body)
+        except BaseException:
+            # nothing ran (a capture records): the step's arrays are as they were
+            step.bind(arrays)
+            for p in step.params:
+                p.grad = None
+            raise
         return captured
 
 

@@ -10,12 +10,14 @@ from typing import Any
 
 from .. import _args
 from .. import data as data_mod
+from ..backend import on_model_device
 from ..layers import Layer, Sigmoid, Softmax
 from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
 from . import metrics as metrics_mod
 from .metrics import MetricSet
 
 
+@on_model_device
 def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
              batch_size: int = 1024, metrics: Any = None) -> dict[str, Any]:
     """Mean loss and metrics of ``model`` on ``(x, y)``, computed on its device.
@@ -61,6 +63,7 @@ def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
     return sums.results()
 
 
+@on_model_device
 def predict(model: Layer, x: Any, *, batch_size: int = 1024) -> Any:
     """The model's outputs for ``x`` (inference mode), as an array on its device.
 

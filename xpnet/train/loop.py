@@ -23,6 +23,7 @@ from typing import Any
 from .. import _args, random
 from .. import data as data_mod
 from .. import distributed as distributed_mod
+from ..backend import on_model_device
 from ..layers import Layer, layer_config
 from ..losses import Loss
 from ..optim import Optimizer
@@ -51,6 +52,7 @@ class StepOptions:
     accumulate_grad_batches: int = 1
 
 
+@on_model_device
 def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
         shuffle: bool | str = True, progress: Any = None, callbacks: list[Callback] | None = None,
