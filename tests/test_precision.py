@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import blobs
 
 import xpnet as xn
 from xpnet.layers.base import Layer
@@ -33,13 +34,9 @@ def _low_or_skip(be, precision: str):
         pytest.skip(f"{precision} on {be.name}: {e}")
 
 
-def _blobs(n=128, seed=0):
+def _blobs(n=128):
     """Three Gaussian blobs in 8-D (offset from 0, so BatchNorm's statistics matter)."""
-    rng = np.random.default_rng(seed)
-    centers = 3.0 * np.eye(3, 8) + 1.5
-    y = rng.integers(0, 3, size=n)
-    x = centers[y] + 0.5 * rng.standard_normal((n, 8))
-    return x.astype(np.float32), y.astype(np.int64)
+    return blobs(n, width=8, scale=3.0, offset=1.5, spread=0.5)
 
 
 def _model():

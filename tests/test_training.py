@@ -7,17 +7,9 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_on
+from helpers import blobs
 
 import xpnet as xn
-
-
-def _blobs(n=240, seed=0):
-    """Three well separated Gaussian blobs in 4-D: any working trainer fits them."""
-    rng = np.random.default_rng(seed)
-    centers = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], dtype=np.float64)
-    y = rng.integers(0, 3, size=n)
-    x = centers[y] + 0.4 * rng.standard_normal((n, 4))
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _model():
@@ -25,8 +17,8 @@ def _model():
 
 
 def test_fit_learns_and_reports(be):
-    x, y = _blobs()
-    xv, yv = _blobs(90, seed=1)
+    x, y = blobs(240, spread=0.4)
+    xv, yv = blobs(90, seed=1, spread=0.4)
     model = _model()
     h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.Adam(model, lr=0.02),
                epochs=8, batch_size=32, validation_data=(xv, yv), progress=False, seed=0)
@@ -61,7 +53,7 @@ def test_evaluate_counts_by_hand():
 
 
 def test_fit_accepts_data_already_on_the_device(be):
-    x, y = _blobs(64)
+    x, y = blobs(64, spread=0.4)
     model = _model()
     h = xn.fit(model, be.asarray(x), be.asarray(y), loss=xn.SoftmaxCrossEntropy(),
                optimizer=xn.SGD(model, lr=0.1), epochs=2, batch_size=30, progress=False)
@@ -69,7 +61,7 @@ def test_fit_accepts_data_already_on_the_device(be):
 
 
 def test_fit_is_deterministic_given_seed():
-    x, y = _blobs(100)
+    x, y = blobs(100, spread=0.4)
     runs = []
     for _ in range(2):
         with xn.use("numpy"):
@@ -83,7 +75,7 @@ def test_fit_is_deterministic_given_seed():
 
 
 def test_fit_rejects_bad_labels_before_training():
-    x, y = _blobs(20)
+    x, y = blobs(20, spread=0.4)
     y[5] = 7
     with xn.use("array_api_strict", device="device1"):
         model = _model()
@@ -93,7 +85,7 @@ def test_fit_rejects_bad_labels_before_training():
 
 
 def test_fit_rejects_data_on_another_device():
-    x, y = _blobs(20)
+    x, y = blobs(20, spread=0.4)
     with xn.use("array_api_strict", device="device1"):
         model = _model()
     with xn.use("array_api_strict", device="device2") as other:
@@ -105,7 +97,7 @@ def test_fit_rejects_data_on_another_device():
 
 
 def test_progress_lines_and_silence(capsys):
-    x, y = _blobs(40)
+    x, y = blobs(40, spread=0.4)
     with xn.use("numpy"):
         model = _model()
         xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
@@ -180,7 +172,7 @@ def test_early_stopping_restores_best_weights():
 
 
 def test_early_stopping_in_fit_and_unknown_metric():
-    x, y = _blobs(60)
+    x, y = blobs(60, spread=0.4)
     with xn.use("numpy"):
         model = _model()
         stop = xn.EarlyStopping(monitor="loss", patience=1, min_delta=10.0)
@@ -199,8 +191,8 @@ def test_early_stopping_in_fit_and_unknown_metric():
 
 
 def test_model_checkpoint_keeps_best(tmp_path):
-    x, y = _blobs(120)
-    xv, yv = _blobs(60, seed=2)
+    x, y = blobs(120, spread=0.4)
+    xv, yv = blobs(60, seed=2, spread=0.4)
     path = tmp_path / "best.xpnet"
     with xn.use("numpy"):
         model = _model()
@@ -227,8 +219,8 @@ def test_summary_lists_shapes_and_counts(be):
 def test_validation_data_is_uploaded_once(monkeypatch):
     """fit moves the validation set to the device before the first epoch, not every epoch."""
     pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
-    x, y = _blobs(60)
-    xv, yv = _blobs(30, seed=1)
+    x, y = blobs(60, spread=0.4)
+    xv, yv = blobs(30, seed=1, spread=0.4)
     uploads = []
     real = xn.Backend.asarray
 
