@@ -156,3 +156,29 @@ def test_sequential_refuses_one_layer_twice():
     f = xn.Linear(3, 3)
     with pytest.raises(ValueError, match=r"item 2 is the same layer object as item 0.*Graph"):
         xn.Sequential(f, xn.Tanh(), f)
+
+
+# -- input and arguments of the wrong kind -------------------------------------------
+def test_a_layer_given_another_dtype_names_it(be):
+    layer = xn.Linear(4, 2)
+    with pytest.raises(TypeError, match=r"Linear\(in_features=4.*expected input of dtype "
+                                        r"float32 \(the parameters'\), got int64"):
+        layer(be.asarray(np.ones((2, 4), dtype=np.int64)))
+    bn = xn.BatchNorm1D(4)
+    with pytest.raises(TypeError, match=r"BatchNorm1D.*dtype float32.*got int64"):
+        bn(be.asarray(np.ones((2, 4), dtype=np.int64)))
+
+
+# -- arguments checked at once, naming the argument -------------------------------------
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: xn.Conv1D(1, -1, 2), ValueError, "Conv1D: out_channels must be >= 1, got -1"),
+    (lambda: xn.Conv1D(1, 2, 2.5), TypeError, "Conv1D: kernel_size must be an integer"),
+    (lambda: xn.Dropout("0.5"), TypeError, "Dropout: p must be a number, got '0.5'"),
+    (lambda: xn.Linear(2.5, 3), TypeError, "Linear: in_features must be an integer, got 2.5"),
+    (lambda: xn.Linear(2, 3, dtype="int32"), ValueError, "Linear: dtype must be one of"),
+    (lambda: xn.BatchNorm1D(True), TypeError, "num_features must be an integer"),
+    (lambda: xn.Reshape((2, 0)), ValueError, "Reshape: shape must be >= 1"),
+])
+def test_layer_arguments_raise_at_once_naming_the_argument(call, error, pattern):
+    with xn.use("numpy"), pytest.raises(error, match=pattern):
+        call()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 from conftest import assert_on
-from helpers import blobs
+from helpers import blobs, quick_fit
 
 import xpnet as xn
 
@@ -271,3 +272,169 @@ def test_metrics_sum_on_the_device_and_read_once(be):
     assert_on(be, m.loss_sum)
     assert_on(be, m.hits)
     assert m.means() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})
+
+
+# -- misuse that used to lose data, hang or give a silently wrong answer ----------------
+# Each is refused before the first step with one clear error, or made to fail loudly.
+def _mlp(out=3):
+    """The small tanh MLP the misuse tests below train."""
+    return xn.Sequential(xn.Linear(4, 8), xn.Tanh(), xn.Linear(8, out))
+
+
+# labels out of range
+def test_out_of_range_labels_in_a_list_are_refused():
+    x, y = blobs(60)
+    with xn.use("numpy"):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\].*0 to 5"):
+            quick_fit(_mlp(), x, [int(v) for v in y[:-1]] + [5])
+
+
+def test_out_of_range_labels_on_a_device_turn_the_loss_nan(be):
+    """On a device the labels cannot be checked without a host read: the loss must turn
+    NaN (which fit reports), never train on as all-zero targets."""
+    x, y = blobs(60)
+    y[3] = 7
+    model = _mlp()
+    on_host = xn.backends.ops(be.xp).on_host  # NumPy: checked at once
+    error, pattern = ((ValueError, "labels must lie") if on_host else
+                      (FloatingPointError, "loss became nan in epoch 1"))
+    with pytest.raises(error, match=pattern):
+        quick_fit(model, x, be.asarray(y))
+
+
+def test_evaluate_checks_labels_on_the_host(be):
+    x, y = blobs(60)
+    y[0] = 9
+    with pytest.raises(ValueError, match=r"evaluate: labels must lie in \[0, 2\]"):
+        xn.evaluate(_mlp(), x, y, loss=xn.SoftmaxCrossEntropy())
+
+
+# a loss that is not finite
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_fit_stops_at_a_non_finite_loss_and_keeps_the_last_finite_weights():
+    x, y = blobs(64)
+    with xn.use("numpy"):
+        model = _mlp()
+        quick_fit(model, x, y, epochs=1)
+        before = [p.value.copy() for p in model.parameters()]
+        bad = x.copy()
+        bad[40] = np.inf  # in the third batch of 16
+        with pytest.raises(FloatingPointError, match=r"loss became nan in epoch 2, by step 4"):
+            quick_fit(model, bad, y, epochs=3, initial_epoch=1, shuffle=False)
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.value, b)
+
+
+# inputs of another dtype
+def test_integer_and_bool_inputs_are_cast_to_the_model_dtype(be):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(40, 4))
+    y = (x[:, 0] > 1).astype(np.int64)
+    model = xn.Sequential(xn.Linear(4, 2))
+    h = quick_fit(model, x, y, epochs=2)
+    assert np.isfinite(h["loss"]).all()
+    assert set(xn.evaluate(model, x.astype(bool), y)) == {"loss", "accuracy"}
+    assert xn.predict(model, be.asarray(x)).dtype == be.dtype("float32")
+
+
+# empty data
+def test_empty_data_is_refused_with_one_clear_error(be):
+    model = _mlp()
+    empty_x, empty_y = np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    for call in (lambda: quick_fit(model, empty_x, empty_y),
+                 lambda: xn.evaluate(model, empty_x, empty_y),
+                 lambda: xn.predict(model, empty_x)):
+        with pytest.raises(ValueError, match=r"no examples \(0 rows\)"):
+            call()
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        xn.BatchNorm1D(4).forward(be.asarray(empty_x), train=True)
+
+
+# mistakes found before the first step
+class _CountingLoss(xn.SoftmaxCrossEntropy):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, pred, target):
+        self.calls += 1
+        return super().forward(pred, target)
+
+
+@pytest.mark.parametrize("kw, error, pattern", [
+    (dict(validation_data=(np.zeros((5, 4)),)), ValueError, "expected a pair"),
+    (dict(validation_data=(np.zeros((5, 3)), np.zeros(5, dtype=np.int64))), ValueError,
+     r"x_val has examples of shape \(3,\), the training data \(4,\)"),
+    (dict(validation_data=(np.zeros((5, 4)), np.zeros(4, dtype=np.int64))), ValueError,
+     "x has 5 examples but y has 4"),
+    (dict(callbacks=[xn.EarlyStopping("val_accuracy")]), KeyError,
+     "'val_accuracy' is never logged.*validation_data"),
+    (dict(callbacks=[xn.ModelCheckpoint("no/such/folder/m.xpnet", monitor="loss")]),
+     FileNotFoundError, "folder 'no/such/folder'"),
+])
+def test_mistakes_are_reported_before_the_first_step(kw, error, pattern):
+    x, y = blobs(60)
+    loss = _CountingLoss()
+    with xn.use("numpy"), pytest.raises(error, match=pattern):
+        quick_fit(_mlp(), x, y, loss=loss, **kw)
+    assert loss.calls == 0
+
+
+# multi-input graphs
+def _two_inputs():
+    a, b = xn.Input(shape=(3,)), xn.Input(shape=(2,))
+    joined = xn.Concat()(xn.Tanh()(xn.Linear(3, 4)(a)), b)
+    return xn.Graph(inputs=[a, b], outputs=xn.Linear(6, 2)(joined))
+
+
+def test_multi_input_graphs_take_a_list_everywhere(be):
+    rng = np.random.default_rng(0)
+    xa, xb = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
+    y = (xa[:, 0] + xb[:, 1] > 0).astype(np.int64)
+    model = _two_inputs()
+    h = quick_fit(model, [xa, xb], y, epochs=2, batch_size=7, validation_data=([xa, xb], y))
+    assert len(h["val_accuracy"]) == 2
+    scores = xn.predict(model, [xa, xb], batch_size=8)
+    direct = model([be.asarray(xa, dtype="float32"), be.asarray(xb, dtype="float32")])
+    np.testing.assert_allclose(xn.to_numpy(scores), xn.to_numpy(direct), rtol=1e-5, atol=1e-6)
+    assert xn.evaluate(model, (xa, xb), y)["accuracy"] == pytest.approx(
+        float(np.mean(xn.to_numpy(scores).argmax(axis=1) == y)))
+    assert xn.gradcheck(model, [be.asarray(xa[:3], dtype="float32"),
+                                be.asarray(xb[:3], dtype="float32")])
+    with pytest.raises(ValueError, match="has 2 inputs; give x as a list of 2 arrays"):
+        xn.predict(model, xa)
+
+
+# arguments checked at once
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: quick_fit(_mlp(), *blobs(60), batch_size=0), ValueError, "batch_size must be >= 1"),
+    (lambda: quick_fit(_mlp(), *blobs(60), seed=-1), ValueError, "seed must be >= 0"),
+    (lambda: quick_fit(_mlp(), *blobs(60), initial_epoch=-2), ValueError, "initial_epoch must be"),
+    (lambda: quick_fit(_mlp(), *blobs(60), batch_size=2.5), TypeError, "batch_size must be an int"),
+])
+def test_fit_arguments_raise_at_once_naming_the_argument(call, error, pattern):
+    with xn.use("numpy"), pytest.raises(error, match=pattern):
+        call()
+
+
+# the progress display
+def test_progress_bar_is_short_and_the_summary_is_a_line_of_its_own(monkeypatch):
+    pytest.importorskip("tqdm", reason="tqdm is not installed (the data extra)")
+    from xpnet.train import Progress
+
+    out = io.StringIO()
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=(80, 24):
+                        type("S", (), {"columns": 0, "lines": 0})())  # a 0x0 pty
+    bar = Progress("bar", epochs=2, steps=4, stream=out)
+    bar.start(0)
+    assert bar.bar.ncols == 80
+    bar.step(2, {"loss": 0.123456, "accuracy": 0.5})
+    bar.step(2, None)
+    logs = {"loss": 0.1, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85,
+            "time": 1.0, "samples_per_sec": 1000.0}
+    bar.end(0, logs)
+    lines = [line for line in out.getvalue().replace("\r", "\n").split("\n") if line.strip()]
+    summary = [line for line in lines if line.startswith("epoch 1/2  loss")]
+    assert len(summary) == 1 and "val_accuracy 0.8500" in summary[0]
+    assert all(len(line) <= 80 for line in lines if line not in summary)
+    assert not any(line.strip() == "" for line in out.getvalue().split("\n")[:-1])
