@@ -1,12 +1,17 @@
-"""Normalisation layers (BatchNorm1D/2D) on every backend case: NumPy references,
-gradcheck, running statistics, and clear errors on misuse."""
+"""Normalisation layers on every backend case: BatchNorm1D/2D and LayerNorm against
+NumPy references (running statistics too), check_layer or gradcheck, LayerNorm against
+torch.nn in float64 and through checkpoints, and clear errors on misuse."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_on
+from helpers import torch_compare, torch_round_trips, wide
 
 import xpnet as xn
+from xpnet.backend import to_numpy
+from xpnet.testing import check_layer
 
 
 # -- BatchNorm on one value per channel ---------------------------------------------------
@@ -31,3 +36,57 @@ def test_batchnorm_names_itself_for_data_from_elsewhere():
     with pytest.raises(ValueError, match=r"BatchNorm1D.*on device .*device2.*device1"):
         bn(x)
 
+
+# -- LayerNorm ------------------------------------------------------------------------
+def _layernorm_ref(x, w, b, eps=1e-5):
+    mu = x.mean(axis=-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+def test_layernorm(be, rng):
+    layer = xn.LayerNorm(4)
+    assert layer.get_config() == {"normalized_shape": 4, "eps": 1e-5, "dtype": "float32"}
+    np.testing.assert_array_equal(to_numpy(layer.weight.value), np.ones(4))
+    np.testing.assert_array_equal(to_numpy(layer.bias.value), np.zeros(4))
+    w, b = rng.standard_normal(4), rng.standard_normal(4)
+    layer.weight.value = be.asarray(w, dtype="float32")
+    layer.bias.value = be.asarray(b, dtype="float32")
+    for shape in [(2, 3, 4), (5, 4)]:
+        x_host = rng.standard_normal(shape) * 3 + 1
+        x = be.asarray(x_host, dtype="float32")
+        if len(shape) == 3:
+            check_layer(layer, x)
+        y = layer(x)
+        assert_on(be, y)
+        np.testing.assert_allclose(to_numpy(y), _layernorm_ref(x_host, w, b), rtol=1e-4,
+                                   atol=1e-4)
+
+
+def test_layernorm_matches_torch(be, rng):
+    torch = pytest.importorskip("torch")
+    dtype, _ = wide(be)
+    layer = xn.LayerNorm((4,), eps=1e-3, dtype=dtype)  # PyTorch's 1-tuple is accepted
+    assert layer.normalized_shape == 4
+    layer.weight.value = be.asarray(rng.standard_normal(4), dtype=dtype)
+    layer.bias.value = be.asarray(rng.standard_normal(4), dtype=dtype)
+    torch_compare(be, layer, torch.nn.LayerNorm(4, eps=1e-3).double(),
+                   rng.standard_normal((2, 3, 4)) * 2 + 0.5, params=("weight", "bias"))
+
+
+def test_layernorm_round_trips(be, tmp_path):
+    torch = pytest.importorskip("torch")
+    torch_round_trips(be, xn.LayerNorm(4, eps=1e-6), tmp_path, torch.nn.LayerNorm(4).double())
+
+
+def test_layernorm_refuses_bad_input(be):
+    layer = xn.LayerNorm(4)
+    with pytest.raises(ValueError, match=r"LayerNorm.*\(\.\.\., 4\), got \(2, 3\)"):
+        layer.forward(be.asarray(np.zeros((2, 3)), dtype="float32"))
+    if be.supports("float64"):
+        with pytest.raises(TypeError, match=r"LayerNorm.*float32.*got float64"):
+            layer.forward(be.asarray(np.zeros((2, 4)), dtype="float64"))
+    with pytest.raises(ValueError, match=r"LayerNorm: normalized_shape .*\(2, 4\)"):
+        xn.LayerNorm((2, 4))
+    with pytest.raises(ValueError, match=r"LayerNorm: eps"):
+        xn.LayerNorm(4, eps=0.0)
