@@ -149,3 +149,27 @@ def test_a_sigmoid_model_with_a_logits_loss_warns_once_and_probabilities_score_r
         assert len(squashed) == 1 and "from_logits=False" in str(squashed[0].message)
         right = xn.evaluate(model, x, y, loss=xn.BinaryCrossEntropy(from_logits=False))
     assert right["accuracy"] >= 0.99
+
+
+# -- Loss.correct -----------------------------------------------------------------------
+def test_loss_correct_counts_each_kind_of_target(be):
+    """Loss.correct against counts made by hand in NumPy."""
+    pred_host = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 2.0, 1.0]])
+    labels = np.array([0, 2, 2, 0])
+    pred = be.asarray(pred_host, dtype="float32")
+    y = be.asarray(labels)
+    onehot = be.asarray(np.eye(3)[labels], dtype="float32")
+    soft = be.asarray(np.eye(3)[labels] * 0.8 + 0.2 / 3, dtype="float32")
+    hand = float(np.sum(pred_host.argmax(axis=1) == labels))  # 3
+    for loss in (xn.SoftmaxCrossEntropy(), xn.QuadraticCost()):
+        assert float(xn.to_numpy(loss.correct(pred, y))) == hand
+        assert float(xn.to_numpy(loss.correct(pred, onehot, one_hot=True))) == hand
+    assert float(xn.to_numpy(xn.SoftmaxCrossEntropy().correct(pred, soft))) == hand
+    assert xn.QuadraticCost().correct(pred, soft) is None  # regression targets: no classes
+    logits_host = np.array([[0.3], [-1.0], [2.0], [-0.1]])
+    logits = be.asarray(logits_host, dtype="float32")
+    binary = np.array([1, 0, 0, 1])
+    want = float(np.sum((logits_host[:, 0] > 0) == (binary > 0.5)))  # 2
+    bce = xn.BinaryCrossEntropy()
+    assert float(xn.to_numpy(bce.correct(logits, be.asarray(binary)))) == want
+    assert float(xn.to_numpy(bce.correct(logits, be.asarray(binary, dtype="float32")))) == want

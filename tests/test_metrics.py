@@ -1,6 +1,7 @@
-"""evaluate(..., metrics=[...]): top-k accuracy, mean absolute error and a confusion
-matrix, summed on the device batch by batch and read once, against scikit-learn (NumPy
-where it is not installed)."""
+"""Metrics: the loss and accuracy sums fit and evaluate keep, and evaluate(...,
+metrics=[...]): top-k accuracy, mean absolute error and a confusion matrix, summed on the
+device batch by batch and read once, against scikit-learn (NumPy where it is not
+installed)."""
 
 from __future__ import annotations
 
@@ -165,3 +166,17 @@ def test_metric_arguments(rng):
         assert set(only) == {"top_k_accuracy"}  # no loss known, no accuracy asked
     with pytest.raises(ValueError, match="TopKAccuracy: k must be >= 1"):
         xn.metrics.TopKAccuracy(k=0)
+
+
+def test_loss_and_hits_sum_on_the_device_and_read_once(be):
+    """Metrics, the sums fit and evaluate keep by default: on the device until means()."""
+    from xpnet.train import Metrics
+
+    m = Metrics(xn.SoftmaxCrossEntropy())
+    pred = be.asarray(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), dtype="float32")
+    y = be.asarray(np.array([0, 0, 0]))
+    m.add(pred[0:2, ...], y[0:2], be.asarray(np.array(0.5), dtype="float32"), 2)
+    m.add(pred[2:3, ...], y[2:3], be.asarray(np.array(2.0), dtype="float32"), 1)
+    assert_on(be, m.loss_sum)
+    assert_on(be, m.hits)
+    assert m.means() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})
