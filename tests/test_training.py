@@ -1,4 +1,5 @@
-"""fit / evaluate / predict / History / callbacks / summary."""
+"""fit / evaluate / predict, History, the progress display and summary; fit's checks
+of its data and arguments (callbacks: test_callbacks.py, metrics: test_metrics.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_on
-from helpers import blobs, quick_fit
+from helpers import blobs, poisoned_blobs, quick_fit
 
 import xpnet as xn
 
@@ -151,63 +152,6 @@ def test_history_plot_returns_a_figure_and_keeps_the_matplotlib_backend(tmp_path
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_early_stopping_restores_best_weights():
-    class Scripted(xn.Callback):
-        """Feeds a made-up validation curve to EarlyStopping."""
-
-    stopper = xn.EarlyStopping(monitor="val_loss", patience=2)
-    with xn.use("numpy"):
-        model = _model()
-    stopper.on_train_begin(model, None)
-    curve = [1.0, 0.5, 0.6, 0.7, 0.4]
-    snapshots = []
-    for epoch, v in enumerate(curve):
-        model[0].weight.value = model[0].weight.value + 1.0
-        snapshots.append(model[0].weight.value.copy())
-        stopper.on_epoch_end(epoch, {"val_loss": v})
-        if stopper.stop_training:
-            break
-    assert epoch == 3 and stopper.best_epoch == 1
-    stopper.on_train_end()
-    np.testing.assert_array_equal(model[0].weight.value, snapshots[1])
-
-
-def test_early_stopping_in_fit_and_unknown_metric():
-    x, y = blobs(60, spread=0.4)
-    with xn.use("numpy"):
-        model = _model()
-        stop = xn.EarlyStopping(monitor="loss", patience=1, min_delta=10.0)
-        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
-                   epochs=10, progress=False, callbacks=[stop])
-        assert len(h.epochs) == 2  # nothing improves by 10: stops after patience
-        # the same callback in a second fit starts afresh, as Keras's does: two epochs
-        # again, not one (stop_training and the count left over from the first fit)
-        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
-                   epochs=10, progress=False, callbacks=[stop])
-        assert len(h.epochs) == 2 and stop.best_epoch == 0
-        with pytest.raises(KeyError, match="val_accuracy.*validation_data"):
-            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(),
-                   optimizer=xn.SGD(model, lr=0.1), epochs=1, progress=False,
-                   callbacks=[xn.EarlyStopping(monitor="val_accuracy")])
-
-
-def test_model_checkpoint_keeps_best(tmp_path):
-    x, y = blobs(120, spread=0.4)
-    xv, yv = blobs(60, seed=2, spread=0.4)
-    path = tmp_path / "best.xpnet"
-    with xn.use("numpy"):
-        model = _model()
-        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.Adam(model, lr=0.01),
-                   epochs=5, progress=False, validation_data=(xv, yv),
-                   callbacks=[xn.ModelCheckpoint(path, monitor="val_loss")])
-        ck = xn.load_checkpoint(path)
-    best = int(np.argmin(h["val_loss"]))
-    assert ck.metadata["epoch"] == best + 1
-    assert ck.metadata["val_loss"] == pytest.approx(h["val_loss"][best])
-    reloaded = xn.evaluate(ck.model, xv, yv, loss=xn.SoftmaxCrossEntropy())
-    assert reloaded["loss"] == pytest.approx(h["val_loss"][best], rel=1e-5)
-
-
 def test_summary_lists_shapes_and_counts(be):
     model = xn.Sequential(xn.Linear(64, 30), xn.Sigmoid(), xn.Linear(30, 10))
     text = model.summary(print_fn=None)
@@ -287,6 +231,43 @@ def test_fit_stops_at_a_non_finite_loss_and_keeps_the_last_finite_weights():
             quick_fit(model, bad, y, epochs=3, initial_epoch=1, shuffle=False)
     for p, b in zip(model.parameters(), before, strict=True):
         np.testing.assert_array_equal(p.value, b)
+
+
+def test_a_nan_loss_stops_fit_at_the_epoch_end_by_default(be):
+    """No per-batch read: the first read of the loss (the epoch's end, with no bar) stops
+    training; the weights are those of the last finite epoch."""
+    x, y = blobs(48)
+    saved = {}
+
+    class Poison(xn.Callback):  # the weights turn NaN after epoch 0 (its own are kept)
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                saved.update(self.model.state_dict())
+                p = self.model.parameters()[0]
+                p.value = p.value * np.nan
+
+    model = xn.Sequential(xn.Linear(4, 3))
+    opt = xn.SGD(model, lr=0.1)
+    with pytest.raises(FloatingPointError, match="loss became nan in epoch 2, by step 3"):
+        quick_fit(model, x, y, epochs=3, callbacks=[Poison()], optimizer=opt)
+    assert opt.steps == 6  # the whole second epoch ran: nothing was read during it
+    for k, v in model.state_dict().items():
+        np.testing.assert_array_equal(v, saved[k])
+
+
+def test_a_nan_loss_stops_fit_at_the_first_progress_report():
+    # the bar reports reports_per_epoch times an epoch; without tqdm, progress="bar"
+    # falls back to one line per epoch, whose only report is at the epoch's end (step 4)
+    pytest.importorskip("tqdm", reason="tqdm is not installed (the data extra): without "
+                        "it the bar falls back to lines, which report once per epoch")
+    x, y = poisoned_blobs(64, at=20)
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(4, 3))
+        opt = xn.SGD(model, lr=0.1)
+        with pytest.raises(FloatingPointError, match="by step 2"):
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, batch_size=16,
+                   shuffle=False, progress="bar", reports_per_epoch=2, seed=0)
+    assert opt.steps == 2
 
 
 # inputs of another dtype
