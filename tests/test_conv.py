@@ -9,6 +9,8 @@ import pytest
 from conftest import assert_on
 
 import xpnet as xn
+from xpnet.backends.numpy import _ConvTape
+from xpnet.testing import check_layer
 
 
 def _conv_reference(x, w, b, stride, padding):
@@ -187,3 +189,54 @@ def test_conv_bad_input_is_named():
         xn.Conv2D(1, 1, 3)(np.zeros((1, 9, 9), dtype=np.float32))
     with pytest.raises(ValueError, match="MaxPool2D: kernel_size needs 2 value"):
         xn.MaxPool2D((2, 2, 2))
+
+
+# -- the layers on NumPy's fast paths (the paths themselves: test_ops.py) -------------
+def test_conv_net_matches_torch_float64():
+    """Bench (d)'s network, small: both convolutions on NumPy's flat path (and the
+    first one's per-tap weight gradient), both poolings on the winner path, against
+    torch.nn with the same weights: output, input and every parameter gradient."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    nn = torch.nn
+    with xn.use("numpy"):
+        xn.seed(3)
+        model = xn.Sequential(xn.Conv2D(1, 4, 3, padding=1, dtype="float64"), xn.ReLU(),
+                              xn.MaxPool2D(2),
+                              xn.Conv2D(4, 6, 3, padding=1, dtype="float64"), xn.ReLU(),
+                              xn.MaxPool2D(2), xn.Flatten())
+    ref = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten()).double()
+    ref.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 1, 12, 12))
+    y = model.forward(x)
+    conv = model[0]
+    assert isinstance(conv._ctx, _ConvTape) and conv._ctx.lattice.flat and conv._ctx.per_tap
+    assert isinstance(model[3]._ctx, _ConvTape)
+    dy = rng.standard_normal(y.shape)
+    dx = model.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("kind, args, shape", [
+    ("Conv2D", (2, 3, 3), (1, 2, 8, 8)),        # NumPy: flat grid, per-tap dW
+    ("Conv2D", (5, 2, 3), (1, 5, 8, 8)),        # NumPy: flat grid, dW from cols
+    ("Conv1D", (3, 2, 3), (2, 3, 12)),          # NumPy: a 1-D flat grid
+])
+def test_fast_path_layers_check_layer(be, rng, kind, args, shape):
+    """check_layer on NumPy's fast-path shapes (it also runs copies on torch's meta
+    device and array-api-strict's device1); the other cases run these layers in
+    test_conv above and test_conv_groups.py."""
+    if be.name != "numpy":
+        pytest.skip("these shapes choose NumPy-only paths; the other backends run test_conv")
+    layer = getattr(xn, kind)(*args, padding=1)
+    check_layer(layer, be.asarray(rng.standard_normal(shape), dtype="float32"))
