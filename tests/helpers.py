@@ -136,3 +136,22 @@ def torch_round_trips(be, layer, tmp_path, module):
                            for k, v in layer.state_dict().items()})
     for name, value in fresh.state_dict().items():
         np.testing.assert_allclose(value.numpy(), layer.state_dict()[name], rtol=1e-6)
+
+
+def torch_autograd_check(layer, x_host, torch_fn, params):
+    """Outputs and all gradients of an xpnet layer (made float64, run on NumPy) against
+    torch autograd of ``torch_fn(x, *params)`` in float64."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    with xn.use("numpy"):
+        layer.astype("float64")
+        y = layer.forward(x_host)
+        dy = np.random.default_rng(0).standard_normal(y.shape)
+        dx = layer.backward(dy)
+    xt = torch.tensor(x_host, requires_grad=True)
+    pt = [torch.tensor(p.value, requires_grad=True) for p in params]
+    yt = torch_fn(xt, *pt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for p, t in zip(params, pt, strict=True):
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-10, atol=1e-12)

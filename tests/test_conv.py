@@ -1,4 +1,5 @@
-"""Convolution, pooling, reshaping, dropout and batch norm on every backend case."""
+"""Convolution, pooling and reshaping on every backend case, and the layers on NumPy's
+fast convolution paths (BatchNorm: test_norm.py; Dropout: test_dropout.py)."""
 
 from __future__ import annotations
 
@@ -94,88 +95,6 @@ def test_flatten_and_reshape(be, rng):
     assert tuple(y.shape) == (3, 2, 3)
     assert_on(be, y)
     assert xn.gradcheck(model, x)
-
-
-def test_batchnorm(be, rng):
-    layer = xn.BatchNorm1D(3)
-    x_host = rng.standard_normal((6, 3, 4)) * 2 + 1
-    x = be.asarray(x_host, dtype="float32")
-    y = xn.to_numpy(layer.forward(x))
-    mean = x_host.mean(axis=(0, 2), keepdims=True)
-    var = x_host.var(axis=(0, 2), keepdims=True)
-    np.testing.assert_allclose(y, (x_host - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(xn.to_numpy(layer.running_mean.value),
-                               0.1 * mean.reshape(-1), rtol=1e-5, atol=1e-6)
-    unbiased = x_host.var(axis=(0, 2), ddof=1)
-    np.testing.assert_allclose(xn.to_numpy(layer.running_var.value), 0.9 + 0.1 * unbiased,
-                               rtol=1e-5)
-    ev = xn.to_numpy(layer(x))  # inference: running statistics
-    rm, rv = 0.1 * mean, 0.9 + 0.1 * unbiased.reshape(1, 3, 1)
-    np.testing.assert_allclose(ev, (x_host - rm) / np.sqrt(rv + 1e-5), rtol=1e-4, atol=1e-5)
-    assert xn.gradcheck(layer, x)
-    layer2 = xn.BatchNorm2D(2)
-    layer2.weight.value = be.asarray(rng.standard_normal(2), dtype="float32")
-    x2 = be.asarray(rng.standard_normal((3, 2, 3, 3)), dtype="float32")
-    assert_on(be, layer2.forward(x2))
-    assert xn.gradcheck(layer2, x2)
-    assert [n for n, _ in layer2.named_parameters()] == ["weight", "bias"]
-
-
-def test_dropout(be, rng):
-    x = be.asarray(np.ones((200, 50)), dtype="float32")
-    layer = xn.Dropout(0.3)
-    y = layer.forward(x)
-    assert_on(be, y)
-    out = xn.to_numpy(y)
-    kept = out != 0
-    assert abs(kept.mean() - 0.7) < 0.02
-    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
-    dx = xn.to_numpy(layer.backward(be.asarray(np.full((200, 50), 2.0), dtype="float32")))
-    np.testing.assert_allclose(dx, 2 * out, rtol=1e-6)
-    np.testing.assert_array_equal(xn.to_numpy(layer(x)), np.ones((200, 50)))  # inference
-    xn.seed(4)
-    a = xn.to_numpy(layer.forward(x))
-    b = xn.to_numpy(layer.forward(x))
-    xn.seed(4)
-    np.testing.assert_array_equal(xn.to_numpy(layer.forward(x)), a)  # same seed, same mask
-    assert not np.array_equal(a, b)  # the next draw differs
-    small = be.asarray(rng.standard_normal((4, 5)), dtype="float32")
-    assert xn.gradcheck(xn.Sequential(xn.Linear(5, 6), xn.Dropout(0.5), xn.Tanh()), small)
-
-
-def test_cupy_dropout_draws_on_the_device(monkeypatch):
-    """The CuPy branch seeds CuPy's own generator inside the array's device."""
-    import sys
-    import types
-
-    from xpnet.backends import ADAPTERS
-    from xpnet.backends.base import mix
-
-    calls = []
-
-    class FakeDevice:
-        def __enter__(self):
-            calls.append("enter")
-
-        def __exit__(self, *a):
-            calls.append("exit")
-
-    class FakeGenerator:
-        def __init__(self, seed):
-            calls.append(("seed", seed))
-
-        def random(self, shape, dtype):
-            calls.append(("random", shape, dtype))
-            return np.zeros(shape, dtype=dtype)
-
-    cupy = types.ModuleType("cupy")
-    cupy.random = types.SimpleNamespace(default_rng=FakeGenerator)
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    like = types.SimpleNamespace(device=FakeDevice(), dtype=np.float32)
-    out = ADAPTERS["cupy"].uniform(like, (2, 3), (7, 5))
-    assert out.shape == (2, 3)
-    assert calls == ["enter", ("seed", mix((7, 5))), ("random", (2, 3), np.float32), "exit"]
-    assert mix((7, 5)) != mix((7, 6)) and 0 <= mix((7, 5)) < 2**63
 
 
 def test_conv_bad_input_is_named():

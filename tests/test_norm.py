@@ -1,17 +1,59 @@
 """Normalisation layers on every backend case: BatchNorm1D/2D and LayerNorm against
-NumPy references (running statistics too), check_layer or gradcheck, LayerNorm against
-torch.nn in float64 and through checkpoints, and clear errors on misuse."""
+NumPy references (running statistics too) and torch in float64, check_layer or
+gradcheck, LayerNorm through checkpoints, and clear errors on misuse."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from conftest import assert_on
-from helpers import torch_compare, torch_round_trips, wide
+from helpers import torch_autograd_check, torch_compare, torch_round_trips, wide
 
 import xpnet as xn
 from xpnet.backend import to_numpy
 from xpnet.testing import check_layer
+
+
+# -- BatchNorm ------------------------------------------------------------------------
+def test_batchnorm(be, rng):
+    layer = xn.BatchNorm1D(3)
+    x_host = rng.standard_normal((6, 3, 4)) * 2 + 1
+    x = be.asarray(x_host, dtype="float32")
+    y = xn.to_numpy(layer.forward(x))
+    mean = x_host.mean(axis=(0, 2), keepdims=True)
+    var = x_host.var(axis=(0, 2), keepdims=True)
+    np.testing.assert_allclose(y, (x_host - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(xn.to_numpy(layer.running_mean.value),
+                               0.1 * mean.reshape(-1), rtol=1e-5, atol=1e-6)
+    unbiased = x_host.var(axis=(0, 2), ddof=1)
+    np.testing.assert_allclose(xn.to_numpy(layer.running_var.value), 0.9 + 0.1 * unbiased,
+                               rtol=1e-5)
+    ev = xn.to_numpy(layer(x))  # inference: running statistics
+    rm, rv = 0.1 * mean, 0.9 + 0.1 * unbiased.reshape(1, 3, 1)
+    np.testing.assert_allclose(ev, (x_host - rm) / np.sqrt(rv + 1e-5), rtol=1e-4, atol=1e-5)
+    assert xn.gradcheck(layer, x)
+    layer2 = xn.BatchNorm2D(2)
+    layer2.weight.value = be.asarray(rng.standard_normal(2), dtype="float32")
+    x2 = be.asarray(rng.standard_normal((3, 2, 3, 3)), dtype="float32")
+    assert_on(be, layer2.forward(x2))
+    assert xn.gradcheck(layer2, x2)
+    assert [n for n, _ in layer2.named_parameters()] == ["weight", "bias"]
+
+
+def test_batchnorm_matches_torch():
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    F = torch.nn.functional
+    with xn.use("numpy"):
+        layer = xn.BatchNorm2D(3)
+        layer.weight.value = np.array([0.5, 1.5, -1.0], dtype=np.float32)
+    x = np.random.default_rng(5).standard_normal((4, 3, 5, 5))
+    bn = torch.nn.BatchNorm2d(3).double()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([0.5, 1.5, -1.0]))
+    torch_autograd_check(layer, x, lambda xt, w, b: F.batch_norm(
+        xt, bn.running_mean, bn.running_var, w, b, training=True), [layer.weight, layer.bias])
+    np.testing.assert_allclose(layer.running_mean.value, bn.running_mean.numpy(), rtol=1e-10)
+    np.testing.assert_allclose(layer.running_var.value, bn.running_var.numpy(), rtol=1e-10)
 
 
 # -- BatchNorm on one value per channel ---------------------------------------------------
