@@ -23,6 +23,7 @@ class Recorder(xn.Callback):
         self.seen.append((logs.epoch, step, logs.size, logs.loss, self.optimizer.steps))
 
 
+@pytest.mark.fit_level
 def test_on_batch_end_gets_each_batch_loss_on_the_device(be):
     x, y = blobs()
     rec = Recorder()
@@ -105,6 +106,7 @@ def test_stop_training_in_a_batch_hook_stops_after_that_batch():
     assert opt.steps == 2 and h.epochs == [0]
 
 
+@pytest.mark.fit_level
 def test_terminate_on_nan_stops_at_the_batch_and_restores_the_weights(be):
     x, y = poisoned_blobs()
     model = xn.Sequential(xn.Linear(4, 3))

@@ -187,6 +187,7 @@ def test_sgd_step_moves_both_uses_by_the_summed_gradient(be, rng):
     np.testing.assert_allclose(_host(f.weight.value), want, rtol=tol, atol=tol)
 
 
+@pytest.mark.fit_level
 def test_fit_trains_the_shared_weight(be, rng):
     model, f = _chain()
     x = rng.standard_normal((16, 4)).astype(np.float32)

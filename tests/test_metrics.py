@@ -52,6 +52,7 @@ def _classifier(rng, k=7):
     return xn.Sequential(xn.Linear(4, k)), x, y
 
 
+@pytest.mark.fit_level
 def test_classification_metrics_against_sklearn(be, rng):
     model, x, y = _classifier(rng)
     scores = xn.to_numpy(xn.predict(model, x)).astype(np.float64)
@@ -77,6 +78,7 @@ def test_classification_metrics_against_sklearn(be, rng):
     np.testing.assert_array_equal(again["confusion_matrix"], cm)
 
 
+@pytest.mark.fit_level
 def test_mean_absolute_error_against_sklearn(be, rng):
     model = xn.Sequential(xn.Linear(4, 3))
     x = rng.standard_normal((N, 4)).astype(np.float32)
@@ -90,6 +92,7 @@ def test_mean_absolute_error_against_sklearn(be, rng):
         xn.evaluate(model, x, target, metrics=["accuracy"])
 
 
+@pytest.mark.fit_level
 def test_binary_confusion_matrix_uses_the_losses_threshold(be, rng):
     model = xn.Sequential(xn.Linear(4, 1))
     x = rng.standard_normal((N, 4)).astype(np.float32)

@@ -175,6 +175,7 @@ def test_unsupported_dtype_is_a_clear_error(be, precision):
 
 
 # -- mixed fits --------------------------------------------------------------------------
+@pytest.mark.fit_level
 @pytest.mark.parametrize("precision", ["bf16-mixed", "fp16-mixed"])
 def test_mixed_fit_keeps_float32_masters_and_follows_the_float32_run(be, precision, tmp_path):
     _low_or_skip(be, precision)

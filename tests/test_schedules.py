@@ -73,6 +73,7 @@ def test_schedule_arguments():
     assert "warmup_steps=3" in repr(xn.StepLR(0.1, 2, warmup_steps=3))
 
 
+@pytest.mark.fit_level
 def test_fit_steps_schedules_per_batch_and_any_callable_works(be):
     """A plain callable of the step is an lr: fit asks it once per batch, steps 0, 1..."""
     x, y = blobs()
@@ -159,6 +160,7 @@ def test_reduce_lr_on_plateau_matches_torch(mode, patience, cooldown, min_lr, mi
     assert got[-1] < 0.1  # the sequences do lower the rate
 
 
+@pytest.mark.fit_level
 def test_reduce_lr_on_plateau_in_fit(be):
     x, y = blobs()
     model = xn.Sequential(xn.Linear(4, 3))

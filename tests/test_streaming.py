@@ -77,6 +77,7 @@ def _no_prefetch_thread_left(timeout=3.0):
 
 
 # -- the same steps as in memory ----------------------------------------------------------
+@pytest.mark.fit_level
 @pytest.mark.parametrize("shuffle", [True, "blocks"])
 def test_streamed_fit_takes_the_in_memory_steps(be, rng, tmp_path, shuffle):
     x, y = blobs(64, rng=rng, spread=0.4)  # whole batches: fewer shapes for JAX to compile
@@ -94,6 +95,7 @@ def test_streamed_fit_takes_the_in_memory_steps(be, rng, tmp_path, shuffle):
     _no_prefetch_thread_left()
 
 
+@pytest.mark.fit_level
 def test_streamed_evaluate_and_predict_agree(be, rng, tmp_path):
     x, y = blobs(70, rng=rng, spread=0.4)
     mx, my = _memmap(tmp_path / "x.bin", x), _memmap(tmp_path / "y.bin", y)
@@ -256,6 +258,7 @@ def _endless(x, y, batch_size):
             yield x[s:s + batch_size], y[s:s + batch_size]
 
 
+@pytest.mark.fit_level
 def test_generator_with_steps_per_epoch_takes_the_unshuffled_steps(be, rng):
     x, y = blobs(56, rng=rng, spread=0.4)
     ref, h_ref, _ = _fit(x, y, batch_size=16, shuffle=False, epochs=3)
@@ -280,6 +283,7 @@ def test_reiterable_list_of_batches_restarts_each_epoch(rng):
         _same_steps(short, once)
 
 
+@pytest.mark.fit_level
 def test_torch_dataloader(be, rng):
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader, TensorDataset

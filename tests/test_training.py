@@ -18,6 +18,7 @@ def _model():
     return xn.Sequential(xn.Linear(4, 16), xn.ReLU(), xn.Linear(16, 3))
 
 
+@pytest.mark.fit_level
 def test_fit_learns_and_reports(be):
     x, y = blobs(240, spread=0.4)
     xv, yv = blobs(90, seed=1, spread=0.4)
@@ -54,6 +55,7 @@ def test_evaluate_counts_by_hand():
     assert out["loss"] == pytest.approx(-np.mean(logp[np.arange(4), y]), rel=1e-6)
 
 
+@pytest.mark.fit_level
 def test_fit_accepts_data_already_on_the_device(be):
     x, y = blobs(64, spread=0.4)
     model = _model()
@@ -197,6 +199,7 @@ def test_out_of_range_labels_in_a_list_are_refused():
             quick_fit(_mlp(), x, [int(v) for v in y[:-1]] + [5])
 
 
+@pytest.mark.fit_level
 def test_out_of_range_labels_on_a_device_turn_the_loss_nan(be):
     """On a device the labels cannot be checked without a host read: the loss must turn
     NaN (which fit reports), never train on as all-zero targets."""
@@ -233,6 +236,7 @@ def test_fit_stops_at_a_non_finite_loss_and_keeps_the_last_finite_weights():
         np.testing.assert_array_equal(p.value, b)
 
 
+@pytest.mark.fit_level
 def test_a_nan_loss_stops_fit_at_the_epoch_end_by_default(be):
     """No per-batch read: the first read of the loss (the epoch's end, with no bar) stops
     training; the weights are those of the last finite epoch."""
@@ -271,6 +275,7 @@ def test_a_nan_loss_stops_fit_at_the_first_progress_report():
 
 
 # inputs of another dtype
+@pytest.mark.fit_level
 def test_integer_and_bool_inputs_are_cast_to_the_model_dtype(be):
     rng = np.random.default_rng(0)
     x = rng.integers(0, 3, size=(40, 4))
@@ -332,6 +337,7 @@ def _two_inputs():
     return xn.Graph(inputs=[a, b], outputs=xn.Linear(6, 2)(joined))
 
 
+@pytest.mark.fit_level
 def test_multi_input_graphs_take_a_list_everywhere(be):
     rng = np.random.default_rng(0)
     xa, xb = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
