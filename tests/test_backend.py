@@ -279,3 +279,44 @@ def test_device_alone_means_the_current_backend_on_that_device():
         layer = xn.Linear(2, 2, device="device2")
     where = xn.backend.backend_of(layer.weight.value)
     assert (where.name, where.device_name) == ("array_api_strict", "device2")
+
+
+def test_with_on_the_current_backend_keeps_the_selection():
+    """Only the first `with` on what use() returned ends that use (as with
+    torch.set_grad_enabled); `with xn.current():` or `with model.backend:` restore the
+    selection they found."""
+    before = xn.current()
+    try:
+        xn.use("numpy")
+        xn.use("array_api_strict")
+        with xn.current():
+            pass
+        assert xn.current().name == "array_api_strict"
+        model = xn.Linear(2, 2)
+        with model.backend:
+            pass
+        assert xn.current().name == "array_api_strict"
+        used = xn.use("array_api_strict", device="device1")
+        with used as be:
+            with used:  # entered again: nothing more to undo
+                pass
+            assert xn.current() is be and be == used
+        assert xn.current().device_name == "cpu"  # the use() call is undone by its block
+    finally:  # this test moves the selection on purpose; the next test must not see it
+        xn.use(before.name, device=before.device_name)
+
+
+def test_host_helpers_accept_what_numpy_accepts():
+    np.testing.assert_array_equal(xn.to_numpy(1.5), np.array(1.5))
+    np.testing.assert_array_equal(xn.to_numpy([1, 2]), np.array([1, 2]))
+    be = backend_module.make("numpy")
+    swapped = np.arange(3, dtype=">f4")
+    np.testing.assert_array_equal(be.asarray(swapped), swapped)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 0\]"):
+        xn.QuadraticCost()(np.zeros((3, 1), dtype=np.float32), np.array([0, 1, 1]))
+
+
+def test_use_refuses_a_name_that_is_not_a_string():
+    """Checked at once, naming the argument."""
+    with xn.use("numpy"), pytest.raises(TypeError, match="backend name must be a string.*got None"):
+        xn.use(None)

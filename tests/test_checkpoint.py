@@ -1050,3 +1050,36 @@ def test_a_loss_checkpoints_cannot_rebuild_is_left_out_with_a_warning(tmp_path):
     assert loaded.loss is None
     for k, v in model.state_dict().items():
         np.testing.assert_array_equal(loaded.state_dict()[k], v)
+
+
+# -- loading builds only what the file names, on the backend asked for ------------------
+def test_loading_a_graph_needs_only_the_backend_asked_for(tmp_path, monkeypatch):
+    import contextvars
+
+    with xn.use("numpy"):
+        inp = xn.Input(shape=(3,))
+        model = xn.Graph(inputs=inp, outputs=xn.ReLU()(xn.Linear(3, 2)(inp)))
+        xn.save(tmp_path / "g.xpnet", model)
+    monkeypatch.setattr(xpnet.backend, "_from_environment", None)
+    monkeypatch.setenv("XPNET_BACKEND", "cupy")  # not usable here; must not be touched
+    loaded = contextvars.Context().run(xn.load, tmp_path / "g.xpnet", backend="numpy")
+    np.testing.assert_array_equal(loaded.parameters()[0].value, model.parameters()[0].value)
+
+
+def test_a_user_class_cannot_take_over_a_registered_name(tmp_path):
+    class ReLU(xn.Layer):  # the same short name as xpnet's
+        def forward(self, x, *, train=True):
+            return x
+
+    class Doubler(xn.Layer):
+        def forward(self, x, *, train=True):
+            return 2 * x
+
+    from xpnet.layers import LAYER_TYPES
+
+    assert LAYER_TYPES["ReLU"] is xn.ReLU and "Merge" not in LAYER_TYPES
+    with xn.use("numpy"):
+        path = tmp_path / "m.xpnet"
+        xn.save(path, xn.Sequential(xn.Linear(2, 2), xn.ReLU(), ReLU(), Doubler()))
+        loaded = xn.load(path)
+    assert [type(layer) for layer in loaded] == [xn.Linear, xn.ReLU, ReLU, Doubler]

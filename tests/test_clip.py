@@ -131,6 +131,7 @@ def _data(n=48, seed=0):
     return r.standard_normal((n, 4)).astype(np.float32), r.integers(0, 3, n)
 
 
+@pytest.mark.fit_level
 @pytest.mark.parametrize("how", ["norm", "value"])
 def test_fit_clips_after_backward_before_the_step(be, how):
     """fit(clip_grad_*) takes the steps of a hand-written loop that clips each batch."""

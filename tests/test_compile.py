@@ -152,6 +152,7 @@ def test_fit_compile_equals_fit(be, aot_eager, recwarn):
         np.testing.assert_allclose(h1.history[key], h0.history[key], rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow  # ~20 s; the README and CI run -m "slow or not slow"
 def test_inductor_mlp_matches_eager():
     """The real torch.compile (inductor, C++ on the CPU) on one model."""
     pytest.importorskip("torch")

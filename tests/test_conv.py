@@ -1,4 +1,5 @@
-"""Convolution, pooling, reshaping, dropout and batch norm on every backend case."""
+"""Convolution, pooling and reshaping on every backend case, and the layers on NumPy's
+fast convolution paths (BatchNorm: test_norm.py; Dropout: test_dropout.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import pytest
 from conftest import assert_on
 
 import xpnet as xn
+from xpnet.backends.numpy import _ConvTape
+from xpnet.testing import check_layer
 
 
 def _conv_reference(x, w, b, stride, padding):
@@ -94,85 +97,6 @@ def test_flatten_and_reshape(be, rng):
     assert xn.gradcheck(model, x)
 
 
-def test_batchnorm(be, rng):
-    layer = xn.BatchNorm1D(3)
-    x_host = rng.standard_normal((6, 3, 4)) * 2 + 1
-    x = be.asarray(x_host, dtype="float32")
-    y = xn.to_numpy(layer.forward(x))
-    mean = x_host.mean(axis=(0, 2), keepdims=True)
-    var = x_host.var(axis=(0, 2), keepdims=True)
-    np.testing.assert_allclose(y, (x_host - mean) / np.sqrt(var + 1e-5), rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(xn.to_numpy(layer.running_mean.value),
-                               0.1 * mean.reshape(-1), rtol=1e-5, atol=1e-6)
-    unbiased = x_host.var(axis=(0, 2), ddof=1)
-    np.testing.assert_allclose(xn.to_numpy(layer.running_var.value), 0.9 + 0.1 * unbiased,
-                               rtol=1e-5)
-    ev = xn.to_numpy(layer(x))  # inference: running statistics
-    rm, rv = 0.1 * mean, 0.9 + 0.1 * unbiased.reshape(1, 3, 1)
-    np.testing.assert_allclose(ev, (x_host - rm) / np.sqrt(rv + 1e-5), rtol=1e-4, atol=1e-5)
-    assert xn.gradcheck(layer, x)
-    layer2 = xn.BatchNorm2D(2)
-    layer2.weight.value = be.asarray(rng.standard_normal(2), dtype="float32")
-    x2 = be.asarray(rng.standard_normal((3, 2, 3, 3)), dtype="float32")
-    assert_on(be, layer2.forward(x2))
-    assert xn.gradcheck(layer2, x2)
-    assert [n for n, _ in layer2.named_parameters()] == ["weight", "bias"]
-
-
-def test_dropout(be, rng):
-    x = be.asarray(np.ones((200, 50)), dtype="float32")
-    layer = xn.Dropout(0.3)
-    y = layer.forward(x)
-    assert_on(be, y)
-    out = xn.to_numpy(y)
-    kept = out != 0
-    assert abs(kept.mean() - 0.7) < 0.02
-    np.testing.assert_allclose(out[kept], 1 / 0.7, rtol=1e-6)
-    dx = xn.to_numpy(layer.backward(be.asarray(np.full((200, 50), 2.0), dtype="float32")))
-    np.testing.assert_allclose(dx, 2 * out, rtol=1e-6)
-    np.testing.assert_array_equal(xn.to_numpy(layer(x)), np.ones((200, 50)))  # inference
-    xn.seed(4)
-    a = xn.to_numpy(layer.forward(x))
-    b = xn.to_numpy(layer.forward(x))
-    xn.seed(4)
-    np.testing.assert_array_equal(xn.to_numpy(layer.forward(x)), a)  # same seed, same mask
-    assert not np.array_equal(a, b)  # the next draw differs
-    small = be.asarray(rng.standard_normal((4, 5)), dtype="float32")
-    assert xn.gradcheck(xn.Sequential(xn.Linear(5, 6), xn.Dropout(0.5), xn.Tanh()), small)
-
-
-def test_cupy_dropout_draws_on_the_device(monkeypatch):
-    """The CuPy branch draws inside the array's device with the counter-based generator
-    (no generator state set up per draw): the numbers its captured steps draw, and the
-    same bits on every library that uses it."""
-    import types
-
-    import array_api_compat.numpy as npx
-
-    from xpnet.backends import ADAPTERS
-    from xpnet.backends.base import Placement
-    from xpnet.backends.standard import counter_uniform, fold_key
-
-    calls = []
-
-    class FakeDevice:
-        def __enter__(self):
-            calls.append("enter")
-
-        def __exit__(self, *a):
-            calls.append("exit")
-
-    cupy = ADAPTERS["cupy"]
-    monkeypatch.setattr(cupy, "placement_of", lambda x: Placement(npx, "cpu", "cpu"))
-    like = types.SimpleNamespace(device=FakeDevice(), dtype=np.float32)
-    out = cupy.uniform(like, (2, 3), (7, 5, 4))
-    assert calls == ["enter", "exit"]
-    want = counter_uniform(npx, (2, 3), np.float32, "cpu", fold_key((7, 5)), 4)
-    np.testing.assert_array_equal(out, want)
-    assert out.dtype == np.float32 and 0 <= out.min() and out.max() < 1
-    assert not np.array_equal(out, cupy.uniform(like, (2, 3), (7, 5, 5)))
-
-
 def test_conv_bad_input_is_named():
     xn.use("numpy")  # NumPy inputs below (auto picks CuPy on a GPU)
     layer = xn.Conv1D(2, 4, kernel_size=7, padding=1)
@@ -185,3 +109,54 @@ def test_conv_bad_input_is_named():
         xn.Conv2D(1, 1, 3)(np.zeros((1, 9, 9), dtype=np.float32))
     with pytest.raises(ValueError, match="MaxPool2D: kernel_size needs 2 value"):
         xn.MaxPool2D((2, 2, 2))
+
+
+# -- the layers on NumPy's fast paths (the paths themselves: test_ops.py) -------------
+def test_conv_net_matches_torch_float64():
+    """Bench (d)'s network, small: both convolutions on NumPy's flat path (and the
+    first one's per-tap weight gradient), both poolings on the winner path, against
+    torch.nn with the same weights: output, input and every parameter gradient."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    nn = torch.nn
+    with xn.use("numpy"):
+        xn.seed(3)
+        model = xn.Sequential(xn.Conv2D(1, 4, 3, padding=1, dtype="float64"), xn.ReLU(),
+                              xn.MaxPool2D(2),
+                              xn.Conv2D(4, 6, 3, padding=1, dtype="float64"), xn.ReLU(),
+                              xn.MaxPool2D(2), xn.Flatten())
+    ref = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Conv2d(4, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                        nn.Flatten()).double()
+    ref.load_state_dict({k: torch.tensor(v) for k, v in model.state_dict().items()})
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((3, 1, 12, 12))
+    y = model.forward(x)
+    conv = model[0]
+    assert isinstance(conv._ctx, _ConvTape) and conv._ctx.lattice.flat and conv._ctx.per_tap
+    assert isinstance(model[3]._ctx, _ConvTape)
+    dy = rng.standard_normal(y.shape)
+    dx = model.backward(dy)
+    xt = torch.tensor(x, requires_grad=True)
+    yt = ref(xt)
+    yt.backward(torch.tensor(dy))
+    np.testing.assert_allclose(y, yt.detach().numpy(), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-9, atol=1e-12)
+    grads = {name: p.grad for name, p in model.named_parameters()}
+    for name, p in ref.named_parameters():
+        np.testing.assert_allclose(grads[name], p.grad.numpy(), rtol=1e-9, atol=1e-12,
+                                   err_msg=name)
+
+
+@pytest.mark.parametrize("kind, args, shape", [
+    ("Conv2D", (2, 3, 3), (1, 2, 8, 8)),        # NumPy: flat grid, per-tap dW
+    ("Conv2D", (5, 2, 3), (1, 5, 8, 8)),        # NumPy: flat grid, dW from cols
+    ("Conv1D", (3, 2, 3), (2, 3, 12)),          # NumPy: a 1-D flat grid
+])
+def test_fast_path_layers_check_layer(be, rng, kind, args, shape):
+    """check_layer on NumPy's fast-path shapes (it also runs copies on torch's meta
+    device and array-api-strict's device1); the other cases run these layers in
+    test_conv above and test_conv_groups.py."""
+    if be.name != "numpy":
+        pytest.skip("these shapes choose NumPy-only paths; the other backends run test_conv")
+    layer = getattr(xn, kind)(*args, padding=1)
+    check_layer(layer, be.asarray(rng.standard_normal(shape), dtype="float32"))

@@ -12,6 +12,7 @@ import json
 import numpy as np
 import pytest
 from conftest import assert_on
+from helpers import wide
 
 import xpnet as xn
 from xpnet.testing import check_layer
@@ -50,11 +51,6 @@ def _host(a):
     return xn.to_numpy(a).astype(np.float64)
 
 
-def _wide(be):
-    """float64 where the device has it; float32 and a looser tolerance where not."""
-    return ("float64", 1e-9) if be.supports("float64") else ("float32", 1e-4)
-
-
 def _inputs(be, rng, dtype, *shapes):
     return [be.asarray(rng.standard_normal(s), dtype=dtype) for s in shapes]
 
@@ -73,7 +69,7 @@ def test_chain_passes_check_layer(be, rng):
 def test_gradient_is_the_sum_over_uses(be, rng):
     """The shared weight's gradient equals the sum of those of two separate layers holding
     copies of it, and the NumPy formula; the input gradients agree too."""
-    dtype, tol = _wide(be)
+    dtype, tol = wide(be)
     model, f = _siamese(dtype)
     a, b = xn.Input(shape=(4,)), xn.Input(shape=(4,))
     f1, f2 = xn.Linear(4, 3, dtype=dtype), xn.Linear(4, 3, dtype=dtype)
@@ -100,7 +96,7 @@ def test_gradient_is_the_sum_over_uses(be, rng):
 
 
 def test_chain_matches_numpy(be, rng):
-    dtype, tol = _wide(be)
+    dtype, tol = wide(be)
     model, f = _chain(dtype)
     x, dy = _inputs(be, rng, dtype, (5, 4), (5, 4))
     y, dx = model.forward(x), model.backward(dy)
@@ -113,7 +109,7 @@ def test_chain_matches_numpy(be, rng):
 @pytest.mark.parametrize("which", ["siamese", "chain"])
 def test_matches_a_torch_module_called_twice(be, rng, which):
     torch = pytest.importorskip("torch", reason="torch is not installed")
-    dtype, tol = _wide(be)
+    dtype, tol = wide(be)
     n_in = 2 if which == "siamese" else 1
     model, _ = (_siamese if which == "siamese" else _chain)(dtype)
     out = 3 if which == "siamese" else 4
@@ -173,7 +169,7 @@ def test_summary_counts_a_shared_layer_once(be):
 
 
 def test_sgd_step_moves_both_uses_by_the_summed_gradient(be, rng):
-    dtype, tol = _wide(be)
+    dtype, tol = wide(be)
     model, f = _chain(dtype)
     f1, f2 = xn.Linear(4, 4, dtype=dtype), xn.Linear(4, 4, dtype=dtype)
     for g in (f1, f2):
@@ -191,6 +187,7 @@ def test_sgd_step_moves_both_uses_by_the_summed_gradient(be, rng):
     np.testing.assert_allclose(_host(f.weight.value), want, rtol=tol, atol=tol)
 
 
+@pytest.mark.fit_level
 def test_fit_trains_the_shared_weight(be, rng):
     model, f = _chain()
     x = rng.standard_normal((16, 4)).astype(np.float32)

@@ -1,13 +1,16 @@
-"""Every layer on every backend case: check_layer (gradcheck, device and dtype, meta,
-device1) and a NumPy reference."""
+"""Linear and Sequential on every backend case: check_layer (gradcheck, device and
+dtype, meta, device1), NumPy references (Linear on any leading shape), torch.nn.Linear
+in float64; float64 layers; inputs and arguments of the wrong kind named at once."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from conftest import assert_on
+from helpers import torch_compare, wide
 
 import xpnet as xn
+from xpnet.backend import to_numpy
 from xpnet.testing import check_layer
 
 
@@ -15,24 +18,10 @@ def _sigmoid(z):
     return 1.0 / (1.0 + np.exp(-z))
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
-# name -> (factory, input shape, NumPy reference of forward given the layer)
 def _linear_ref(layer, x):
     W = xn.to_numpy(layer.weight.value).astype(np.float64)
     b = xn.to_numpy(layer.bias.value).astype(np.float64)
     return np.einsum("ni,oi->no", x, W) + b
-
-
-ACTIVATIONS = {
-    "Sigmoid": (xn.Sigmoid, _sigmoid),
-    "Tanh": (xn.Tanh, np.tanh),
-    "ReLU": (xn.ReLU, lambda z: np.where(z > 0, z, 0.0)),
-    "Softmax": (xn.Softmax, _softmax),
-}
 
 
 def _input(rng, shape, avoid_zero=False):
@@ -40,18 +29,6 @@ def _input(rng, shape, avoid_zero=False):
     if avoid_zero:  # finite differences across ReLU's kink are meaningless
         x = np.where(np.abs(x) < 0.1, 0.5, x)
     return x
-
-
-@pytest.mark.parametrize("name", list(ACTIVATIONS))
-def test_activation(be, rng, name):
-    make, ref = ACTIVATIONS[name]
-    x_host = _input(rng, (5, 4), avoid_zero=True)
-    x = be.asarray(x_host, dtype="float32")
-    layer = make()
-    check_layer(layer, x)
-    y = layer.forward(x)
-    np.testing.assert_allclose(xn.to_numpy(y), ref(x_host.astype(np.float32)),
-                               rtol=1e-5, atol=1e-6)
 
 
 def test_linear(be, rng):
@@ -121,22 +98,6 @@ def test_sequential_mlp(be, rng):
         "0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
 
 
-def test_sigmoid_does_not_overflow(be):
-    x = be.asarray(np.array([[-1000.0, 0.0, 1000.0]]), dtype="float32")
-    with np.errstate(all="raise"):
-        y = xn.to_numpy(xn.Sigmoid().forward(x))
-    np.testing.assert_array_equal(y, [[0.0, 0.5, 1.0]])
-
-
-def test_softmax_subtracts_row_max(be):
-    x = be.asarray(np.array([[1000.0, 1001.0, 1002.0], [-1000.0, -1000.0, -1000.0]]),
-                   dtype="float32")
-    y = xn.to_numpy(xn.Softmax().forward(x))
-    e = np.exp([0.0, 1.0, 2.0])
-    np.testing.assert_allclose(y[0], e / e.sum(), rtol=1e-6)
-    np.testing.assert_allclose(y[1], [1 / 3] * 3, rtol=1e-6)
-
-
 def test_float64_layers(be, rng):
     if not be.supports("float64"):
         with pytest.raises(TypeError, match="float64"):
@@ -156,3 +117,80 @@ def test_sequential_refuses_one_layer_twice():
     f = xn.Linear(3, 3)
     with pytest.raises(ValueError, match=r"item 2 is the same layer object as item 0.*Graph"):
         xn.Sequential(f, xn.Tanh(), f)
+
+
+# -- input and arguments of the wrong kind -------------------------------------------
+def test_a_layer_given_another_dtype_names_it(be):
+    layer = xn.Linear(4, 2)
+    with pytest.raises(TypeError, match=r"Linear\(in_features=4.*expected input of dtype "
+                                        r"float32 \(the parameters'\), got int64"):
+        layer(be.asarray(np.ones((2, 4), dtype=np.int64)))
+    bn = xn.BatchNorm1D(4)
+    with pytest.raises(TypeError, match=r"BatchNorm1D.*dtype float32.*got int64"):
+        bn(be.asarray(np.ones((2, 4), dtype=np.int64)))
+
+
+# -- arguments checked at once, naming the argument -------------------------------------
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: xn.Conv1D(1, -1, 2), ValueError, "Conv1D: out_channels must be >= 1, got -1"),
+    (lambda: xn.Conv1D(1, 2, 2.5), TypeError, "Conv1D: kernel_size must be an integer"),
+    (lambda: xn.Dropout("0.5"), TypeError, "Dropout: p must be a number, got '0.5'"),
+    (lambda: xn.Linear(2.5, 3), TypeError, "Linear: in_features must be an integer, got 2.5"),
+    (lambda: xn.Linear(2, 3, dtype="int32"), ValueError, "Linear: dtype must be one of"),
+    (lambda: xn.BatchNorm1D(True), TypeError, "num_features must be an integer"),
+    (lambda: xn.Reshape((2, 0)), ValueError, "Reshape: shape must be >= 1"),
+])
+def test_layer_arguments_raise_at_once_naming_the_argument(call, error, pattern):
+    with xn.use("numpy"), pytest.raises(error, match=pattern):
+        call()
+
+
+# -- Linear on any leading shape ----------------------------------------------------
+def test_linear_on_any_leading_shape(be, rng):
+    layer = xn.Linear(4, 3)
+    layer.bias.value = be.asarray(rng.standard_normal(3), dtype="float32")
+    for shape in [(2, 3, 4), (4,), (2, 1, 2, 4)]:
+        x_host = rng.standard_normal(shape).astype(np.float32)
+        x = be.asarray(x_host)
+        if len(shape) == 3:
+            check_layer(layer, x)
+        y = layer.forward(x)
+        assert_on(be, y)
+        W, b = to_numpy(layer.weight.value), to_numpy(layer.bias.value)
+        np.testing.assert_allclose(to_numpy(y), np.einsum("...i,oi->...o", x_host, W) + b,
+                                   rtol=1e-5, atol=1e-5)
+        layer.zero_grad()
+        dy = rng.standard_normal(tuple(y.shape)).astype(np.float32)
+        dx = layer.backward(be.asarray(dy))
+        assert tuple(dx.shape) == shape
+        np.testing.assert_allclose(to_numpy(dx), np.einsum("...o,oi->...i", dy, W),
+                                   rtol=1e-5, atol=1e-5)
+        lead = list(np.ndindex(shape[:-1]))  # every position's outer product, summed
+        np.testing.assert_allclose(to_numpy(layer.weight.grad),
+                                   sum(np.outer(dy[i], x_host[i]) for i in lead),
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(to_numpy(layer.bias.grad), sum(dy[i] for i in lead),
+                                   rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match=r"Linear.*\(batch, 4\), got \(2, 3, 5\).*\(\.\.\., 4\)"):
+        layer.forward(be.asarray(np.zeros((2, 3, 5)), dtype="float32"))
+
+
+def test_linear_leading_shape_then_2d_uses_each_own_cache(be, rng):
+    """A 3-D pass then a 2-D pass: backward follows the last forward, not a stale shape."""
+    layer = xn.Linear(3, 2)
+    layer.forward(be.asarray(rng.standard_normal((2, 2, 3)), dtype="float32"))
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    layer.forward(be.asarray(x))
+    dy = rng.standard_normal((5, 2)).astype(np.float32)
+    layer.zero_grad()
+    dx = layer.backward(be.asarray(dy))
+    assert tuple(dx.shape) == (5, 3)
+    np.testing.assert_allclose(to_numpy(layer.weight.grad), dy.T @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_linear_3d_matches_torch(be, rng):
+    torch = pytest.importorskip("torch")
+    dtype, _ = wide(be)
+    layer = xn.Linear(4, 3, dtype=dtype)
+    torch_compare(be, layer, torch.nn.Linear(4, 3).double(), rng.standard_normal((2, 3, 4)),
+                   params=("weight", "bias"))

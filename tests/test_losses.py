@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -114,3 +115,39 @@ def test_target_shape_mismatch(be):
 def test_backward_before_forward():
     with pytest.raises(RuntimeError, match="needs a forward"):
         xn.SoftmaxCrossEntropy().backward()
+
+
+# -- BinaryCrossEntropy on probabilities -----------------------------------------------
+def test_binary_cross_entropy_from_probabilities(be):
+    p_host = np.array([[0.9], [0.2], [0.6], [0.4]])
+    t_host = np.array([1.0, 0.0, 0.0, 1.0])
+    loss = xn.BinaryCrossEntropy(from_logits=False)
+    c = loss.forward(be.asarray(p_host, dtype="float32"), be.asarray(t_host, dtype="float32"))
+    want = -np.mean(t_host * np.log(p_host[:, 0]) + (1 - t_host) * np.log(1 - p_host[:, 0]))
+    assert float(xn.to_numpy(c)) == pytest.approx(want, rel=1e-5)
+    g = xn.to_numpy(loss.backward())[:, 0]
+    np.testing.assert_allclose(g, (p_host[:, 0] - t_host) / (p_host[:, 0] * (1 - p_host[:, 0]))
+                               / 4, rtol=1e-4)
+    acc = xn.metrics.Accuracy()
+    acc.prepare(loss, 1)
+    hits = acc.correct(be.asarray(p_host, dtype="float32"), be.asarray(t_host.astype(np.int64)))
+    assert float(xn.to_numpy(hits)) == 2.0  # 0.9 right, 0.2 right, 0.6 wrong, 0.4 wrong
+
+
+def test_a_sigmoid_model_with_a_logits_loss_warns_once_and_probabilities_score_right():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((200, 2)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+    with xn.use("numpy"):
+        xn.seed(0)
+        model = xn.Sequential(xn.Linear(2, 1), xn.Sigmoid())
+        model[0].weight.value = np.array([[20.0, 0.0]], dtype=np.float32)
+        model[0].bias.value = np.zeros(1, dtype=np.float32)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            xn.evaluate(model, x, y, loss=xn.BinaryCrossEntropy())
+            xn.evaluate(model, x, y, loss=xn.BinaryCrossEntropy())
+        squashed = [w for w in seen if "outputs probabilities" in str(w.message)]
+        assert len(squashed) == 1 and "from_logits=False" in str(squashed[0].message)
+        right = xn.evaluate(model, x, y, loss=xn.BinaryCrossEntropy(from_logits=False))
+    assert right["accuracy"] >= 0.99

@@ -111,3 +111,20 @@ def test_a_schedule_giving_a_negative_rate_is_refused():
                                          r"a schedule must give finite rates >= 0"):
         opt.step()
     np.testing.assert_allclose(p.value, [-0.1, -0.1])  # the refused step changed nothing
+
+
+# -- hyperparameters are checked where given ------------------------------------------
+@pytest.mark.parametrize("make, pattern", [
+    (lambda p: xn.SGD(p, lr=float("nan")), "SGD: lr must be a finite number"),
+    (lambda p: xn.SGD(p, lr=0.1, momentum=1.5), "SGD: momentum must be"),
+    (lambda p: xn.Adam(p, betas=(1.0, 0.9)), r"Adam: betas\[0\] must be"),
+    (lambda p: xn.Adam(p, eps=0.0), "Adam: eps must be"),
+    (lambda p: xn.CosineLR(-1.0, 10), "CosineLR: lr must be"),
+    (lambda p: xn.CosineLR(0.1, 0), "CosineLR: total_steps must be >= 1"),
+    (lambda p: xn.StepLR(0.1, step_size=0), "StepLR: step_size must be >= 1"),
+    (lambda p: xn.StepLR(0.1, step_size=2.5), "StepLR: step_size must be an integer"),
+])
+def test_hyperparameters_are_checked_where_given(make, pattern):
+    p = [xn.Parameter("w", np.zeros(2, dtype=np.float32))]
+    with pytest.raises((ValueError, TypeError), match=pattern):
+        make(p)

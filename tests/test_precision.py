@@ -2,7 +2,9 @@
 
 Every backend case runs what applies to it: the mixed fits where its library has the
 dtype (torch, JAX: both; NumPy, CuPy: float16), the clear error where it has not
-(array-api-strict: neither; NumPy: bfloat16).
+(array-api-strict: neither; NumPy: bfloat16). That table is LOW_PRECISION below: one
+test asserts it on every case, and the others consult it, so a backend that loses a
+dtype fails instead of skipping.
 """
 
 from __future__ import annotations
@@ -12,12 +14,25 @@ import math
 
 import numpy as np
 import pytest
+from helpers import blobs
 
 import xpnet as xn
 from xpnet.layers.base import Layer
 from xpnet.train.precision import MixedPrecision, resolve
 
 DTYPES = {"bf16-mixed": "bfloat16", "fp16-mixed": "float16"}
+
+#: The low-precision dtypes each backend offers for mixed precision
+#: (``Adapter.low_precision_dtype``): torch and JAX both; NumPy and CuPy float16 only
+#: (NumPy's bfloat16 would be ml_dtypes', which NumPy's array API namespace refuses);
+#: array-api-strict neither (the array API standard defines neither).
+LOW_PRECISION = {
+    "numpy": {"float16"},
+    "array_api_strict": set(),
+    "torch": {"bfloat16", "float16"},
+    "jax": {"bfloat16", "float16"},
+    "cupy": {"float16"},
+}
 
 
 def _host(a):
@@ -26,20 +41,18 @@ def _host(a):
 
 
 def _low_or_skip(be, precision: str):
-    """``be``'s low-precision dtype for ``precision``, or skip saying why it has none."""
-    try:
-        return be.adapter.low_precision_dtype(be.xp, DTYPES[precision])
-    except TypeError as e:
-        pytest.skip(f"{precision} on {be.name}: {e}")
+    """``be``'s low-precision dtype for ``precision``; a skip where LOW_PRECISION says the
+    library has none (test_low_precision_support_matrix holds the library to that), an
+    error where the table says it has one."""
+    name = DTYPES[precision]
+    if name not in LOW_PRECISION[be.name]:
+        pytest.skip(f"{precision} on {be.name}: the library has no {name} (LOW_PRECISION)")
+    return be.adapter.low_precision_dtype(be.xp, name)
 
 
-def _blobs(n=128, seed=0):
+def _blobs(n=128):
     """Three Gaussian blobs in 8-D (offset from 0, so BatchNorm's statistics matter)."""
-    rng = np.random.default_rng(seed)
-    centers = 3.0 * np.eye(3, 8) + 1.5
-    y = rng.integers(0, 3, size=n)
-    x = centers[y] + 0.5 * rng.standard_normal((n, 8))
-    return x.astype(np.float32), y.astype(np.int64)
+    return blobs(n, width=8, scale=3.0, offset=1.5, spread=0.5)
 
 
 def _model():
@@ -70,6 +83,21 @@ def _fit(be, precision, x, y):
     if precision == "32":
         _float32_runs[key] = (model, opt, h)
     return model, opt, h
+
+
+# -- which backend offers which dtype ------------------------------------------------------
+def test_low_precision_support_matrix(be):
+    """bfloat16 and float16 are each offered exactly where LOW_PRECISION says: a floating
+    16-bit dtype of the library where it lists the dtype, a TypeError naming the dtype
+    where it does not."""
+    for name in ("bfloat16", "float16"):
+        if name in LOW_PRECISION[be.name]:
+            low = be.adapter.low_precision_dtype(be.xp, name)
+            assert be.xp.isdtype(low, "real floating"), name
+            assert be.xp.finfo(low).bits == 16, name
+        else:
+            with pytest.raises(TypeError, match=f"{be.name}.*{name}"):
+                be.adapter.low_precision_dtype(be.xp, name)
 
 
 # -- the precision argument ------------------------------------------------------------
@@ -115,14 +143,14 @@ def test_unsupported_dtype_is_a_clear_error(be, precision):
     """Where the library has no such dtype, fit says which and changes nothing; where it
     has one, the adapter returns a floating dtype of the library."""
     name = DTYPES[precision]
-    try:
+    if name in LOW_PRECISION[be.name]:
         low = be.adapter.low_precision_dtype(be.xp, name)
-    except TypeError as e:
-        message = str(e)
-    else:
         assert be.xp.isdtype(low, "real floating")
         assert be.xp.finfo(low).bits == 16
         return
+    with pytest.raises(TypeError) as raised:
+        be.adapter.low_precision_dtype(be.xp, name)
+    message = str(raised.value)
     assert be.name in message and name in message
     if be.name == "array_api_strict":
         assert "standard defines neither" in message
@@ -147,6 +175,7 @@ def test_unsupported_dtype_is_a_clear_error(be, precision):
 
 
 # -- mixed fits --------------------------------------------------------------------------
+@pytest.mark.fit_level
 @pytest.mark.parametrize("precision", ["bf16-mixed", "fp16-mixed"])
 def test_mixed_fit_keeps_float32_masters_and_follows_the_float32_run(be, precision, tmp_path):
     _low_or_skip(be, precision)
@@ -206,14 +235,10 @@ def test_norm_statistics_in_float32(be, kind, rng):
     """A float16/bfloat16 input: the output is what float32 arithmetic on the same
     (upcast) input and parameters gives, rounded once; gradients likewise; running
     statistics stay float32 and move as float32 arithmetic moves them."""
-    low = None
-    for precision in ("bf16-mixed", "fp16-mixed"):
-        try:
-            low = be.adapter.low_precision_dtype(be.xp, DTYPES[precision])
-        except TypeError as e:
-            why = str(e)
-    if low is None:
-        pytest.skip(f"{be.name} has no low-precision dtype: {why}")
+    offered = [name for name in ("bfloat16", "float16") if name in LOW_PRECISION[be.name]]
+    if not offered:
+        pytest.skip(f"{be.name} has no low-precision dtype (LOW_PRECISION)")
+    low = be.adapter.low_precision_dtype(be.xp, offered[-1])  # float16 where there is one
     xp = be.xp
     layer = getattr(xn, kind)(16)
     layer.weight.value = be.asarray(rng.uniform(0.5, 1.5, 16), dtype="float32")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import blobs
 
 import xpnet as xn
 
@@ -72,16 +73,10 @@ def test_schedule_arguments():
     assert "warmup_steps=3" in repr(xn.StepLR(0.1, 2, warmup_steps=3))
 
 
-def _blobs(n=48, seed=0):
-    r = np.random.default_rng(seed)
-    y = r.integers(0, 3, n)
-    x = np.eye(3, 4)[y] * 2 + 0.3 * r.standard_normal((n, 4))
-    return x.astype(np.float32), y
-
-
+@pytest.mark.fit_level
 def test_fit_steps_schedules_per_batch_and_any_callable_works(be):
     """A plain callable of the step is an lr: fit asks it once per batch, steps 0, 1..."""
-    x, y = _blobs()
+    x, y = blobs()
     asked = []
 
     def rate(step):
@@ -112,7 +107,7 @@ def test_schedules_round_trip_through_checkpoints(tmp_path, sched):
 
 
 def test_a_callable_that_cannot_be_saved_says_so_early(tmp_path):
-    x, y = _blobs()
+    x, y = blobs()
     with xn.use("numpy"):
         model = xn.Sequential(xn.Linear(4, 3))
         opt = xn.SGD(model, lr=lambda step: 0.1)
@@ -165,8 +160,9 @@ def test_reduce_lr_on_plateau_matches_torch(mode, patience, cooldown, min_lr, mi
     assert got[-1] < 0.1  # the sequences do lower the rate
 
 
+@pytest.mark.fit_level
 def test_reduce_lr_on_plateau_in_fit(be):
-    x, y = _blobs()
+    x, y = blobs()
     model = xn.Sequential(xn.Linear(4, 3))
     opt = xn.SGD(model, lr=0.1)
     # a falling loss never "improves" in max mode: the rate halves every epoch after the first
@@ -178,7 +174,7 @@ def test_reduce_lr_on_plateau_in_fit(be):
 
 
 def test_reduce_lr_on_plateau_arguments():
-    x, y = _blobs()
+    x, y = blobs()
     with xn.use("numpy"):
         model = xn.Sequential(xn.Linear(4, 3))
         opt = xn.SGD(model, lr=xn.CosineLR(0.1, 10))

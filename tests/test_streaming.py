@@ -9,18 +9,10 @@ import time
 import numpy as np
 import pytest
 from conftest import assert_on
+from helpers import blobs
 
 import xpnet as xn
 from xpnet import data as data_mod
-
-
-def _blobs(n, rng, width=4):
-    """Three separated blobs: float32 inputs (n, width), int64 labels (n,)."""
-    y = rng.integers(0, 3, size=n)
-    centers = np.zeros((3, width))
-    centers[np.arange(3), np.arange(3)] = 2.0
-    x = centers[y] + 0.4 * rng.standard_normal((n, width))
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _memmap(path, a):
@@ -85,10 +77,11 @@ def _no_prefetch_thread_left(timeout=3.0):
 
 
 # -- the same steps as in memory ----------------------------------------------------------
+@pytest.mark.fit_level
 @pytest.mark.parametrize("shuffle", [True, "blocks"])
 def test_streamed_fit_takes_the_in_memory_steps(be, rng, tmp_path, shuffle):
-    x, y = _blobs(64, rng)  # whole batches: fewer shapes for JAX to compile
-    xv, yv = _blobs(16, rng)
+    x, y = blobs(64, rng=rng, spread=0.4)  # whole batches: fewer shapes for JAX to compile
+    xv, yv = blobs(16, rng=rng, spread=0.4)
     mx, my = _memmap(tmp_path / "x.bin", x), _memmap(tmp_path / "y.bin", y)
     mxv = _memmap(tmp_path / "xv.bin", xv)
     ref, h_ref, _ = _fit(x, y, shuffle=shuffle, validation_data=(xv, yv))
@@ -102,8 +95,9 @@ def test_streamed_fit_takes_the_in_memory_steps(be, rng, tmp_path, shuffle):
     _no_prefetch_thread_left()
 
 
+@pytest.mark.fit_level
 def test_streamed_evaluate_and_predict_agree(be, rng, tmp_path):
-    x, y = _blobs(70, rng)
+    x, y = blobs(70, rng=rng, spread=0.4)
     mx, my = _memmap(tmp_path / "x.bin", x), _memmap(tmp_path / "y.bin", y)
     xn.seed(0)
     model = _model()
@@ -118,7 +112,7 @@ def test_streamed_evaluate_and_predict_agree(be, rng, tmp_path):
 
 
 def test_resumed_streamed_run_is_exact(rng, tmp_path):
-    x, y = _blobs(50, rng)
+    x, y = blobs(50, rng=rng, spread=0.4)
     mx = _memmap(tmp_path / "x.bin", x)
     with xn.use("numpy"):
         straight, _, _ = _fit(mx, y, epochs=3, shuffle=True)
@@ -132,7 +126,7 @@ def test_resumed_streamed_run_is_exact(rng, tmp_path):
 
 
 def test_multi_input_graph_streams(rng, tmp_path):
-    x, y = _blobs(40, rng)
+    x, y = blobs(40, rng=rng, spread=0.4)
     a, b = x[:, :2].copy(), x[:, 2:].copy()
     ma, mb = _memmap(tmp_path / "a.bin", a), _memmap(tmp_path / "b.bin", b)
 
@@ -187,7 +181,7 @@ def test_block_order_is_a_seeded_permutation_of_runs():
 
 @pytest.mark.parametrize("shuffle,most_reads", [(False, 1), ("blocks", 5), (True, 16)])
 def test_slice_only_data_is_read_in_batch_sized_runs(rng, shuffle, most_reads):
-    x, y = _blobs(64, rng)
+    x, y = blobs(64, rng=rng, spread=0.4)
     xs = SliceOnly(x)
     with xn.use("numpy"):
         _fit(xs, y, epochs=1, batch_size=16, shuffle=shuffle)
@@ -264,8 +258,9 @@ def _endless(x, y, batch_size):
             yield x[s:s + batch_size], y[s:s + batch_size]
 
 
+@pytest.mark.fit_level
 def test_generator_with_steps_per_epoch_takes_the_unshuffled_steps(be, rng):
-    x, y = _blobs(56, rng)
+    x, y = blobs(56, rng=rng, spread=0.4)
     ref, h_ref, _ = _fit(x, y, batch_size=16, shuffle=False, epochs=3)
     got, h, model = _fit(_endless(x, y, 16), None, steps_per_epoch=4, epochs=3)
     _same_steps(ref, got)
@@ -275,7 +270,7 @@ def test_generator_with_steps_per_epoch_takes_the_unshuffled_steps(be, rng):
 
 
 def test_reiterable_list_of_batches_restarts_each_epoch(rng):
-    x, y = _blobs(40, rng)
+    x, y = blobs(40, rng=rng, spread=0.4)
     batches = [(x[s:s + 16], y[s:s + 16]) for s in range(0, 40, 16)]
     with xn.use("numpy"):
         ref, h_ref, _ = _fit(x, y, batch_size=16, shuffle=False, epochs=2)
@@ -288,11 +283,12 @@ def test_reiterable_list_of_batches_restarts_each_epoch(rng):
         _same_steps(short, once)
 
 
+@pytest.mark.fit_level
 def test_torch_dataloader(be, rng):
     torch = pytest.importorskip("torch")
     from torch.utils.data import DataLoader, TensorDataset
 
-    x, y = _blobs(50, rng)
+    x, y = blobs(50, rng=rng, spread=0.4)
     loader = DataLoader(TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
                         batch_size=16, shuffle=False)
     ref, h_ref, _ = _fit(x, y, batch_size=16, shuffle=False, epochs=2)
@@ -304,7 +300,7 @@ def test_torch_dataloader(be, rng):
 
 # -- errors -----------------------------------------------------------------------------------
 def test_argument_errors(rng, tmp_path):
-    x, y = _blobs(20, rng)
+    x, y = blobs(20, rng=rng, spread=0.4)
     with xn.use("numpy"):
         model = _model()
         kw = dict(loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
@@ -328,7 +324,7 @@ def test_argument_errors(rng, tmp_path):
 
 
 def test_iterable_batch_errors_name_the_batch(rng):
-    x, y = _blobs(40, rng)
+    x, y = blobs(40, rng=rng, spread=0.4)
     with xn.use("numpy"):
         model = _model()
         kw = dict(loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
@@ -350,7 +346,7 @@ def test_iterable_batch_errors_name_the_batch(rng):
 
 
 def test_reader_thread_error_surfaces_and_the_thread_ends(rng):
-    x, y = _blobs(64, rng)
+    x, y = blobs(64, rng=rng, spread=0.4)
     with xn.use("numpy"):
         model = _model()
         with pytest.raises(OSError, match="disk on fire at row 40"):
@@ -377,7 +373,7 @@ class _FailingLoss(xn.SoftmaxCrossEntropy):
 
 
 def test_an_error_in_the_step_ends_the_reader_thread(rng, tmp_path):
-    x, y = _blobs(400, rng)
+    x, y = blobs(400, rng=rng, spread=0.4)
     mx = _memmap(tmp_path / "x.bin", x)
     with xn.use("numpy"):
         model = _model()

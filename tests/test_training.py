@@ -1,32 +1,27 @@
-"""fit / evaluate / predict / History / callbacks / summary."""
+"""fit / evaluate / predict, History, the progress display and summary; fit's checks
+of its data and arguments (callbacks: test_callbacks.py, metrics: test_metrics.py)."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 from conftest import assert_on
+from helpers import blobs, poisoned_blobs, quick_fit
 
 import xpnet as xn
-
-
-def _blobs(n=240, seed=0):
-    """Three well separated Gaussian blobs in 4-D: any working trainer fits them."""
-    rng = np.random.default_rng(seed)
-    centers = np.array([[2, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]], dtype=np.float64)
-    y = rng.integers(0, 3, size=n)
-    x = centers[y] + 0.4 * rng.standard_normal((n, 4))
-    return x.astype(np.float32), y.astype(np.int64)
 
 
 def _model():
     return xn.Sequential(xn.Linear(4, 16), xn.ReLU(), xn.Linear(16, 3))
 
 
+@pytest.mark.fit_level
 def test_fit_learns_and_reports(be):
-    x, y = _blobs()
-    xv, yv = _blobs(90, seed=1)
+    x, y = blobs(240, spread=0.4)
+    xv, yv = blobs(90, seed=1, spread=0.4)
     model = _model()
     h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.Adam(model, lr=0.02),
                epochs=8, batch_size=32, validation_data=(xv, yv), progress=False, seed=0)
@@ -60,8 +55,9 @@ def test_evaluate_counts_by_hand():
     assert out["loss"] == pytest.approx(-np.mean(logp[np.arange(4), y]), rel=1e-6)
 
 
+@pytest.mark.fit_level
 def test_fit_accepts_data_already_on_the_device(be):
-    x, y = _blobs(64)
+    x, y = blobs(64, spread=0.4)
     model = _model()
     h = xn.fit(model, be.asarray(x), be.asarray(y), loss=xn.SoftmaxCrossEntropy(),
                optimizer=xn.SGD(model, lr=0.1), epochs=2, batch_size=30, progress=False)
@@ -69,7 +65,7 @@ def test_fit_accepts_data_already_on_the_device(be):
 
 
 def test_fit_is_deterministic_given_seed():
-    x, y = _blobs(100)
+    x, y = blobs(100, spread=0.4)
     runs = []
     for _ in range(2):
         with xn.use("numpy"):
@@ -83,7 +79,7 @@ def test_fit_is_deterministic_given_seed():
 
 
 def test_fit_rejects_bad_labels_before_training():
-    x, y = _blobs(20)
+    x, y = blobs(20, spread=0.4)
     y[5] = 7
     with xn.use("array_api_strict", device="device1"):
         model = _model()
@@ -93,7 +89,7 @@ def test_fit_rejects_bad_labels_before_training():
 
 
 def test_fit_rejects_data_on_another_device():
-    x, y = _blobs(20)
+    x, y = blobs(20, spread=0.4)
     with xn.use("array_api_strict", device="device1"):
         model = _model()
     with xn.use("array_api_strict", device="device2") as other:
@@ -105,7 +101,7 @@ def test_fit_rejects_data_on_another_device():
 
 
 def test_progress_lines_and_silence(capsys):
-    x, y = _blobs(40)
+    x, y = blobs(40, spread=0.4)
     with xn.use("numpy"):
         model = _model()
         xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
@@ -158,63 +154,6 @@ def test_history_plot_returns_a_figure_and_keeps_the_matplotlib_backend(tmp_path
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_early_stopping_restores_best_weights():
-    class Scripted(xn.Callback):
-        """Feeds a made-up validation curve to EarlyStopping."""
-
-    stopper = xn.EarlyStopping(monitor="val_loss", patience=2)
-    with xn.use("numpy"):
-        model = _model()
-    stopper.on_train_begin(model, None)
-    curve = [1.0, 0.5, 0.6, 0.7, 0.4]
-    snapshots = []
-    for epoch, v in enumerate(curve):
-        model[0].weight.value = model[0].weight.value + 1.0
-        snapshots.append(model[0].weight.value.copy())
-        stopper.on_epoch_end(epoch, {"val_loss": v})
-        if stopper.stop_training:
-            break
-    assert epoch == 3 and stopper.best_epoch == 1
-    stopper.on_train_end()
-    np.testing.assert_array_equal(model[0].weight.value, snapshots[1])
-
-
-def test_early_stopping_in_fit_and_unknown_metric():
-    x, y = _blobs(60)
-    with xn.use("numpy"):
-        model = _model()
-        stop = xn.EarlyStopping(monitor="loss", patience=1, min_delta=10.0)
-        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
-                   epochs=10, progress=False, callbacks=[stop])
-        assert len(h.epochs) == 2  # nothing improves by 10: stops after patience
-        # the same callback in a second fit starts afresh, as Keras's does: two epochs
-        # again, not one (stop_training and the count left over from the first fit)
-        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model, lr=0.1),
-                   epochs=10, progress=False, callbacks=[stop])
-        assert len(h.epochs) == 2 and stop.best_epoch == 0
-        with pytest.raises(KeyError, match="val_accuracy.*validation_data"):
-            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(),
-                   optimizer=xn.SGD(model, lr=0.1), epochs=1, progress=False,
-                   callbacks=[xn.EarlyStopping(monitor="val_accuracy")])
-
-
-def test_model_checkpoint_keeps_best(tmp_path):
-    x, y = _blobs(120)
-    xv, yv = _blobs(60, seed=2)
-    path = tmp_path / "best.xpnet"
-    with xn.use("numpy"):
-        model = _model()
-        h = xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=xn.Adam(model, lr=0.01),
-                   epochs=5, progress=False, validation_data=(xv, yv),
-                   callbacks=[xn.ModelCheckpoint(path, monitor="val_loss")])
-        ck = xn.load_checkpoint(path)
-    best = int(np.argmin(h["val_loss"]))
-    assert ck.metadata["epoch"] == best + 1
-    assert ck.metadata["val_loss"] == pytest.approx(h["val_loss"][best])
-    reloaded = xn.evaluate(ck.model, xv, yv, loss=xn.SoftmaxCrossEntropy())
-    assert reloaded["loss"] == pytest.approx(h["val_loss"][best], rel=1e-5)
-
-
 def test_summary_lists_shapes_and_counts(be):
     model = xn.Sequential(xn.Linear(64, 30), xn.Sigmoid(), xn.Linear(30, 10))
     text = model.summary(print_fn=None)
@@ -227,8 +166,8 @@ def test_summary_lists_shapes_and_counts(be):
 def test_validation_data_is_uploaded_once(monkeypatch):
     """fit moves the validation set to the device before the first epoch, not every epoch."""
     pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
-    x, y = _blobs(60)
-    xv, yv = _blobs(30, seed=1)
+    x, y = blobs(60, spread=0.4)
+    xv, yv = blobs(30, seed=1, spread=0.4)
     uploads = []
     real = xn.Backend.asarray
 
@@ -243,52 +182,6 @@ def test_validation_data_is_uploaded_once(monkeypatch):
                    epochs=3, batch_size=20, validation_data=(xv, yv), progress=False, seed=0)
     assert len(h["val_accuracy"]) == 3
     assert uploads.count((30, 4)) == 1 and uploads.count((30,)) == 1, uploads
-
-
-def _hits(loss, pred, target, one_hot=False):
-    acc = xn.metrics.Accuracy()
-    acc.prepare(loss, int(pred.shape[-1]), one_hot)
-    found = acc.correct(pred, target)
-    return None if found is None else float(xn.to_numpy(found))
-
-
-def test_accuracy_counts_each_kind_of_target(be):
-    """Accuracy's counts (as each loss defines classes) against counts made by hand."""
-    pred_host = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 2.0, 1.0]])
-    labels = np.array([0, 2, 2, 0])
-    pred = be.asarray(pred_host, dtype="float32")
-    y = be.asarray(labels)
-    onehot = be.asarray(np.eye(3)[labels], dtype="float32")
-    soft = be.asarray(np.eye(3)[labels] * 0.8 + 0.2 / 3, dtype="float32")
-    hand = float(np.sum(pred_host.argmax(axis=1) == labels))  # 3
-    for loss in (xn.SoftmaxCrossEntropy(), xn.QuadraticCost()):
-        assert _hits(loss, pred, y) == hand
-        assert _hits(loss, pred, onehot, one_hot=True) == hand
-    assert _hits(xn.SoftmaxCrossEntropy(), pred, soft) == hand
-    assert _hits(xn.QuadraticCost(), pred, soft) is None  # regression targets: no classes
-    logits_host = np.array([[0.3], [-1.0], [2.0], [-0.1]])
-    logits = be.asarray(logits_host, dtype="float32")
-    binary = np.array([1, 0, 0, 1])
-    want = float(np.sum((logits_host[:, 0] > 0) == (binary > 0.5)))  # 2
-    bce = xn.BinaryCrossEntropy()
-    assert _hits(bce, logits, be.asarray(binary)) == want
-    assert _hits(bce, logits, be.asarray(binary, dtype="float32")) == want
-
-
-def test_metrics_sum_on_the_device_and_read_once(be):
-    from xpnet.train import MetricSet
-
-    acc = xn.metrics.Accuracy()
-    acc.prepare(xn.SoftmaxCrossEntropy(), 2)
-    m = MetricSet([acc])
-    pred = be.asarray(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), dtype="float32")
-    y = be.asarray(np.array([0, 0, 0]))
-    m.update(pred[0:2, ...], y[0:2], be.asarray(np.array(0.5), dtype="float32"), 2)
-    m.update(pred[2:3, ...], y[2:3], be.asarray(np.array(2.0), dtype="float32"), 1)
-    assert_on(be, m.loss.total)
-    for count in (acc.hits, acc.judged, m.loss.count):  # integer counts on the device
-        assert xn.backend.backend_of(count) == be and be.xp.isdtype(count.dtype, "integral")
-    assert m.results() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})
 
 
 def test_evaluate_after_load_reports_the_loss_fit_used(tmp_path):
@@ -347,3 +240,215 @@ def test_arrays_and_bind_are_the_one_seam_for_the_models_state(be):
             assert not np.array_equal(xn.to_numpy(a), b), name  # the copy did not move
     with pytest.raises(ValueError, match="bind got 7 arrays, the model holds 8"):
         model.bind(copies[:7])
+
+
+# -- misuse that used to lose data, hang or give a silently wrong answer ----------------
+# Each is refused before the first step with one clear error, or made to fail loudly.
+def _mlp(out=3):
+    """The small tanh MLP the misuse tests below train."""
+    return xn.Sequential(xn.Linear(4, 8), xn.Tanh(), xn.Linear(8, out))
+
+
+# labels out of range
+def test_out_of_range_labels_in_a_list_are_refused():
+    x, y = blobs(60)
+    with xn.use("numpy"):
+        with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\].*0 to 5"):
+            quick_fit(_mlp(), x, [int(v) for v in y[:-1]] + [5])
+
+
+@pytest.mark.fit_level
+def test_out_of_range_labels_on_a_device_turn_the_loss_nan(be):
+    """On a device the labels cannot be checked without a host read: the loss must turn
+    NaN (which fit reports), never train on as all-zero targets."""
+    x, y = blobs(60)
+    y[3] = 7
+    model = _mlp()
+    on_host = xn.backends.ops(be.xp).on_host  # NumPy: checked at once
+    error, pattern = ((ValueError, "labels must lie") if on_host else
+                      (FloatingPointError, "loss became nan in epoch 1"))
+    with pytest.raises(error, match=pattern):
+        quick_fit(model, x, be.asarray(y))
+
+
+def test_evaluate_checks_labels_on_the_host(be):
+    x, y = blobs(60)
+    y[0] = 9
+    with pytest.raises(ValueError, match=r"evaluate: labels must lie in \[0, 2\]"):
+        xn.evaluate(_mlp(), x, y, loss=xn.SoftmaxCrossEntropy())
+
+
+# a loss that is not finite
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_fit_stops_at_a_non_finite_loss_and_keeps_the_last_finite_weights():
+    x, y = blobs(64)
+    with xn.use("numpy"):
+        model = _mlp()
+        quick_fit(model, x, y, epochs=1)
+        before = [p.value.copy() for p in model.parameters()]
+        bad = x.copy()
+        bad[40] = np.inf  # in the third batch of 16: caught there (a report every step)
+        with pytest.raises(FloatingPointError, match=r"loss became nan in epoch 2, by step 3"):
+            quick_fit(model, bad, y, epochs=3, initial_epoch=1, shuffle=False)
+    for p, b in zip(model.parameters(), before, strict=True):
+        np.testing.assert_array_equal(p.value, b)
+
+
+@pytest.mark.fit_level
+@pytest.mark.parametrize("reports, caught_at", [(10, 1), (1, 3)])
+def test_a_nan_loss_is_caught_at_the_same_report_with_or_without_a_bar(be, reports, caught_at):
+    """The loss is read at the reporting interval whatever shows it: the same NaN stops
+    fit at the same step silent, with lines, and with a bar (it used to wait for the
+    epoch's end without a bar). 3 steps an epoch: 10 reports an epoch read every step, 1
+    only at the end. The weights are those of the last finite epoch."""
+    x, y = blobs(48)
+    saved = {}
+
+    class Poison(xn.Callback):  # the weights turn NaN after epoch 0 (its own are kept)
+        def on_epoch_end(self, epoch, logs):
+            if epoch == 0:
+                saved.update(self.model.state_dict())
+                p = self.model.parameters()[0]
+                p.value = p.value * np.nan
+
+    for progress in (False, "lines", "bar"):
+        xn.seed(0)
+        model = xn.Sequential(xn.Linear(4, 3))
+        opt = xn.SGD(model, lr=0.1)
+        with pytest.raises(FloatingPointError,
+                           match=f"loss became nan in epoch 2, by step {caught_at}"):
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, batch_size=16,
+                   seed=0, epochs=3, callbacks=[Poison()], progress=progress,
+                   reports_per_epoch=reports)
+        assert opt.steps == 3 + caught_at, progress
+        for k, v in model.state_dict().items():
+            np.testing.assert_array_equal(v, saved[k])
+
+
+def test_a_nan_loss_stops_fit_at_the_first_progress_report():
+    # reports_per_epoch reads, with or without tqdm (without it, "bar" shows lines)
+    x, y = poisoned_blobs(64, at=20)
+    with xn.use("numpy"):
+        model = xn.Sequential(xn.Linear(4, 3))
+        opt = xn.SGD(model, lr=0.1)
+        with pytest.raises(FloatingPointError, match="by step 2"):
+            xn.fit(model, x, y, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, batch_size=16,
+                   shuffle=False, progress="bar", reports_per_epoch=2, seed=0)
+    assert opt.steps == 2
+
+
+# inputs of another dtype
+@pytest.mark.fit_level
+def test_integer_and_bool_inputs_are_cast_to_the_model_dtype(be):
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 3, size=(40, 4))
+    y = (x[:, 0] > 1).astype(np.int64)
+    model = xn.Sequential(xn.Linear(4, 2))
+    h = quick_fit(model, x, y, epochs=2)
+    assert np.isfinite(h["loss"]).all()
+    assert set(xn.evaluate(model, x.astype(bool), y)) == {"loss", "accuracy"}
+    assert xn.predict(model, be.asarray(x)).dtype == be.dtype("float32")
+
+
+# empty data
+def test_empty_data_is_refused_with_one_clear_error(be):
+    model = _mlp()
+    empty_x, empty_y = np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    for call in (lambda: quick_fit(model, empty_x, empty_y),
+                 lambda: xn.evaluate(model, empty_x, empty_y),
+                 lambda: xn.predict(model, empty_x)):
+        with pytest.raises(ValueError, match=r"no examples \(0 rows\)"):
+            call()
+    with pytest.raises(ValueError, match="more than one value per channel"):
+        xn.BatchNorm1D(4).forward(be.asarray(empty_x), train=True)
+
+
+# mistakes found before the first step
+class _CountingLoss(xn.SoftmaxCrossEntropy):
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, pred, target):
+        self.calls += 1
+        return super().forward(pred, target)
+
+
+@pytest.mark.parametrize("kw, error, pattern", [
+    (dict(validation_data=(np.zeros((5, 4)),)), ValueError, "expected a pair"),
+    (dict(validation_data=(np.zeros((5, 3)), np.zeros(5, dtype=np.int64))), ValueError,
+     r"x_val has examples of shape \(3,\), the training data \(4,\)"),
+    (dict(validation_data=(np.zeros((5, 4)), np.zeros(4, dtype=np.int64))), ValueError,
+     "x has 5 examples but y has 4"),
+    (dict(callbacks=[xn.EarlyStopping("val_accuracy")]), KeyError,
+     "'val_accuracy' is never logged.*validation_data"),
+    (dict(callbacks=[xn.ModelCheckpoint("no/such/folder/m.xpnet", monitor="loss")]),
+     FileNotFoundError, "folder 'no/such/folder'"),
+])
+def test_mistakes_are_reported_before_the_first_step(kw, error, pattern):
+    x, y = blobs(60)
+    loss = _CountingLoss()
+    with xn.use("numpy"), pytest.raises(error, match=pattern):
+        quick_fit(_mlp(), x, y, loss=loss, **kw)
+    assert loss.calls == 0
+
+
+# multi-input graphs
+def _two_inputs():
+    a, b = xn.Input(shape=(3,)), xn.Input(shape=(2,))
+    joined = xn.Concat()(xn.Tanh()(xn.Linear(3, 4)(a)), b)
+    return xn.Graph(inputs=[a, b], outputs=xn.Linear(6, 2)(joined))
+
+
+@pytest.mark.fit_level
+def test_multi_input_graphs_take_a_list_everywhere(be):
+    rng = np.random.default_rng(0)
+    xa, xb = rng.standard_normal((30, 3)), rng.standard_normal((30, 2))
+    y = (xa[:, 0] + xb[:, 1] > 0).astype(np.int64)
+    model = _two_inputs()
+    h = quick_fit(model, [xa, xb], y, epochs=2, batch_size=7, validation_data=([xa, xb], y))
+    assert len(h["val_accuracy"]) == 2
+    scores = xn.predict(model, [xa, xb], batch_size=8)
+    direct = model([be.asarray(xa, dtype="float32"), be.asarray(xb, dtype="float32")])
+    np.testing.assert_allclose(xn.to_numpy(scores), xn.to_numpy(direct), rtol=1e-5, atol=1e-6)
+    assert xn.evaluate(model, (xa, xb), y)["accuracy"] == pytest.approx(
+        float(np.mean(xn.to_numpy(scores).argmax(axis=1) == y)))
+    assert xn.gradcheck(model, [be.asarray(xa[:3], dtype="float32"),
+                                be.asarray(xb[:3], dtype="float32")])
+    with pytest.raises(ValueError, match="has 2 inputs; give x as a list of 2 arrays"):
+        xn.predict(model, xa)
+
+
+# arguments checked at once
+@pytest.mark.parametrize("call, error, pattern", [
+    (lambda: quick_fit(_mlp(), *blobs(60), batch_size=0), ValueError, "batch_size must be >= 1"),
+    (lambda: quick_fit(_mlp(), *blobs(60), seed=-1), ValueError, "seed must be >= 0"),
+    (lambda: quick_fit(_mlp(), *blobs(60), initial_epoch=-2), ValueError, "initial_epoch must be"),
+    (lambda: quick_fit(_mlp(), *blobs(60), batch_size=2.5), TypeError, "batch_size must be an int"),
+])
+def test_fit_arguments_raise_at_once_naming_the_argument(call, error, pattern):
+    with xn.use("numpy"), pytest.raises(error, match=pattern):
+        call()
+
+
+# the progress display
+def test_progress_bar_is_short_and_the_summary_is_a_line_of_its_own(monkeypatch):
+    pytest.importorskip("tqdm", reason="tqdm is not installed (the data extra)")
+    from xpnet.train import Progress
+
+    out = io.StringIO()
+    monkeypatch.setattr("shutil.get_terminal_size", lambda fallback=(80, 24):
+                        type("S", (), {"columns": 0, "lines": 0})())  # a 0x0 pty
+    bar = Progress("bar", epochs=2, steps=4, stream=out)
+    bar.start(0)
+    assert bar.bar.ncols == 80
+    bar.step(2, {"loss": 0.123456, "accuracy": 0.5})
+    bar.step(2, None)
+    logs = {"loss": 0.1, "accuracy": 0.9, "val_loss": 0.2, "val_accuracy": 0.85,
+            "time": 1.0, "samples_per_sec": 1000.0}
+    bar.end(0, logs)
+    lines = [line for line in out.getvalue().replace("\r", "\n").split("\n") if line.strip()]
+    summary = [line for line in lines if line.startswith("epoch 1/2  loss")]
+    assert len(summary) == 1 and "val_accuracy 0.8500" in summary[0]
+    assert all(len(line) <= 80 for line in lines if line not in summary)
+    assert not any(line.strip() == "" for line in out.getvalue().split("\n")[:-1])

@@ -1,11 +1,13 @@
-"""evaluate(..., metrics=[...]): top-k accuracy, mean absolute error and a confusion
-matrix, summed on the device batch by batch and read once, against scikit-learn (NumPy
-where it is not installed)."""
+"""Metrics: the loss and accuracy sums fit and evaluate keep, and evaluate(...,
+metrics=[...]): top-k accuracy, mean absolute error and a confusion matrix, summed on the
+device batch by batch and read once, against scikit-learn (NumPy where it is not
+installed)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_on
 
 import xpnet as xn
 from xpnet.backend import backend_of, make
@@ -50,6 +52,7 @@ def _classifier(rng, k=7):
     return xn.Sequential(xn.Linear(4, k)), x, y
 
 
+@pytest.mark.fit_level
 def test_classification_metrics_against_sklearn(be, rng):
     model, x, y = _classifier(rng)
     scores = xn.to_numpy(xn.predict(model, x)).astype(np.float64)
@@ -75,6 +78,7 @@ def test_classification_metrics_against_sklearn(be, rng):
     np.testing.assert_array_equal(again["confusion_matrix"], cm)
 
 
+@pytest.mark.fit_level
 def test_mean_absolute_error_against_sklearn(be, rng):
     model = xn.Sequential(xn.Linear(4, 3))
     x = rng.standard_normal((N, 4)).astype(np.float32)
@@ -88,6 +92,7 @@ def test_mean_absolute_error_against_sklearn(be, rng):
         xn.evaluate(model, x, target, metrics=["accuracy"])
 
 
+@pytest.mark.fit_level
 def test_binary_confusion_matrix_uses_the_losses_threshold(be, rng):
     model = xn.Sequential(xn.Linear(4, 1))
     x = rng.standard_normal((N, 4)).astype(np.float32)
@@ -170,3 +175,49 @@ def test_metric_arguments(rng):
         assert set(only) == {"top_k_accuracy"}  # no loss known, no accuracy asked
     with pytest.raises(ValueError, match="TopKAccuracy: k must be >= 1"):
         xn.metrics.TopKAccuracy(k=0)
+
+
+def _hits(loss, pred, target, one_hot=False):
+    acc = xn.metrics.Accuracy()
+    acc.prepare(loss, int(pred.shape[-1]), one_hot)
+    found = acc.correct(pred, target)
+    return None if found is None else float(xn.to_numpy(found))
+
+
+def test_accuracy_counts_each_kind_of_target(be):
+    """Accuracy's counts (as each loss defines classes) against counts made by hand."""
+    pred_host = np.array([[2.0, 1.0, 0.0], [0.0, 3.0, 1.0], [1.0, 0.0, 5.0], [4.0, 2.0, 1.0]])
+    labels = np.array([0, 2, 2, 0])
+    pred = be.asarray(pred_host, dtype="float32")
+    y = be.asarray(labels)
+    onehot = be.asarray(np.eye(3)[labels], dtype="float32")
+    soft = be.asarray(np.eye(3)[labels] * 0.8 + 0.2 / 3, dtype="float32")
+    hand = float(np.sum(pred_host.argmax(axis=1) == labels))  # 3
+    for loss in (xn.SoftmaxCrossEntropy(), xn.QuadraticCost()):
+        assert _hits(loss, pred, y) == hand
+        assert _hits(loss, pred, onehot, one_hot=True) == hand
+    assert _hits(xn.SoftmaxCrossEntropy(), pred, soft) == hand
+    assert _hits(xn.QuadraticCost(), pred, soft) is None  # regression targets: no classes
+    logits_host = np.array([[0.3], [-1.0], [2.0], [-0.1]])
+    logits = be.asarray(logits_host, dtype="float32")
+    binary = np.array([1, 0, 0, 1])
+    want = float(np.sum((logits_host[:, 0] > 0) == (binary > 0.5)))  # 2
+    bce = xn.BinaryCrossEntropy()
+    assert _hits(bce, logits, be.asarray(binary)) == want
+    assert _hits(bce, logits, be.asarray(binary, dtype="float32")) == want
+
+
+def test_loss_and_hits_sum_on_the_device_and_read_once(be):
+    from xpnet.train import MetricSet
+
+    acc = xn.metrics.Accuracy()
+    acc.prepare(xn.SoftmaxCrossEntropy(), 2)
+    m = MetricSet([acc])
+    pred = be.asarray(np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), dtype="float32")
+    y = be.asarray(np.array([0, 0, 0]))
+    m.update(pred[0:2, ...], y[0:2], be.asarray(np.array(0.5), dtype="float32"), 2)
+    m.update(pred[2:3, ...], y[2:3], be.asarray(np.array(2.0), dtype="float32"), 1)
+    assert_on(be, m.loss.total)
+    for count in (acc.hits, acc.judged, m.loss.count):  # integer counts on the device
+        assert xn.backend.backend_of(count) == be and be.xp.isdtype(count.dtype, "integral")
+    assert m.results() == pytest.approx({"loss": (0.5 * 2 + 2.0) / 3, "accuracy": 2 / 3})
