@@ -86,16 +86,13 @@ class _Compiled(threading.local):
 _compiled = _Compiled()
 
 
-@contextlib.contextmanager
-def compiled(stream: RandomStream) -> Iterator[RandomStream]:
+def swap_compiled(stream: RandomStream | None) -> RandomStream | None:
     """Make ``stream`` the current one for a compiled step's call, in this thread (what
-    :func:`current` answers first)."""
+    :func:`current` answers first; None: none); returns the one it replaces, to put back
+    (a plain function, not a context manager: it runs every compiled step)."""
     before = _compiled.stream
     _compiled.stream = stream
-    try:
-        yield stream
-    finally:
-        _compiled.stream = before
+    return before
 
 
 def seed(value: int) -> None:

@@ -126,7 +126,7 @@ class TrainStep:
                                      f"{t.reason}; train without compiling")
         self._compiled: dict[tuple, Any] = {}   # static settings -> compiled function
         self._draws: dict[tuple, int] = {}      # input signature -> random draws per call
-        self._traced: set[tuple] = set()        # signatures traced (or warmed up) already
+        self._traced: set[tuple] = set()        # captured: signatures warmed up already
         self._graphs: dict[tuple, _Captured] = {}
         self.refused: str | None = None  # why the library refused to capture the step
         self._key: tuple[Any, Any] = (None, None)  # (stream key, the compiler's key)
@@ -220,26 +220,27 @@ class TrainStep:
         offset = compiler.position(stream.position, like)
         coefficients = tuple(compiler.scalars(c, like) for _, _, _, c in items)
         sig = (statics, _signature(x0, y0), len(items))
+        draws = self._draws.get(sig)  # None: this call traces (the draws are counted)
         saved = step.arrays()
-        caches = _caches(self.model, self.loss) if sig not in self._traced else None
+        caches = _caches(self.model, self.loss) if draws is None else None
+        before = random.swap_compiled(self._stream)
         try:
-            with random.compiled(self._stream):
-                arrays, costs = fn(saved, coefficients, self._key[1], offset,
-                                   [x for x, *_ in items], [y for _, y, *_ in items])
+            arrays, costs = fn(saved, coefficients, self._key[1], offset,
+                               [x for x, *_ in items], [y for _, y, *_ in items])
         except BaseException:
             step.bind(saved)  # nothing happened: no traced value is left anywhere
             raise
         finally:
+            random.swap_compiled(before)
             for p in step.params:
                 p.grad = None
             if caches is not None:
                 _restore_caches(caches)  # no tracer outlives its trace in a layer's cache
-        if sig not in self._traced:  # the call that traced counted the draws
-            self._traced.add(sig)
-            self._draws[sig] = self._stream.count
+        if draws is None:
+            draws = self._draws[sig] = self._stream.count
         step.bind(arrays)
         self._bound = arrays[0] if arrays else None
-        stream.position += self._draws[sig]
+        stream.position += draws
         return list(costs)
 
     def _compile(self, contexts: tuple) -> Any:
