@@ -14,7 +14,9 @@ Two things keep the JAX case affordable (eager JAX compiles every operation it r
 - JAX's persistent compilation cache, in the pytest cache folder
   (``.pytest_cache/d/jax-compilation-cache``; a temporary folder when the cache plugin
   is off), keeps what was compiled for the next run. ``JAX_COMPILATION_CACHE_DIR`` set
-  beforehand wins.
+  beforehand wins. torch inductor's cache goes next to it (``torchinductor``), rather
+  than in the /tmp folder every checkout and torch build on the machine shares;
+  ``TORCHINDUCTOR_CACHE_DIR`` set beforehand wins.
 """
 
 from __future__ import annotations
@@ -47,6 +49,14 @@ JAX_FIT_LEVEL = ("jax-cpu: fit-level tests run on numpy/torch/strict; JAX is cov
 
 def pytest_configure(config):
     _use_jax_compilation_cache(config)
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", _cache_folder(config, "torchinductor"))
+
+
+def _cache_folder(config, name):
+    """A folder kept between runs: in the pytest cache, or a temporary one without it."""
+    if getattr(config, "cache", None) is not None:
+        return str(config.cache.mkdir(name))
+    return os.path.join(tempfile.gettempdir(), f"xpnet-tests-{name}")  # -p no:cacheprovider
 
 
 def _use_jax_compilation_cache(config):
@@ -54,11 +64,8 @@ def _use_jax_compilation_cache(config):
     every compiled program however fast it compiled (eager JAX compiles each operation
     on its own, in milliseconds). Through the environment, so JAX is not imported here;
     through jax.config as well if something imported it already."""
-    if getattr(config, "cache", None) is not None:
-        folder = str(config.cache.mkdir("jax-compilation-cache"))
-    else:  # -p no:cacheprovider
-        folder = os.path.join(tempfile.gettempdir(), "xpnet-jax-compilation-cache")
-    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", folder)
+    os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                          _cache_folder(config, "jax-compilation-cache"))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     jax = sys.modules.get("jax")
     if jax is not None:
