@@ -27,7 +27,7 @@ def _torch_compare(be, layer, module, x_host, *, int_input=False):
     torch = pytest.importorskip("torch")
     dtype, tol = _wide(be)
     module.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
-                            for k, v in layer.state_dict().items()})
+                            for k, v in layer.state_dict(tied=True).items()})
     x = be.asarray(x_host, dtype="int64" if int_input else dtype)
     layer.zero_grad()
     y = layer.forward(x)
@@ -98,3 +98,120 @@ def test_linear_without_bias_round_trips_with_torch(be, rng):
     fresh.load_state_dict({k: torch.tensor(v) for k, v in layer.state_dict().items()})
     np.testing.assert_array_equal(fresh.weight.detach().numpy(),
                                   module.weight.detach().numpy().astype(dtype))
+
+
+# -- 2. Weight tying ----------------------------------------------------------------------
+V, D = 7, 4
+
+
+def _tied(dtype="float32"):
+    emb = xn.Embedding(V, D, dtype=dtype)
+    return xn.Sequential(emb, xn.LayerNorm(D, bias=False, dtype=dtype), xn.Linear.tied_to(emb))
+
+
+def _torch_tied():
+    import torch
+
+    emb = torch.nn.Embedding(V, D)
+    head = torch.nn.Linear(D, V, bias=False)
+    head.weight = emb.weight
+    return torch.nn.Sequential(emb, torch.nn.LayerNorm(D, bias=False), head).double()
+
+
+def test_tied_head_is_one_parameter_with_the_summed_gradient(be, rng):
+    """Listed once (under the embedding's name), its gradient the sum of the lookup's
+    and the head's, as a torch model with head.weight = emb.weight."""
+    dtype, _ = _wide(be)
+    model = _tied(dtype)
+    assert model[2].weight is model[0].weight
+    assert [n for n, _ in model.named_parameters()] == ["0.weight", "1.weight"]
+    assert list(model.state_dict()) == ["0.weight", "1.weight"]
+    assert list(model.state_dict(tied=True)) == ["0.weight", "1.weight", "2.weight"]
+    assert model.ties() == {"2.weight": "0.weight"}
+    assert len(model.parameters()) == 2 and len(model.arrays()) == 2
+    ids = rng.integers(0, V, (3, 5))
+    _torch_compare(be, model, _torch_tied(), ids, int_input=True)
+    xn.gradcheck(model, be.asarray(ids, dtype="int64"))
+
+
+def test_tied_weights_round_trip_with_torch(be, rng):
+    torch = pytest.importorskip("torch")
+    theirs = _torch_tied()
+    with torch.no_grad():
+        theirs[0].weight.copy_(torch.tensor(rng.standard_normal((V, D))))
+    assert set(theirs.state_dict()) == {"0.weight", "1.weight", "2.weight"}
+    ours = _tied(_wide(be)[0])
+    ours.load_state_dict(theirs.state_dict())  # strict: the alias is the same array
+    np.testing.assert_allclose(xn.to_numpy(ours[2].weight.value),
+                               theirs[0].weight.detach().numpy(), rtol=1e-6)
+    ours.load_state_dict({"0.weight": np.ones((V, D)), "1.weight": np.ones(D)})
+    fresh = _torch_tied()
+    fresh.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
+                           for k, v in ours.state_dict(tied=True).items()})
+    result = fresh.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
+                                    for k, v in ours.state_dict().items()}, strict=False)
+    assert result.missing_keys == ["2.weight"]  # filled by the tie
+    assert float(fresh[2].weight.detach().sum()) == V * D
+    with pytest.raises(ValueError, match="shape"):
+        ours.load_state_dict({"0.weight": np.ones((V, D)), "2.weight": np.ones((V, 1)),
+                              "1.weight": np.ones(D)})
+
+
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
+def test_checkpoints_rebuild_ties(be, rng, tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    model = _tied()
+    opt = xn.AdamW(model.parameters(), lr=0.01)
+    ids = be.asarray(rng.integers(0, V, (4, 3)), dtype="int64")
+    xn.fit(model, ids, ids, loss=xn.SoftmaxCrossEntropy(), optimizer=opt, epochs=1,
+           batch_size=2, progress=False)
+    path = tmp_path / f"tied{suffix}"
+    xn.save(path, model, optimizer=opt)
+    ck = xn.load_checkpoint(path, backend=be.name, device=be.device_name)
+    back = ck.model
+    assert back[2].weight is back[0].weight and back.ties() == model.ties()
+    assert [p.name for p in ck.optimizer.params] == [p.name for p in opt.params]
+    np.testing.assert_array_equal(xn.to_numpy(back(ids)), xn.to_numpy(model(ids)))
+    # the description says so, and a file that ties arrays of other shapes is refused
+    from xpnet.checkpoint.schema import check_description
+    from xpnet.layers import layer_config
+
+    spec = layer_config(model)
+    assert spec["ties"] == {"2.weight": "0.weight"}
+    spec["ties"] = {"2.weight": "1.weight"}
+    with pytest.raises(ValueError, match="ties"):
+        xn.layers.declared_state_of(spec)
+    assert check_description is not None
+
+
+def test_ties_in_a_graph_and_nested_models(be, rng, tmp_path):
+    """A tie across Graph nodes, and one inside a Sequential inside a Sequential: each
+    description records its own, the file rebuilds both."""
+    inp = xn.Input(shape=(3,))
+    emb = xn.Embedding(V, D)
+    h = emb(inp)
+    out = xn.Add()(xn.Linear.tied_to(emb)(h), xn.Linear(D, V)(h))
+    graph = xn.Graph(inputs=inp, outputs=out)
+    assert graph.ties() == {"1.weight": "0.weight"}
+    inner = _tied()
+    nested = xn.Sequential(inner, xn.Linear(V, 2))
+    from xpnet.layers import layer_config
+
+    assert "ties" not in layer_config(nested)  # the inner Sequential's own
+    assert layer_config(nested)["config"]["layers"][0]["ties"] == {"2.weight": "0.weight"}
+    ids = be.asarray(rng.integers(0, V, (2, 3)), dtype="int64")
+    for model in (graph, nested):
+        xn.save(tmp_path / "g.xpnet", model)
+        back = xn.load(tmp_path / "g.xpnet", backend=be.name, device=be.device_name)
+        assert back.ties() == model.ties()
+        np.testing.assert_allclose(xn.to_numpy(back(ids)), xn.to_numpy(model(ids)),
+                                   rtol=1e-6)
+
+
+def test_tied_to_refuses_what_has_no_table():
+    with pytest.raises(TypeError, match="Embedding"):
+        xn.Linear.tied_to(xn.LayerNorm(3))
+    model = _tied()
+    with pytest.raises(ValueError, match="shapes"):
+        model.tie("1.weight", "0.weight")

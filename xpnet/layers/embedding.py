@@ -60,6 +60,7 @@ class Embedding(Layer):
     """
 
     input_dtype = "int64"  # what a Graph or a summary probes it with
+    positionwise = True
 
     @property
     def id_count(self) -> int:  # type: ignore[override]

@@ -22,8 +22,9 @@ from typing import Any
 
 from .. import _args
 from .._compat import namespace
-from ..backend import Backend
+from ..backend import Backend, backend_of, dtype_name
 from ..backends import ops
+from .base import Layer, Parameter
 from .weighted import _Weighted
 
 
@@ -57,6 +58,34 @@ class Linear(_Weighted):
         self._make_weights(bias, init, dtype, backend, device)
         self._x: Any = None
         self._lead: tuple[int, ...] | None = None  # leading axes of an input that is not 2-D
+
+    positionwise = True
+
+    @classmethod
+    def tied_to(cls, embedding: Layer, *, bias: bool = False, name: str | None = None
+                ) -> Linear:
+        """An output head that shares ``embedding``'s table: ``logits = x @ W.T`` (``+ b``
+        with ``bias``), ``W`` the embedding's ``(num_embeddings, embedding_dim)`` weight,
+        which is a Linear's ``(out, in)`` layout already (weight tying, as GPT-2 and
+        PyTorch's ``head.weight = embedding.weight``).
+
+        The weight is one Parameter in both layers: listed once in ``parameters()`` and
+        ``state_dict()`` (under the embedding's name, which comes first in a model), its
+        gradient the sum of both uses, updated once. Checkpoints record the tie
+        (``Layer.ties``) and ``xn.load`` makes it again. Input ``(..., embedding_dim)``,
+        output ``(..., num_embeddings)``.
+        """
+        weight = getattr(embedding, "weight", None)
+        if not isinstance(weight, Parameter) or len(weight.shape) != 2:
+            raise TypeError(f"Linear.tied_to: expected an Embedding (a layer with a 2-D "
+                            f"weight), got {embedding!r}")
+        num, dim = weight.shape
+        w = weight.value
+        be = backend_of(w)
+        head = cls(dim, num, bias=bias, dtype=dtype_name(be.xp, w.dtype), backend=be,
+                   name=name)
+        head._params[0] = head.weight = weight
+        return head
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         if x.ndim != 2 or x.shape[1] != self.in_features:
