@@ -73,7 +73,8 @@ from .schema import (
     check_optimizer_covers,
 )
 
-__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "FORMAT",
+__all__ = ["save", "load", "load_checkpoint", "check_describable", "Checkpoint",
+           "CheckpointError", "FORMAT",
            "FORMAT_VERSION", "PARAM_DTYPES", "MAX_DEPTH", "SAFETENSORS_SUFFIX"]
 
 # What zipfile and NumPy's header parser raise on damaged bytes (CheckpointError, itself
@@ -120,6 +121,7 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     from .._version import __version__
 
     path = Path(path)
+    check_describable(model, f"save {path}")
     state = model.named_state()
     arrays = {f"param/{name}": to_numpy(p.value) for name, p in state}
     be = backend_of(state[0][1].value) if state else current()
@@ -158,6 +160,46 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
         atomic_write(path, lambda f: f.write(data))
     else:
         atomic_write(path, lambda f: write_npz(f, blob, arrays))
+
+
+def check_describable(model: Layer, who: str = "save") -> None:
+    """CheckpointError unless every layer's description is JSON: a layer made with an
+    ``init`` that is a callable of your own (not a name or an initialiser of
+    :mod:`xpnet.init`) cannot be described, and the error names it and the ways out.
+    ``ModelCheckpoint`` asks this when training starts."""
+    def find(obj: Any, where: str) -> tuple[str, Any] | None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                found = find(v, f"{where} {k}" if k != "config" else where)
+                if found:
+                    return found
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                found = find(v, f"{where}[{i}]")
+                if found:
+                    return found
+        elif not (obj is None or isinstance(obj, (str, int, float, bool))):
+            return where, obj
+        return None
+
+    def walk(layer: Layer, path: str) -> Iterator[tuple[Layer, str]]:
+        yield layer, path
+        for name, child in layer.named_children():
+            yield from walk(child, f"{path}.{name}" if path else name)
+
+    for layer, path in walk(model, ""):
+        own = {k: v for k, v in layer.get_config().items() if k not in ("layers", "nodes")}
+        found = find(own, "")  # a layer's own arguments; its sub-layers' in their turn
+        if found is not None:
+            where, value = found
+            place = f"layer {path} ({type(layer).__name__})" if path else type(layer).__name__
+            raise CheckpointError(
+                f"{who}: {place}{where} is {value!r}, which a checkpoint cannot "
+                f"describe: give the layer a name or an initialiser of xpnet.init "
+                f"(xn.init.normal(0.02), xn.init.scaled(...)), or register yours with "
+                f"xn.init.register(name, fn) and pass its name. The weights are saved as "
+                f"they are either way: to save this model now, set that layer's init to a "
+                f"name (it only matters to reset())")
 
 
 def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray]) -> dict:

@@ -18,9 +18,11 @@ path, with no reshape.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .. import _args
+from .. import init as initializers
 from .._compat import namespace
 from ..backend import Backend, backend_of, dtype_name
 from ..backends import ops
@@ -40,8 +42,10 @@ class Linear(_Weighted):
         Input and output widths.
     bias : bool
         Whether to add a learned bias ``b`` of shape ``(out_features,)``.
-    init : str
-        ``"pytorch"`` (default), ``"he"``, ``"glorot"``, ``"lecun"`` or ``"normal"``.
+    init : str, initialiser or callable
+        ``"pytorch"`` (default), ``"he"``, ``"glorot"``, ``"lecun"`` or ``"normal"``, an
+        initialiser of :mod:`xpnet.init` (``xn.init.normal(0.02)``) or a callable
+        ``(shape, rng) -> array`` (which checkpoints cannot describe: see xpnet.init).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     backend, device : optional
@@ -49,7 +53,8 @@ class Linear(_Weighted):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 init: str = "pytorch", dtype: str = "float32",
+                 init: str | dict | Callable = "pytorch",
+                 dtype: str = "float32",
                  backend: str | Backend | None = None, device: str | None = None,
                  name: str | None = None):
         super().__init__(name=name)
@@ -139,7 +144,8 @@ class Linear(_Weighted):
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.use_bias, "init": self.init, "dtype": self.dtype}
+                "bias": self.use_bias, "init": initializers.config_of(self.init),
+                "dtype": self.dtype}
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _args
 from ..backend import to_numpy
-from ..checkpoint import save
+from ..checkpoint import check_describable, save
 from ..layers.base import Layer
 from ..optim import Optimizer, schedule_config
 
@@ -191,6 +191,7 @@ class ModelCheckpoint(_Monitor):
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
+        check_describable(model, "ModelCheckpoint")  # now, not after the first epoch
         if self.save_optimizer:
             for group in optimizer.param_groups:
                 if callable(group["lr"]):

@@ -113,8 +113,8 @@ class Step:
              ) -> tuple[StepContext, tuple[Any, ...]]:
         """The context of the next batch of ``examples`` (over every rank) and, when it
         ends a group, the optimizer's coefficients for the update (each parameter
-        group's rate and bias corrections, one flat tuple: computed here, on the host). ``final=True`` ends the group
-        early (the last batches of an epoch)."""
+        group's rate and bias corrections, one flat tuple: computed here, on the host).
+        ``final=True`` ends the group early (the last batches of an epoch)."""
         self._pending += 1
         self._examples += examples
         update = bool(final) or self._pending >= self.accumulate
