@@ -5,7 +5,6 @@ example. Torch oracles in float64 where the case has it; gradchecks on every cas
 
 from __future__ import annotations
 
-import copy
 import math
 
 import numpy as np
@@ -215,3 +214,259 @@ def test_tied_to_refuses_what_has_no_table():
     model = _tied()
     with pytest.raises(ValueError, match="shapes"):
         model.tie("1.weight", "0.weight")
+
+
+# -- 4. Initialisers by name and by callable ------------------------------------------------
+def _std(p):
+    return float(np.std(xn.to_numpy(p.value)))
+
+
+def test_initialisers_by_name_object_and_callable(tmp_path):
+    with xn.use("numpy"):
+        xn.seed(0)
+        a = xn.Linear(200, 300, init=xn.init.normal(0.02))
+        assert abs(_std(a.weight) - 0.02) < 0.001 and not xn.to_numpy(a.bias.value).any()
+        assert a.get_config()["init"] == {"init": "normal", "std": 0.02, "mean": 0.0}
+        # scaled: the base's draw times the factor, from the same stream
+        xn.seed(1)
+        base = xn.Linear(20, 30, init=xn.init.normal(0.02), bias=False)
+        xn.seed(1)
+        small = xn.Linear(20, 30, init=xn.init.scaled(xn.init.normal(0.02), 0.25), bias=False)
+        np.testing.assert_allclose(xn.to_numpy(small.weight.value),
+                                   0.25 * xn.to_numpy(base.weight.value), rtol=1e-6)
+        xn.seed(1)
+        he = xn.Linear(20, 30, init="he", bias=False)
+        xn.seed(1)
+        half = xn.Linear(20, 30, init=xn.init.scaled("he", 0.5), bias=False)
+        np.testing.assert_allclose(xn.to_numpy(half.weight.value),
+                                   0.5 * xn.to_numpy(he.weight.value), rtol=1e-6)
+        # a checkpoint keeps an initialiser of xpnet.init as its config, and rebuilds it
+        model = xn.Sequential(xn.Embedding(10, 8, init=xn.init.normal(0.02)),
+                              xn.PositionalEmbedding(4, 8, init=xn.init.uniform(0.1)), small)
+        xn.save(tmp_path / "i.xpnet", xn.Sequential(model[0], model[1]))
+        back = xn.load(tmp_path / "i.xpnet")
+        assert back[0].init == xn.init.normal(0.02) and back[1].init == xn.init.uniform(0.1)
+        assert back.get_config() == xn.Sequential(model[0], model[1]).get_config()
+        # a callable of one's own: used, not saved (the message names the layer and the
+        # ways out); registered by name, it is saved
+        ones = xn.Linear(3, 2, init=lambda shape, rng: np.ones(shape))
+        assert (xn.to_numpy(ones.weight.value) == 1).all()
+        with pytest.raises(xn.CheckpointError, match=r"layer 1 \(Linear\) init is <function"
+                                                     r".*xn.init.register"):
+            xn.save(tmp_path / "c.xpnet", xn.Sequential(xn.ReLU(), ones))
+        with pytest.raises(xn.CheckpointError, match="ModelCheckpoint: .* init"):
+            xn.ModelCheckpoint(str(tmp_path / "m.xpnet")).on_train_begin(
+                xn.Sequential(ones), xn.SGD(ones, lr=0.1))
+        xn.init.register("ones_for_test", lambda shape, rng: np.ones(shape))
+        named = xn.Linear(3, 2, init="ones_for_test")
+        xn.save(tmp_path / "r.xpnet", named)
+        assert xn.load(tmp_path / "r.xpnet").init == "ones_for_test"
+        for bad in (3, {"init": "nope"}, "nope"):
+            with pytest.raises(ValueError, match="init"):
+                xn.Linear(3, 2, init=bad)
+
+
+def test_gpt_initialisation_of_transformer_blocks(tmp_path):
+    """GPT-2's: N(0, 0.02) weights, the two projections into the residual stream scaled
+    by 1/sqrt(2 n_layers), zero biases; kept through a checkpoint."""
+    n_layers = 8
+    resid = xn.init.scaled(xn.init.normal(0.02), 1 / math.sqrt(2 * n_layers))
+    with xn.use("numpy"):
+        xn.seed(0)
+        block = xn.TransformerBlock(128, 4, causal=True, init=xn.init.normal(0.02),
+                                    resid_init=resid)
+        state = dict(block.named_parameters())
+        for name in ("self_attn.in_proj_weight", "linear1.weight"):
+            assert abs(_std(state[name]) - 0.02) < 0.001, name
+        for name in ("self_attn.out_proj.weight", "linear2.weight"):
+            assert abs(_std(state[name]) - 0.02 / 4) < 0.0003, name
+        for name, p in state.items():
+            if name.endswith("bias") and not name.startswith("norm"):
+                assert not xn.to_numpy(p.value).any(), name
+        xn.save(tmp_path / "b.xpnet", block)
+        back = xn.load(tmp_path / "b.xpnet")
+        assert back.get_config() == block.get_config()
+        assert back.self_attn.out_init == resid and back.linear2.init == resid
+        from xpnet.checkpoint import _read
+
+        assert _read(tmp_path / "b.xpnet")[0]["format_version"] == 2
+        # PyTorch's initialisation when none is given, as before
+        xn.seed(0)
+        plain = xn.TransformerBlock(8, 2)
+        assert "init" not in plain.get_config() and "init" not in plain.linear1.get_config() \
+            or plain.linear1.get_config()["init"] == "pytorch"
+
+
+# -- 5. Dropout on attention weights and residual branches ----------------------------------
+def _torch_mha(layer):
+    """torch's MultiheadAttention with ``layer``'s weights and attention dropout."""
+    torch = pytest.importorskip("torch")
+    t = torch.nn.MultiheadAttention(layer.embed_dim, layer.num_heads, batch_first=True,
+                                    dropout=layer.attn_dropout).double()
+    t.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
+                       for k, v in layer.state_dict().items()})
+    return t
+
+
+def test_dropouts_are_the_identity_in_inference_as_torch(be, rng):
+    """attn_dropout and resid_dropout leave inference alone: the layers equal torch's
+    MultiheadAttention(dropout=p) and TransformerEncoderLayer(dropout=p) in eval mode."""
+    torch = pytest.importorskip("torch")
+    dtype, tol = _wide(be)
+    layer = xn.MultiHeadAttention(6, 2, causal=True, attn_dropout=0.3, resid_dropout=0.2,
+                                  dtype=dtype)
+    t = _torch_mha(layer).eval()
+    x = rng.standard_normal((2, 5, 6))
+    mask = torch.triu(torch.ones(5, 5, dtype=torch.bool), 1)
+    xt = torch.tensor(x)
+    want = t(xt, xt, xt, attn_mask=mask, need_weights=False)[0].detach().numpy()
+    np.testing.assert_allclose(xn.to_numpy(layer(be.asarray(x, dtype=dtype))), want,
+                               rtol=tol, atol=tol)
+    block = xn.TransformerBlock(6, 2, 2, causal=True, dropout=0.2, attn_dropout=0.1,
+                                dtype=dtype)
+    tb = torch.nn.TransformerEncoderLayer(6, 2, 12, dropout=0.2, activation="gelu",
+                                          batch_first=True, norm_first=True).double().eval()
+    tb.load_state_dict({k: torch.tensor(v) for k, v in block.state_dict().items()})
+    want = tb(xt, src_mask=mask, is_causal=True).detach().numpy()
+    np.testing.assert_allclose(xn.to_numpy(block(be.asarray(x, dtype=dtype))), want,
+                               rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("blockwise", [False, True], ids=["full", "blocks"])
+def test_attention_dropout_masks_and_gradients(be, rng, blockwise):
+    """In training, the attention weights keep each entry with probability 1 - p, scaled
+    by 1 / (1 - p) (the mask of the plain path, read from its cache); the gradients
+    through both dropouts pass gradcheck on both paths (the blockwise path draws its
+    masks again in backward)."""
+    p = 0.25
+    layer = xn.MultiHeadAttention(8, 2, causal=True, attn_dropout=p, resid_dropout=0.1,
+                                  block_size=4, blockwise=blockwise)
+    x = be.asarray(rng.standard_normal((3, 10, 8)), dtype="float32")
+    if not blockwise:
+        layer.forward(x)
+        mask = xn.to_numpy(layer._cache[5][2])
+        kept = mask[mask != 0]
+        np.testing.assert_allclose(kept, 1 / (1 - p), rtol=1e-6)
+        below = np.tril(np.ones((10, 10), dtype=bool))
+        dropped = (mask[..., below] == 0).mean()
+        assert abs(dropped - p) < 0.06, dropped
+        out = xn.to_numpy(layer._cache[6])  # the residual dropout's mask
+        assert abs((out == 0).mean() - 0.1) < 0.05
+    check_layer(layer, x)
+
+
+def test_attention_dropout_is_unbiased(rng):
+    """The mean over many training passes is the inference output (both dropouts)."""
+    with xn.use("numpy"):
+        xn.seed(0)
+        layer = xn.MultiHeadAttention(4, 2, causal=True, attn_dropout=0.3, resid_dropout=0.2,
+                                      dtype="float64")
+        x = rng.standard_normal((2, 6, 4))
+        stream = xn.RandomStream(3)
+        with stream.active():
+            mean = np.mean([layer.forward(x, train=True) for _ in range(3000)], axis=0)
+        want = layer(x)
+        assert np.abs(mean - want).max() < 0.05 * np.abs(want).max()
+        assert np.abs(layer.forward(x, train=True) - want).max() > 0.05  # it does drop
+
+
+def test_transformer_block_dropout_settings():
+    block = xn.TransformerBlock(8, 2, dropout=0.1, attn_dropout=0.05)
+    assert (block.dropout1.p, block.dropout2.p, block.self_attn.attn_dropout) == (0.1, 0.1, 0.05)
+    assert block.self_attn.resid_dropout == 0.0  # the block's dropout1 does it
+    assert xn.TransformerBlock(8, 2, resid_dropout=0.2).dropout == 0.2
+    assert xn.TransformerBlock.from_config(block.get_config()).get_config() == block.get_config()
+    with pytest.raises(ValueError, match="attn_dropout"):
+        xn.TransformerBlock(8, 2, attn_dropout=1.0)
+
+
+# -- 8. Blockwise attention: memory that grows with L, the same function ----------------------
+def _passes(layer, x, dy, seed=5):
+    """Output, input gradient and parameter gradients of one training pass."""
+    layer.zero_grad()
+    with xn.RandomStream(seed).active():
+        y = layer.forward(x, train=True)
+    dx = layer.backward(dy)
+    return [xn.to_numpy(y), xn.to_numpy(dx)] + [xn.to_numpy(p.grad)
+                                                for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
+@pytest.mark.parametrize("drop", [0.0, 0.3], ids=["no-dropout", "dropout"])
+def test_blockwise_attention_equals_the_plain_path(be, rng, causal, drop):
+    """Forward and backward of the blockwise path (tiles of 4 over 11 positions: a short
+    last tile) equal the plain path's in float64, with the attention dropout off and on
+    (both draw the same masks, tile by tile)."""
+    dtype, _ = _wide(be)
+    tol = 1e-10 if dtype == "float64" else 1e-5
+    runs = []
+    x = be.asarray(rng.standard_normal((2, 11, 8)), dtype=dtype)
+    dy = be.asarray(rng.standard_normal((2, 11, 8)), dtype=dtype)
+    for blockwise in (False, True):
+        xn.seed(2)
+        layer = xn.MultiHeadAttention(8, 2, causal=causal, attn_dropout=drop, block_size=4,
+                                      blockwise=blockwise, dtype=dtype)
+        runs.append(_passes(layer, x, dy))
+        assert layer._cache is not None
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+def test_blockwise_is_chosen_above_a_length(monkeypatch):
+    import xpnet.layers.attention as attention
+
+    monkeypatch.setattr(attention, "BLOCKWISE_ABOVE", 6)
+    with xn.use("numpy"):
+        layer = xn.MultiHeadAttention(4, 2, causal=True, block_size=4)
+        for length, kind in ((6, "full"), (7, "blocks")):
+            layer.forward(np.zeros((1, length, 4), dtype=np.float32))
+            assert layer._cache[5][0] == kind
+        layer.blockwise = False
+        layer.forward(np.zeros((1, 7, 4), dtype=np.float32))
+        assert layer._cache[5][0] == "full"
+        assert xn.MultiHeadAttention.from_config(layer.get_config()).blockwise is False
+
+
+def _peak(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_blockwise_training_fits_where_the_score_matrix_does_not():
+    """A training step (forward, backward, AdamW) of a causal block at a context of
+    4096: the blockwise path's peak NumPy memory is a fraction of one (N, H, L, L)
+    float32 score matrix (the plain path holds several), measured by tracemalloc."""
+    length, heads, width = 4096, 2, 16
+    with xn.use("numpy"):
+        xn.seed(0)
+        block = xn.TransformerBlock(width, heads, 2, causal=True)
+        block.self_attn.block_size = 256
+        assert block.self_attn._uses_blocks(length)  # automatic above BLOCKWISE_ABOVE
+        opt = xn.AdamW(block, lr=1e-3)
+        x = np.random.default_rng(0).standard_normal((1, length, width)).astype(np.float32)
+
+        def step():
+            y = block.forward(x)
+            block.backward(np.ones_like(y))
+            opt.step()
+            block.zero_grad()
+
+        peak = _peak(step)
+        scores = heads * length * length * 4
+        assert peak < scores / 4, (peak, scores)
+
+        # and the plain path, at a quarter of the length, already holds several
+        block.self_attn.blockwise = False
+        short = x[:, :1024]
+
+        def plain():
+            y = block.forward(short)
+            block.backward(np.ones_like(y))
+
+        assert _peak(plain) > 3 * heads * 1024 * 1024 * 4

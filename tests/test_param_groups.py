@@ -259,7 +259,7 @@ def test_group_descriptions_are_checked_before_building(tmp_path):
 def _gpt_like():
     emb = xn.Embedding(9, 8)
     return xn.Sequential(emb, xn.PositionalEmbedding(6, 8),
-                         xn.TransformerBlock(8, 2, causal=True, dropout=0.2),
+                         xn.TransformerBlock(8, 2, causal=True, dropout=0.2, attn_dropout=0.1),
                          xn.LayerNorm(8, bias=False), xn.Linear.tied_to(emb))
 
 

@@ -206,6 +206,18 @@ class Layer:
         needed (the layer reads the data), so layers that can skip it do."""
         self.backward(dy)
 
+    def decode(self, x: Any, state: Any) -> Any:
+        """Inference on the next few positions of a sequence ``x (N, t, ...)``, after the
+        ``state.position`` positions already seen, whose keys and values (attention)
+        ``state.cache`` holds: what :func:`xpnet.generate` calls, so each new token
+        costs one position. A ``positionwise`` layer runs ``forward``; a layer that mixes
+        positions defines its own; others cannot decode."""
+        if self.positionwise:
+            return self.forward(x, train=False)
+        raise TypeError(f"{self.label} cannot decode a sequence a few positions at a time "
+                        f"(it mixes positions and keeps no cache); generate with "
+                        f"use_cache=False")
+
     def __call__(self, *xs: Any) -> Any:
         """Inference: ``forward(x, train=False)``. On symbolic tensors from
         ``xn.Input``, adds this layer to the graph being built instead."""
@@ -598,6 +610,11 @@ class Sequential(Layer):
         for layer in reversed(self._layers):
             dy = layer.backward(dy)
         return dy
+
+    def decode(self, x: Any, state: Any) -> Any:
+        for layer in self._layers:
+            x = layer.decode(x, state)
+        return x
 
     def backward_params(self, dy: Any) -> None:
         """Backward down to the first layer with parameters, without its input gradient."""
