@@ -500,7 +500,7 @@ class Layer:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
-                         if k not in ("name", "dtype", "init"))
+                         if k not in ("name", "dtype") and not k.endswith("init"))
         return f"{type(self).__name__}({args})"
 
 
