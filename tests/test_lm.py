@@ -662,3 +662,13 @@ def test_gpt_example_learns_and_matches_pytorch(capsys):
     assert ours < 4.0, out
     assert abs(ours - ref) < 0.01, out
     assert "sample:\ndef __init__(self" in out
+
+
+def test_attention_memory_bench_reports_both_paths(capsys):
+    from bench import attention_memory
+
+    assert attention_memory.main(["--lengths", "64", "--heads", "2", "--width", "8",
+                                  "--block", "16"]) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.strip().startswith("64 ")]
+    assert row and row[0].count("|") >= 2 and "failed" not in out, out
