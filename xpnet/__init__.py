@@ -9,11 +9,12 @@ The same layers run on NumPy, CuPy, PyTorch, JAX and array-api-strict::
 Importing xpnet imports no optional array library and touches no GPU.
 """
 
-from . import backends, datasets, distributed, models, random
+from . import backends, data, datasets, distributed, init, models, optim, random
 from ._version import __version__
 from .backend import Backend, BackendUnavailableError, available, current, to_numpy, use
 from .checkpoint import Checkpoint, CheckpointError, load, load_checkpoint, save
 from .clip import clip_grad_norm, clip_grad_value
+from .generate import generate
 from .gradcheck import GradcheckError, gradcheck
 from .graph import Graph
 from .layers import (
@@ -78,7 +79,7 @@ __all__ = [
     "__version__",
     "Backend", "BackendUnavailableError", "available", "current", "seed", "to_numpy", "use",
     "RandomStream",
-    "GradcheckError", "gradcheck",
+    "GradcheckError", "gradcheck", "generate",
     "Layer", "Parameter", "Sequential", "Linear", "Sigmoid", "ReLU", "Tanh", "Softmax",
     "Conv1D", "Conv2D", "MaxPool1D", "MaxPool2D", "AvgPool1D", "AvgPool2D", "Flatten",
     "GlobalAvgPool1D", "GlobalAvgPool2D",
@@ -93,5 +94,5 @@ __all__ = [
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
     "MixedPrecision",
     "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
-    "backends", "datasets", "distributed", "models", "random",
+    "backends", "data", "datasets", "distributed", "init", "models", "optim", "random",
 ]

@@ -101,6 +101,7 @@ def matches(value: Any, annotation: str) -> bool:
     simple = {"int": is_int, "bool": lambda v: isinstance(v, bool),
               "str": lambda v: isinstance(v, str), "None": lambda v: v is None,
               "dict": lambda v: isinstance(v, dict), "list": lambda v: isinstance(v, list),
+              "Callable": callable,  # no JSON value: a function given in code
               "float": lambda v: (is_int(v) or isinstance(v, float)) and math.isfinite(v)}
     if a in simple:
         return simple[a](value)

@@ -123,6 +123,93 @@ def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     return np.random.default_rng([seed, epoch]).permutation(n)
 
 
+# -- token windows: a language model's batches, drawn per step --------------------------------
+class TokenWindows:
+    """Random windows of a 1-D token array, one batch of ``(x, y)`` per step: see
+    :func:`windows`. An iterator (``next`` gives the batch of the next step, for ever or
+    for ``steps`` steps); :meth:`batch` gives any step's batch directly."""
+
+    def __init__(self, tokens: Any, length: int, batch_size: int, seed: int = 0, *,
+                 start: int = 0, steps: int | None = None):
+        who = "windows"
+        if not hasattr(tokens, "shape") or not hasattr(tokens, "dtype"):
+            tokens = np.asarray(tokens)
+        if len(tokens.shape) != 1 or not np.issubdtype(np.dtype(tokens.dtype), np.integer):
+            raise ValueError(f"{who}: tokens must be a 1-D array of integer ids (a memmap "
+                             f"works), got shape {tuple(tokens.shape)} and dtype "
+                             f"{tokens.dtype}")
+        self.tokens = tokens
+        self.length = _args.integer(length, "length", who, minimum=1)
+        self.batch_size = _args.integer(batch_size, "batch_size", who, minimum=1)
+        self.seed = _args.integer(seed, "seed", who, minimum=0)
+        self.step = _args.integer(start, "start", who, minimum=0)
+        self.stop = None if steps is None else self.step + _args.integer(
+            steps, "steps", who, minimum=1)
+        self.count = int(tokens.shape[0]) - self.length  # window starts: 0 .. count - 1
+        if self.count < 1:
+            raise ValueError(f"{who}: {tokens.shape[0]} tokens hold no window of {length} "
+                             f"and its next token; give at least {length + 1}")
+
+    def starts(self, step: int) -> np.ndarray:
+        """The first positions of step ``step``'s windows: ``batch_size`` draws from a
+        generator seeded by ``(seed, step)`` alone, so any step can be made again."""
+        return np.random.default_rng([self.seed, step]).integers(0, self.count,
+                                                                 self.batch_size)
+
+    def batch(self, step: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, y)`` of step ``step``: ``x[b] = tokens[i:i+length]``, ``y[b] =
+        tokens[i+1:i+length+1]`` for each start ``i``, int64, ``(batch_size, length)``.
+        Only these ``batch_size * (length + 1)`` tokens are read (a memmap stays on
+        disk)."""
+        rows = self.starts(step)[:, None] + np.arange(self.length + 1)
+        window = np.asarray(self.tokens[rows]).astype(np.int64, copy=False)
+        return window[:, :-1], window[:, 1:]
+
+    def __iter__(self) -> TokenWindows:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.stop is not None and self.step >= self.stop:
+            raise StopIteration
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def __len__(self) -> int:
+        if self.stop is None:
+            raise TypeError("windows without steps never end: they have no len()")
+        return self.stop - self.step
+
+    def __repr__(self) -> str:
+        return (f"TokenWindows({self.tokens.shape[0]} tokens, length={self.length}, "
+                f"batch_size={self.batch_size}, seed={self.seed}, step={self.step})")
+
+
+def windows(tokens: Any, length: int, batch_size: int, seed: int = 0, *, start: int = 0,
+            steps: int | None = None) -> TokenWindows:
+    """A language model's training batches: each step, ``batch_size`` windows of
+    ``length`` tokens at random places in the 1-D ``tokens`` (a NumPy array or an
+    ``np.memmap`` of a tokenised corpus, any integer dtype), the inputs ``x =
+    tokens[i:i+length]`` and the targets ``y = tokens[i+1:i+length+1]``, the next token
+    at every position (nanoGPT's ``get_batch``).
+
+    Step ``k``'s starts come from a generator seeded by ``(seed, k)``, so the batches
+    are reproducible and a run resumed at step ``k`` (``start=k``) sees the batches the
+    uninterrupted run would have. No window is copied in advance: each batch reads its
+    ``batch_size * (length + 1)`` tokens when it is made (by fit's reader thread, ahead
+    of the step).
+
+    The result is an iterator of ``(x, y)`` batches: give it to ``fit`` as ``x`` with
+    ``steps_per_epoch`` (each epoch goes on where the last ended), or with ``steps`` to
+    ``evaluate``, which reads it to its end::
+
+        xn.fit(model, xn.data.windows(train_ids, 64, 12, seed=0), steps_per_epoch=500,
+               epochs=4, loss=xn.SoftmaxCrossEntropy(), optimizer=opt)
+        xn.evaluate(model, xn.data.windows(val_ids, 64, 12, seed=1, steps=50))
+    """
+    return TokenWindows(tokens, length, batch_size, seed, start=start, steps=steps)
+
+
 def block_order(n: int, seed: int, epoch: int, block: int) -> np.ndarray:
     """Contiguous blocks of ``block`` rows (the last may be shorter), in an order
     shuffled by ``(seed, epoch)`` alone: rows ``[s, s + block)`` stay together."""

@@ -259,8 +259,11 @@ class DataParallel(Strategy):
         return self.totals([float(bool(flag))])[0] > 0
 
     def share_rate(self, optimizer: Any) -> None:
-        if not callable(optimizer.lr):
-            optimizer.lr = self.comm.bcast_object(float(optimizer.lr))
+        fixed = [g for g in optimizer.param_groups if not callable(g["lr"])]
+        if fixed:  # rank 0's rates (a ReduceLROnPlateau may have lowered them)
+            rates = self.comm.bcast_object([float(g["lr"]) for g in fixed])
+            for g, rate in zip(fixed, rates):
+                g["lr"] = rate
 
     def finish(self, model: Any) -> None:
         # rank 0's model everywhere: statistics such as BatchNorm's (each rank's come

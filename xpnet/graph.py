@@ -121,15 +121,17 @@ class Graph(Layer):
     def _check_one_name_per_parameter(self) -> None:
         """A layer shared inside another child (``f`` at a node and inside a Sequential at
         another) would list its parameters twice; a description could not say so."""
-        seen: dict[int, str] = {}
-        for pname, p in self.named_state():
-            if id(p) in seen:
+        seen: dict[tuple[int, int], str] = {}
+        for pname, p, owner in self._walk_state():
+            # the same parameter in two layers is a tie (Linear.tied_to), which
+            # descriptions record; the same layer twice is what is refused here
+            if (id(p), id(owner)) in seen:
                 raise ValueError(
                     f"{self.label}: parameter {pname!r} is the same object as "
-                    f"{seen[id(p)]!r}: a layer may be called at several nodes of a Graph, "
-                    f"but not also be part of another layer of it (call the shared layer "
-                    f"at its own nodes instead)")
-            seen[id(p)] = pname
+                    f"{seen[id(p), id(owner)]!r}: a layer may be called at several nodes of "
+                    f"a Graph, but not also be part of another layer of it (call the shared "
+                    f"layer at its own nodes instead)")
+            seen[id(p), id(owner)] = pname
 
     def children(self) -> list[Layer]:
         """Each layer once, in the order of its first node (a shared layer is one child)."""

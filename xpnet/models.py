@@ -5,16 +5,21 @@ logistic regression, a residual MLP, and a three-layer 1-D CNN. Each weighted la
 is initialised for what follows it: He before a ReLU, Glorot otherwise.
 ``mnist1d_gru`` reads the 40 values as a sequence with a bidirectional GRU.
 ``transformer`` is a small causal language model (token and position embeddings,
-pre-norm transformer blocks, logits per position).
+pre-norm transformer blocks, logits per position); ``gpt`` the same as GPT-2 builds it
+(its initialisation, dropout and tied output head).
 """
 
 from __future__ import annotations
 
+import math
+
+from . import init
 from .graph import Graph
 from .layers import (
     GRU,
     Add,
     Conv1D,
+    Dropout,
     Embedding,
     Flatten,
     Input,
@@ -98,6 +103,40 @@ def transformer(vocab_size: int, embed_dim: int = 64, num_heads: int = 4, num_la
         LayerNorm(embed_dim),
         Linear(embed_dim, vocab_size),
     )
+
+
+def gpt(vocab_size: int, context: int = 64, width: int = 128, heads: int = 4,
+        layers: int = 4, dropout: float = 0.0, *, attn_dropout: float | None = None,
+        mlp_ratio: int = 4, tie: bool = True) -> Sequential:
+    """A GPT-2-style causal language model over ``vocab_size`` tokens.
+
+    ``Embedding(vocab_size, width)`` of the ids plus a learned ``PositionalEmbedding(
+    context, width)``, ``Dropout(dropout)``, ``layers`` pre-norm causal
+    ``TransformerBlock``s (residual dropout ``dropout``, attention dropout
+    ``attn_dropout``, default ``dropout``), a final ``LayerNorm(width)`` and the output
+    head: ``Linear.tied_to`` the token embedding (``tie``, GPT-2's) or a
+    ``Linear(width, vocab_size, bias=False)``. GPT-2's initialisation: every weight
+    N(0, 0.02), the projections into the residual stream (attention output,
+    ``linear2``) N(0, 0.02 / sqrt(2 layers)), biases zero, LayerNorms ones and zeros.
+
+    Input: ids ``(N, L)``, ``L <= context``; output: next-token logits ``(N, L,
+    vocab_size)``. Train it with ``SoftmaxCrossEntropy``, decay the matrices only
+    (``xn.optim.decay_groups``), sample with ``xn.generate``. Layer ``i`` of the
+    Sequential: 0 embedding, 1 positions, 2 dropout, 3 .. 2 + layers blocks, then the
+    norm and the head.
+    """
+    if attn_dropout is None:
+        attn_dropout = dropout
+    weights = init.normal(0.02)
+    resid = init.scaled(weights, 1.0 / math.sqrt(2 * layers))
+    embedding = Embedding(vocab_size, width, init=weights)
+    blocks = [TransformerBlock(width, heads, mlp_ratio, causal=True, dropout=dropout,
+                               attn_dropout=attn_dropout, init=weights, resid_init=resid)
+              for _ in range(layers)]
+    head = (Linear.tied_to(embedding) if tie else
+            Linear(width, vocab_size, bias=False, init=weights))
+    return Sequential(embedding, PositionalEmbedding(context, width, init=weights),
+                      Dropout(dropout), *blocks, LayerNorm(width), head)
 
 
 def mnist1d_gru(length: int = 40, hidden: int = 6, n_out: int = 10) -> Sequential:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,19 @@ class RandomStream:
         the others draw on the host and copy over.
         """
         return backends.adapter_of(like).uniform(like, shape, self.next_key())
+
+    def reserve(self, count: int) -> Callable[[Any, tuple[int, ...], int], Any]:
+        """Take the next ``count`` positions of the stream at once; returns ``draw(like,
+        shape, i)``, the array position ``i`` of them gives, as :meth:`uniform` would
+        have drawn it there, and the same array every time it is called. A layer that
+        cannot keep its masks (blockwise attention) draws them again in backward."""
+        key, base = self.key, self.position
+        self.position += count
+
+        def draw(like: Any, shape: tuple[int, ...], i: int) -> Any:
+            return backends.adapter_of(like).uniform(like, shape, (*key, base + i))
+
+        return draw
 
     @contextlib.contextmanager
     def active(self) -> Iterator[RandomStream]:

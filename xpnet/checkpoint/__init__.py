@@ -65,9 +65,16 @@ from .safetensors import (
     safetensors_bytes,
     st_name,
 )
-from .schema import FORMAT, FORMAT_VERSION, check_description, check_optimizer_covers
+from .schema import (
+    FORMAT,
+    FORMAT_VERSION,
+    LATEST_FORMAT_VERSION,
+    check_description,
+    check_optimizer_covers,
+)
 
-__all__ = ["save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "FORMAT",
+__all__ = ["save", "load", "load_checkpoint", "check_describable", "Checkpoint",
+           "CheckpointError", "FORMAT",
            "FORMAT_VERSION", "PARAM_DTYPES", "MAX_DEPTH", "SAFETENSORS_SUFFIX"]
 
 # What zipfile and NumPy's header parser raise on damaged bytes (CheckpointError, itself
@@ -114,6 +121,7 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     from .._version import __version__
 
     path = Path(path)
+    check_describable(model, f"save {path}")
     state = model.named_state()
     arrays = {f"param/{name}": to_numpy(p.value) for name, p in state}
     be = backend_of(state[0][1].value) if state else current()
@@ -130,6 +138,7 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     }
     if optimizer is not None:
         meta["optimizer"] = _optimizer_meta(model, optimizer, arrays)
+    meta["format_version"] = _format_version(meta)
     if model.loss is not None:
         try:
             meta["loss"] = loss_config(model.loss)
@@ -153,6 +162,46 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
         atomic_write(path, lambda f: write_npz(f, blob, arrays))
 
 
+def check_describable(model: Layer, who: str = "save") -> None:
+    """CheckpointError unless every layer's description is JSON: a layer made with an
+    ``init`` that is a callable of your own (not a name or an initialiser of
+    :mod:`xpnet.init`) cannot be described, and the error names it and the ways out.
+    ``ModelCheckpoint`` asks this when training starts."""
+    def find(obj: Any, where: str) -> tuple[str, Any] | None:
+        if isinstance(obj, dict):
+            for k, v in obj.items():
+                found = find(v, f"{where} {k}" if k != "config" else where)
+                if found:
+                    return found
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                found = find(v, f"{where}[{i}]")
+                if found:
+                    return found
+        elif not (obj is None or isinstance(obj, (str, int, float, bool))):
+            return where, obj
+        return None
+
+    def walk(layer: Layer, path: str) -> Iterator[tuple[Layer, str]]:
+        yield layer, path
+        for name, child in layer.named_children():
+            yield from walk(child, f"{path}.{name}" if path else name)
+
+    for layer, path in walk(model, ""):
+        own = {k: v for k, v in layer.get_config().items() if k not in ("layers", "nodes")}
+        found = find(own, "")  # a layer's own arguments; its sub-layers' in their turn
+        if found is not None:
+            where, value = found
+            place = f"layer {path} ({type(layer).__name__})" if path else type(layer).__name__
+            raise CheckpointError(
+                f"{who}: {place}{where} is {value!r}, which a checkpoint cannot "
+                f"describe: give the layer a name or an initialiser of xpnet.init "
+                f"(xn.init.normal(0.02), xn.init.scaled(...)), or register yours with "
+                f"xn.init.register(name, fn) and pass its name. The weights are saved as "
+                f"they are either way: to save this model now, set that layer's init to a "
+                f"name (it only matters to reset())")
+
+
 def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray]) -> dict:
     names = {id(p): name for name, p in model.named_parameters()}
     missing = [i for i, p in enumerate(opt.params) if id(p) not in names]
@@ -165,18 +214,50 @@ def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray])
         for name, v in zip(order, values, strict=True):
             if v is not None:
                 arrays[f"opt/{slot}/{name}"] = to_numpy(v)
-    lr: Any = opt.lr
-    if callable(lr):
-        try:
-            lr = schedule_config(lr)
-        except TypeError as e:
-            raise CheckpointError(f"save: {e}") from None
-    out = {"type": type(opt).__name__, "lr": lr, "config": opt.get_config(),
-           "steps": opt.steps, "params": order}
+    groups = opt.param_groups
+    if len(groups) == 1:  # the group's own settings (a plateau may have lowered its rate)
+        out = {"type": type(opt).__name__, "lr": _lr_meta(groups[0]["lr"]),
+               "config": opt.group_config(0), "steps": opt.steps, "params": order}
+    else:  # the constructor's defaults, and every group's settings
+        out = {"type": type(opt).__name__, "lr": _lr_meta(opt.defaults["lr"]),
+               "config": opt.get_config(), "steps": opt.steps, "params": order,
+               "groups": [{"params": [names[id(p)] for p in g["params"]],
+                           "lr": _lr_meta(g["lr"]), "config": opt.group_config(i)}
+                          for i, g in enumerate(groups)]}
     scale = opt.loss_scale_state()
     if scale:  # fp16's loss scale goes on with the optimizer it steps
         out["loss_scale"] = scale
     return out
+
+
+def _lr_meta(lr: Any) -> Any:
+    """A rate as the document holds it: a number, or a schedule's description."""
+    if not callable(lr):
+        return lr
+    try:
+        return schedule_config(lr)
+    except TypeError as e:
+        raise CheckpointError(f"save: {e}") from None
+
+
+def _lr_of(lr: Any) -> Any:
+    return SCHEDULES[lr["schedule"]](**lr["config"]) if isinstance(lr, dict) else lr
+
+
+def _format_version(meta: dict[str, Any]) -> int:
+    """1 for a document that version-1 readers read right; 2 when it holds what they
+    would misread or refuse with a muddled message (ties, parameter groups,
+    initialisers described by a config): they then ask for a newer xpnet."""
+    def newer(obj: Any) -> bool:
+        if isinstance(obj, dict):
+            return any(k == "ties" or k == "groups" or (k.endswith("init") and
+                                                         isinstance(v, dict)) or newer(v)
+                       for k, v in obj.items())
+        return isinstance(obj, list) and any(newer(v) for v in obj)
+
+    return LATEST_FORMAT_VERSION if newer({"model": meta["model"],
+                                           "optimizer": meta.get("optimizer", {})}) \
+        else FORMAT_VERSION
 
 
 # -- reading ------------------------------------------------------------------------
@@ -255,17 +336,20 @@ def _rebuild_optimizer(path: Path, spec: dict, model: Layer, arrays: dict[str, n
     cls = OPTIMIZERS[spec["type"]]
     params = dict(model.named_parameters())
     try:
-        lr = spec["lr"]
-        if isinstance(lr, dict):
-            lr = SCHEDULES[lr["schedule"]](**lr["config"])
-        opt = cls([params[n] for n in spec["params"]], lr=lr, **spec["config"])
+        if "groups" in spec:
+            given: Any = [{"params": [params[n] for n in g["params"]], "lr": _lr_of(g["lr"]),
+                           **g["config"]} for g in spec["groups"]]
+        else:
+            given = [params[n] for n in spec["params"]]
+        opt = cls(given, lr=_lr_of(spec["lr"]), **spec["config"])
         opt.steps = spec["steps"]
-        rate = opt.current_lr()
+        rates = [opt.group_lr(i) for i in range(len(opt.param_groups))]
     except (KeyError, TypeError, ValueError, ArithmeticError) as e:
         raise CheckpointError(f"{path}: cannot rebuild the optimizer ({e})") from None
-    if not math.isfinite(rate) or rate < 0:
-        raise CheckpointError(f"{path}: the optimizer's learning rate at step {opt.steps} is "
-                              f"{rate}, expected a finite number >= 0")
+    for rate in rates:
+        if not math.isfinite(rate) or rate < 0:
+            raise CheckpointError(f"{path}: the optimizer's learning rate at step "
+                                  f"{opt.steps} is {rate}, expected a finite number >= 0")
     for slot in opt.state:
         for i, name in enumerate(spec["params"]):
             key = f"opt/{slot}/{name}"

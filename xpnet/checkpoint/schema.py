@@ -26,6 +26,11 @@ FORMAT = "xpnet-checkpoint"
 #: 1 since the first release; ``loss`` (optional) came later, and readers ignore
 #: top-level entries they do not know, so files with it still read as version 1.
 FORMAT_VERSION = 1
+#: 2: a file that holds tied parameters (a description's ``ties``), optimizer parameter
+#: groups (``optimizer.groups``) or initialisers described by a config (``init`` as an
+#: object), which version-1 readers cannot read (they ask for a newer xpnet); every
+#: other file is still written as version 1. The newest version this xpnet reads.
+LATEST_FORMAT_VERSION = 2
 
 _HEADER_TYPES = {"model": dict, "params": list, "metadata": dict, "optimizer": dict,
                  "loss": dict}
@@ -73,7 +78,7 @@ def check_header(meta: Any) -> None:
     version = meta.get("format_version", 0)
     if not is_int(version):
         raise ConfigError(f"format_version is {show(version)}, expected an integer")
-    if version > FORMAT_VERSION:
+    if version > LATEST_FORMAT_VERSION:
         raise ConfigError(f"written by a newer xpnet (format {version}); upgrade xpnet")
     for key, kind in _HEADER_TYPES.items():
         required = key in ("model", "params")
@@ -104,7 +109,8 @@ def check_optimizer(spec: dict, declared: DeclaredState,
     """Check the optimizer's description and state arrays; return the arrays' keys."""
     where = "optimizer"
     check_keys(where, spec, {"type": "str", "lr": "float | dict", "config": "dict",
-                             "steps": "int", "params": "list[str]", "loss_scale": "dict"},
+                             "steps": "int", "params": "list[str]", "loss_scale": "dict",
+                             "groups": "list"},
                {"type", "lr", "config", "steps", "params"})
     if "loss_scale" in spec:
         scale = spec["loss_scale"]
@@ -118,17 +124,19 @@ def check_optimizer(spec: dict, declared: DeclaredState,
         raise ConfigError(f"unknown optimizer type {spec['type']!r}; known: "
                           f"{', '.join(OPTIMIZERS)}")
     check_config(f"{where} config", cls, spec["config"], skip=("params", "lr"))
-    lr = spec["lr"]
-    if isinstance(lr, dict):
-        check_keys(f"{where} lr", lr, {"schedule": "str", "config": "dict"},
-                   {"schedule", "config"})
-        sched = SCHEDULES.get(lr["schedule"])
-        if sched is None:
-            raise ConfigError(f"unknown schedule {lr['schedule']!r}; known: "
-                              f"{', '.join(SCHEDULES)}")
-        check_config(f"{where} lr config", sched, lr["config"])
-    elif lr <= 0:
-        raise ConfigError(f"{where} lr is {show(lr)}, expected a positive number")
+    check_lr(where, spec["lr"])
+    if "groups" in spec:
+        members = []
+        for i, group in enumerate(spec["groups"]):
+            here = f"{where} groups[{i}]"
+            check_keys(here, group, {"params": "list[str]", "lr": "float | dict",
+                                     "config": "dict"}, {"params", "lr", "config"})
+            check_config(f"{here} config", cls, group["config"], skip=("params", "lr"))
+            check_lr(here, group["lr"])
+            members += group["params"]
+        if members != spec["params"]:
+            raise ConfigError(f"{where} groups hold {members}, expected the optimizer's "
+                              f"params {spec['params']} in order, each once")
     if spec["steps"] < 0:
         raise ConfigError(f"{where} steps is {spec['steps']}, expected >= 0")
     names = spec["params"]
@@ -148,6 +156,20 @@ def check_optimizer(spec: dict, declared: DeclaredState,
             check_array(key, arrays[key], shape, dtype)
             keys.add(key)
     return keys
+
+
+def check_lr(where: str, lr: Any) -> None:
+    """A rate: a positive number, or ``{"schedule": a class in SCHEDULES, "config"}``."""
+    if isinstance(lr, dict):
+        check_keys(f"{where} lr", lr, {"schedule": "str", "config": "dict"},
+                   {"schedule", "config"})
+        sched = SCHEDULES.get(lr["schedule"])
+        if sched is None:
+            raise ConfigError(f"unknown schedule {lr['schedule']!r}; known: "
+                              f"{', '.join(SCHEDULES)}")
+        check_config(f"{where} lr config", sched, lr["config"])
+    elif lr <= 0:
+        raise ConfigError(f"{where} lr is {show(lr)}, expected a positive number")
 
 
 def check_optimizer_covers(names: list[str], model: Layer) -> None:

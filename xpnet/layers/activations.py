@@ -25,6 +25,8 @@ from .base import Layer
 
 
 class _Activation(Layer):
+    positionwise = True  # element-wise, or along the last axis (Softmax)
+
     def __init__(self, *, name: str | None = None):
         super().__init__(name=name)
         self._y: Any = None

@@ -161,6 +161,10 @@ class Layer:
     #: For a layer that reads integer ids (Embedding): how many there are, so ids still in
     #: host memory are checked to lie in ``[0, id_count)`` before they are uploaded.
     id_count: int | None = None
+    #: Whether the layer treats each position (each row along the leading axes) on its
+    #: own, so that a sequence may be fed to it a few positions at a time (cached
+    #: generation, :func:`xpnet.generate`): Linear, LayerNorm, activations, Embedding.
+    positionwise = False
     #: The Loss that ``fit`` last trained this model with; ``evaluate``'s default; saved
     #: in checkpoints (``xn.save`` records it, ``xn.load`` restores it). None: none yet.
     loss: Loss | None = None
@@ -202,6 +206,18 @@ class Layer:
         needed (the layer reads the data), so layers that can skip it do."""
         self.backward(dy)
 
+    def decode(self, x: Any, state: Any) -> Any:
+        """Inference on the next few positions of a sequence ``x (N, t, ...)``, after the
+        ``state.position`` positions already seen, whose keys and values (attention)
+        ``state.cache`` holds: what :func:`xpnet.generate` calls, so each new token
+        costs one position. A ``positionwise`` layer runs ``forward``; a layer that mixes
+        positions defines its own; others cannot decode."""
+        if self.positionwise:
+            return self.forward(x, train=False)
+        raise TypeError(f"{self.label} cannot decode a sequence a few positions at a time "
+                        f"(it mixes positions and keeps no cache); generate with "
+                        f"use_cache=False")
+
     def __call__(self, *xs: Any) -> Any:
         """Inference: ``forward(x, train=False)``. On symbolic tensors from
         ``xn.Input``, adds this layer to the graph being built instead."""
@@ -232,11 +248,59 @@ class Layer:
         return [(str(i), child) for i, child in enumerate(self.children())]
 
     def named_state(self, prefix: str = "") -> list[tuple[str, Parameter]]:
-        """Every array of the model, trainable or not, with dotted names."""
-        out = [(prefix + p.name, p) for p in self._params]
-        for name, child in self.named_children():
-            out += child.named_state(f"{prefix}{name}.")
+        """Every array of the model, trainable or not, with dotted names. A parameter
+        that several layers hold (a tied weight: ``Linear.tied_to(embedding)``) is
+        listed once, under the name where the walk meets it first (see :meth:`ties`)."""
+        seen: set[int] = set()
+        out = []
+        for name, p, _ in self._walk_state(prefix):
+            if id(p) not in seen:
+                seen.add(id(p))
+                out.append((name, p))
         return out
+
+    def _walk_state(self, prefix: str = "") -> list[tuple[str, Parameter, Layer]]:
+        """``(name, parameter, the layer holding it)`` for every array of every layer,
+        depth first, a tied parameter at each of its places."""
+        out = [(prefix + p.name, p, self) for p in self._params]
+        for name, child in self.named_children():
+            out += child._walk_state(f"{prefix}{name}.")
+        return out
+
+    def ties(self) -> dict[str, str]:
+        """``{name: the name it is listed under}`` for each parameter held at a second
+        place in the model (a tied output head's ``"7.weight"`` -> ``"0.weight"``, the
+        embedding's): what ``named_state`` and ``state_dict`` leave out, and checkpoints
+        record so that ``xn.load`` ties them again."""
+        first: dict[int, str] = {}
+        out = {}
+        for name, p, _ in self._walk_state():
+            if id(p) in first:
+                out[name] = first[id(p)]
+            else:
+                first[id(p)] = name
+        return out
+
+    def tie(self, name: str, to: str) -> None:
+        """Make the parameter called ``name`` the very Parameter called ``to`` (names as
+        :meth:`_walk_state` gives them): one array, updated once, its gradient the sum
+        over both places, as PyTorch's ``head.weight = embedding.weight``. The two must
+        have the same shape; ``name``'s own array is dropped."""
+        walk = {n: (p, owner) for n, p, owner in self._walk_state()}
+        for what in (name, to):
+            if what not in walk:
+                raise ValueError(f"{self.label}: tie({name!r}, {to!r}): no parameter "
+                                 f"{what!r}; the model has {', '.join(walk)}")
+        (old, owner), (new, _) = walk[name], walk[to]
+        if old is new:
+            return
+        if old.shape != new.shape:
+            raise ValueError(f"{self.label}: tie({name!r}, {to!r}): shapes {old.shape} and "
+                             f"{new.shape} differ")
+        owner._params = [new if p is old else p for p in owner._params]
+        for attr, value in list(vars(owner).items()):
+            if value is old:
+                setattr(owner, attr, new)
 
     def named_parameters(self) -> list[tuple[str, Parameter]]:
         return [(n, p) for n, p in self.named_state() if p.trainable]
@@ -264,16 +328,23 @@ class Layer:
             p.value = a
 
     # -- weights in and out, by PyTorch's names -----------------------------------
-    def state_dict(self) -> OrderedDict[str, np.ndarray]:
+    def state_dict(self, *, tied: bool = False) -> OrderedDict[str, np.ndarray]:
         """Every array of the model as host NumPy copies, by the names PyTorch gives the
-        equivalent module (``"0.weight"``, ``"1.running_mean"``)."""
-        return OrderedDict((name, np.array(to_numpy(p.value), copy=True))
-                           for name, p in self.named_state())
+        equivalent module (``"0.weight"``, ``"1.running_mean"``). A tied parameter is
+        listed once, under its first name; ``tied=True`` lists it under each of its names,
+        as PyTorch's ``state_dict`` does (so a tied torch model loads it strictly)."""
+        out = OrderedDict((name, np.array(to_numpy(p.value), copy=True))
+                          for name, p in self.named_state())
+        if tied:
+            for alias, name in self.ties().items():
+                out[alias] = out[name]
+        return out
 
     def load_state_dict(self, state: Mapping[str, Any], strict: bool = True) -> LoadResult:
         """Set the model's arrays from ``state``: NumPy arrays, torch tensors (CPU or
         CUDA, bfloat16 included), arrays of any xpnet backend, or anything with
         ``__dlpack__``, by name: a mapping (a ``state_dict``) or ``(name, value)`` pairs.
+        A tied parameter may come under any of its names (PyTorch lists it under each).
 
         Values go to each parameter's backend and device, in its dtype. PyTorch's
         ``num_batches_tracked`` entries are ignored. A mis-shaped entry is always an
@@ -283,9 +354,19 @@ class Layer:
         own = dict(self.named_state())
         given = {k: v for k, v in _state_items(self, state)
                  if not k.endswith("num_batches_tracked")}
+        problems = []
+        for alias, name in self.ties().items():  # a tied parameter by its other name
+            if alias in given:
+                value = given.pop(alias)
+                if name not in given:
+                    given[name] = value
+                elif tuple(getattr(value, "shape", ())) != own[name].shape:
+                    problems.append(f"{alias} (tied to {name}): shape "
+                                    f"{tuple(getattr(value, 'shape', ()))} given, the model "
+                                    f"has {own[name].shape}")
         missing = [k for k in own if k not in given]
         unexpected = [k for k in given if k not in own]
-        hosts, problems = {}, []
+        hosts = {}
         for name in own:
             if name in given:
                 hosts[name] = _host_copy(given[name])
@@ -419,7 +500,7 @@ class Layer:
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items()
-                         if k not in ("name", "dtype", "init"))
+                         if k not in ("name", "dtype") and not k.endswith("init"))
         return f"{type(self).__name__}({args})"
 
 
@@ -530,6 +611,11 @@ class Sequential(Layer):
             dy = layer.backward(dy)
         return dy
 
+    def decode(self, x: Any, state: Any) -> Any:
+        for layer in self._layers:
+            x = layer.decode(x, state)
+        return x
+
     def backward_params(self, dy: Any) -> None:
         """Backward down to the first layer with parameters, without its input gradient."""
         first = self._first_with_params
@@ -574,8 +660,18 @@ def layer_type_name(cls: type[Layer]) -> str:
 
 
 def layer_config(layer: Layer) -> dict[str, Any]:
-    """``{"type": ..., "config": ...}``: a JSON-able description of a layer."""
-    return {"type": layer_type_name(type(layer)), "config": layer.get_config()}
+    """``{"type": ..., "config": ...}``: a JSON-able description of a layer, and
+    ``"ties"`` (``{name: name it is tied to}``) where parameters in different sub-layers
+    of it are tied (a tie inside one sub-layer is that sub-layer's description's)."""
+    spec = {"type": layer_type_name(type(layer)), "config": layer.get_config()}
+    ties = layer.ties()
+    if ties:
+        for name, child in layer.named_children():
+            for alias in child.ties():
+                ties.pop(f"{name}.{alias}", None)
+        if ties:
+            spec["ties"] = ties
+    return spec
 
 
 def _known_types() -> str:
@@ -590,7 +686,10 @@ def build_layer(spec: dict[str, Any], *, backend: Backend | None = None) -> Laye
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ValueError(f"unknown layer type {kind!r}; known: {_known_types()}")
-    return cls.from_config(dict(spec.get("config", {})), backend=backend)
+    layer = cls.from_config(dict(spec.get("config", {})), backend=backend)
+    for alias, name in spec.get("ties", {}).items():
+        layer.tie(alias, name)
+    return layer
 
 
 def declared_state_of(spec: Any, *, at: str = "", depth: int = 0) -> DeclaredState:
@@ -602,9 +701,9 @@ def declared_state_of(spec: Any, *, at: str = "", depth: int = 0) -> DeclaredSta
     where = config_where(at)
     if depth > MAX_DEPTH:
         raise ConfigError(f"{where}: models nest more than {MAX_DEPTH} deep")
-    if not isinstance(spec, dict) or not set(spec) <= {"type", "config"}:
+    if not isinstance(spec, dict) or not set(spec) <= {"type", "config", "ties"}:
         raise ConfigError(f"{where} is {show(spec)}, expected an object with 'type' and "
-                          f"'config'")
+                          f"'config' (and 'ties')")
     kind, config = spec.get("type"), spec.get("config", {})
     cls = LAYER_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
@@ -612,7 +711,28 @@ def declared_state_of(spec: Any, *, at: str = "", depth: int = 0) -> DeclaredSta
     if not isinstance(config, dict):
         raise ConfigError(f"{config_where(at, kind)} config is {show(config)}, expected an "
                           f"object")
-    return cls.declared_state(config, at=at, depth=depth)
+    declared = cls.declared_state(config, at=at, depth=depth)
+    return _untie(config_where(at, kind), declared, spec.get("ties", {}))
+
+
+def _untie(where: str, declared: DeclaredState, ties: Any) -> DeclaredState:
+    """``declared`` less the names ``ties`` (from a description) says are tied to an
+    earlier one: each must name two declared arrays of one shape and dtype, the second
+    listed before the first, and never itself tied."""
+    if not isinstance(ties, dict):
+        raise ConfigError(f"{where} ties is {show(ties)}, expected an object")
+    order = list(declared)
+    for alias, name in ties.items():
+        if not isinstance(name, str) or alias not in declared or name not in declared:
+            raise ConfigError(f"{where} ties {alias!r} to {show(name)}: both must be arrays "
+                              f"the layer declares ({', '.join(order)})")
+        if name in ties or order.index(name) >= order.index(alias):
+            raise ConfigError(f"{where} ties {alias!r} to {name!r}, which is tied itself or "
+                              f"comes after it")
+        if declared[alias] != declared[name]:
+            raise ConfigError(f"{where} ties {alias!r} {declared[alias]} to {name!r} "
+                              f"{declared[name]}: shapes and dtypes must agree")
+    return {n: d for n, d in declared.items() if n not in ties}
 
 
 def config_where(at: str, kind: str | None = None) -> str:

@@ -25,9 +25,11 @@ Weights use PyTorch's layout: ``(out_channels, in_channels // groups, *kernel)``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from .. import _args, _windows
+from .. import init as initializers
 from .._compat import namespace
 from ..backend import Backend
 from ..backends import ops
@@ -40,7 +42,9 @@ class _ConvND(_Weighted):
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, ...],
                  stride: int | tuple[int, ...] = 1, padding: int | tuple[int, ...] = 0,
                  dilation: int | tuple[int, ...] = 1, groups: int = 1, *,
-                 bias: bool = True, init: str = "pytorch", dtype: str = "float32",
+                 bias: bool = True,
+                 init: str | dict | Callable = "pytorch",
+                 dtype: str = "float32",
                  backend: str | Backend | None = None, device: str | None = None,
                  name: str | None = None):
         super().__init__(name=name)
@@ -100,7 +104,8 @@ class _ConvND(_Weighted):
         return {"in_channels": self.in_channels, "out_channels": self.out_channels,
                 "kernel_size": one(self.kernel_size), "stride": one(self.stride),
                 "padding": one(self.padding), "dilation": one(self.dilation),
-                "groups": self.groups, "bias": self.use_bias, "init": self.init,
+                "groups": self.groups, "bias": self.use_bias,
+                "init": initializers.config_of(self.init),
                 "dtype": self.dtype}
 
     @classmethod

@@ -18,6 +18,8 @@ from .base import Layer
 class Dropout(Layer):
     """Randomly zero inputs with probability ``p`` in training; identity in inference."""
 
+    positionwise = True
+
     def __init__(self, p: float = 0.5, *, name: str | None = None):
         super().__init__(name=name)
         self.p = _args.real(p, "p", "Dropout", low=0.0, high=1.0, high_open=True)

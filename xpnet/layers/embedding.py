@@ -17,9 +17,11 @@ scatter-add where an adapter has one (NumPy ``np.add.at``, torch ``index_add_``,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .. import _args, random
+from .. import init as initializers
 from .._compat import is_integral, namespace
 from ..backend import Backend, backend_of, check_same_place, dtype_name, resolve
 from ..backends import ops
@@ -48,6 +50,9 @@ class Embedding(Layer):
         Rows of the table: the number of distinct ids.
     embedding_dim : int
         Length ``D`` of each vector.
+    init : str, initialiser or callable
+        How the table is drawn: ``"normal"`` (default), N(0, 1) as PyTorch does; GPT-2
+        uses ``xn.init.normal(0.02)`` (see :mod:`xpnet.init`).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     backend, device : optional
@@ -56,27 +61,35 @@ class Embedding(Layer):
     Attributes
     ----------
     weight : Parameter, shape (num_embeddings, embedding_dim)
-        The table, drawn from N(0, 1) as PyTorch does.
+        The table.
     """
 
     input_dtype = "int64"  # what a Graph or a summary probes it with
+    positionwise = True
 
     @property
     def id_count(self) -> int:  # type: ignore[override]
         """Ids this layer takes: ``[0, num_embeddings)`` (fit checks host ids against it)."""
         return self.num_embeddings
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, *, dtype: str = "float32",
-                 backend: str | Backend | None = None, device: str | None = None,
-                 name: str | None = None):
+    def __init__(self, num_embeddings: int, embedding_dim: int, *,
+                 init: str | dict | Callable = "normal",
+                 dtype: str = "float32", backend: str | Backend | None = None,
+                 device: str | None = None, name: str | None = None):
         super().__init__(name=name)
         self.num_embeddings = _args.integer(num_embeddings, "num_embeddings", "Embedding",
                                             minimum=1)
         self.embedding_dim = _args.integer(embedding_dim, "embedding_dim", "Embedding",
                                            minimum=1)
+        try:
+            self.init = initializers.resolve(init)
+        except ValueError as e:
+            raise ValueError(f"Embedding: {e}") from None
         self.dtype = _args.float_dtype(dtype, "Embedding")
-        table = random.current().host.standard_normal(
-            self.param_shapes(self.get_config())["weight"])
+        shape = self.param_shapes(self.get_config())["weight"]
+        rng = random.current().host
+        table = (rng.standard_normal(shape) if self.init == "normal" else
+                 initializers.draw(self.init, shape, False, rng)[0])
         self.weight = self._new_parameter("weight", table, dtype,
                                           backend=resolve(backend, device))
         self._ids: Any = None
@@ -125,8 +138,11 @@ class Embedding(Layer):
         self.weight.accumulate(ops(xp).rows_add(xp, self.num_embeddings, ids, rows))
 
     def get_config(self) -> dict[str, Any]:
-        return {"num_embeddings": self.num_embeddings, "embedding_dim": self.embedding_dim,
-                "dtype": self.dtype}
+        config: dict[str, Any] = {"num_embeddings": self.num_embeddings,
+                                  "embedding_dim": self.embedding_dim}
+        if self.init != "normal":  # named only when not the default
+            config["init"] = initializers.config_of(self.init)
+        return {**config, "dtype": self.dtype}
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

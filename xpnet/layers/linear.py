@@ -18,12 +18,15 @@ path, with no reshape.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 from .. import _args
+from .. import init as initializers
 from .._compat import namespace
-from ..backend import Backend
+from ..backend import Backend, backend_of, dtype_name
 from ..backends import ops
+from .base import Layer, Parameter
 from .weighted import _Weighted
 
 
@@ -39,8 +42,10 @@ class Linear(_Weighted):
         Input and output widths.
     bias : bool
         Whether to add a learned bias ``b`` of shape ``(out_features,)``.
-    init : str
-        ``"pytorch"`` (default), ``"he"``, ``"glorot"``, ``"lecun"`` or ``"normal"``.
+    init : str, initialiser or callable
+        ``"pytorch"`` (default), ``"he"``, ``"glorot"``, ``"lecun"`` or ``"normal"``, an
+        initialiser of :mod:`xpnet.init` (``xn.init.normal(0.02)``) or a callable
+        ``(shape, rng) -> array`` (which checkpoints cannot describe: see xpnet.init).
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     backend, device : optional
@@ -48,7 +53,8 @@ class Linear(_Weighted):
     """
 
     def __init__(self, in_features: int, out_features: int, *, bias: bool = True,
-                 init: str = "pytorch", dtype: str = "float32",
+                 init: str | dict | Callable = "pytorch",
+                 dtype: str = "float32",
                  backend: str | Backend | None = None, device: str | None = None,
                  name: str | None = None):
         super().__init__(name=name)
@@ -57,6 +63,34 @@ class Linear(_Weighted):
         self._make_weights(bias, init, dtype, backend, device)
         self._x: Any = None
         self._lead: tuple[int, ...] | None = None  # leading axes of an input that is not 2-D
+
+    positionwise = True
+
+    @classmethod
+    def tied_to(cls, embedding: Layer, *, bias: bool = False, name: str | None = None
+                ) -> Linear:
+        """An output head that shares ``embedding``'s table: ``logits = x @ W.T`` (``+ b``
+        with ``bias``), ``W`` the embedding's ``(num_embeddings, embedding_dim)`` weight,
+        which is a Linear's ``(out, in)`` layout already (weight tying, as GPT-2 and
+        PyTorch's ``head.weight = embedding.weight``).
+
+        The weight is one Parameter in both layers: listed once in ``parameters()`` and
+        ``state_dict()`` (under the embedding's name, which comes first in a model), its
+        gradient the sum of both uses, updated once. Checkpoints record the tie
+        (``Layer.ties``) and ``xn.load`` makes it again. Input ``(..., embedding_dim)``,
+        output ``(..., num_embeddings)``.
+        """
+        weight = getattr(embedding, "weight", None)
+        if not isinstance(weight, Parameter) or len(weight.shape) != 2:
+            raise TypeError(f"Linear.tied_to: expected an Embedding (a layer with a 2-D "
+                            f"weight), got {embedding!r}")
+        num, dim = weight.shape
+        w = weight.value
+        be = backend_of(w)
+        head = cls(dim, num, bias=bias, dtype=dtype_name(be.xp, w.dtype), backend=be,
+                   name=name)
+        head._params[0] = head.weight = weight
+        return head
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
         if x.ndim != 2 or x.shape[1] != self.in_features:
@@ -110,7 +144,8 @@ class Linear(_Weighted):
 
     def get_config(self) -> dict[str, Any]:
         return {"in_features": self.in_features, "out_features": self.out_features,
-                "bias": self.use_bias, "init": self.init, "dtype": self.dtype}
+                "bias": self.use_bias, "init": initializers.config_of(self.init),
+                "dtype": self.dtype}
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:

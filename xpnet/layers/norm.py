@@ -148,7 +148,8 @@ class BatchNorm2D(_BatchNorm):
 
 
 class LayerNorm(Layer):
-    """Layer normalisation over the last axis, as ``torch.nn.LayerNorm(normalized_shape)``.
+    """Layer normalisation over the last axis, as ``torch.nn.LayerNorm(normalized_shape,
+    eps, elementwise_affine, bias)``.
 
     Each example's ``D`` features are normalised with their own mean and biased
     variance, then scaled and shifted: ``y = (x - mean) / sqrt(var + eps) * weight +
@@ -162,6 +163,12 @@ class LayerNorm(Layer):
         ``D``, the size of the last axis (PyTorch's ``(D,)`` is accepted).
     eps : float
         Added to the variance, > 0.
+    elementwise_affine : bool
+        Whether to learn ``weight`` (and ``bias``); without it the layer has no
+        parameters and returns the normalised input.
+    bias : bool
+        Whether to learn ``bias`` (with ``elementwise_affine``): GPT-style models often
+        leave it out.
     dtype : str
         ``"float32"`` (default) or ``"float64"``.
     backend, device : optional
@@ -169,13 +176,16 @@ class LayerNorm(Layer):
 
     Attributes
     ----------
-    weight : Parameter, shape (D,)
+    weight : Parameter, shape (D,), or None without ``elementwise_affine``
         The scale, ones at first.
-    bias : Parameter, shape (D,)
+    bias : Parameter, shape (D,), or None without ``bias`` or ``elementwise_affine``
         The shift, zeros at first.
     """
 
+    positionwise = True
+
     def __init__(self, normalized_shape: int | tuple[int], *, eps: float = 1e-5,
+                 elementwise_affine: bool = True, bias: bool = True,
                  dtype: str = "float32", backend: str | Backend | None = None,
                  device: str | None = None, name: str | None = None):
         super().__init__(name=name)
@@ -188,11 +198,19 @@ class LayerNorm(Layer):
         self.normalized_shape = _args.integer(normalized_shape, "normalized_shape",
                                               "LayerNorm", minimum=1)
         self.eps = _args.real(eps, "eps", "LayerNorm", low=0.0, low_open=True)
+        for what, value in (("elementwise_affine", elementwise_affine), ("bias", bias)):
+            if not isinstance(value, bool):
+                raise TypeError(f"LayerNorm: {what} must be True or False, got {value!r}")
+        self.elementwise_affine, self.use_bias = elementwise_affine, bias
         self.dtype = _args.float_dtype(dtype, "LayerNorm")
         be, shapes = resolve(backend, device), self.param_shapes(self.get_config())
-        self.weight = self._new_parameter("weight", np.ones(shapes["weight"]), dtype,
-                                          backend=be)
-        self.bias = self._new_parameter("bias", np.zeros(shapes["bias"]), dtype, backend=be)
+        self.weight = self.bias = None
+        if "weight" in shapes:
+            self.weight = self._new_parameter("weight", np.ones(shapes["weight"]), dtype,
+                                              backend=be)
+        if "bias" in shapes:
+            self.bias = self._new_parameter("bias", np.zeros(shapes["bias"]), dtype,
+                                            backend=be)
         self._cache: Any = None
 
     def forward(self, x: Any, *, train: bool = True) -> Any:
@@ -200,15 +218,19 @@ class LayerNorm(Layer):
         if x.ndim < 1 or x.shape[-1] != d:
             raise ValueError(f"{self.label}: expected input of shape (..., {d}), got "
                              f"{tuple(x.shape)}")
-        gamma = self.weight.value
-        check_like_parameters(self, x, gamma)
+        if self.weight is not None:  # without parameters, any floating input (as GELU)
+            check_like_parameters(self, x, self.weight.value)
         xp = namespace(x)
         xs = _float32_if_low(xp, x)
         centred = xs - xp.mean(xs, axis=-1, keepdims=True)
         inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
         xhat = centred * inv
         self._cache = (xhat, inv) if train else None
-        y = xhat * gamma + self.bias.value
+        y = xhat
+        if self.weight is not None:
+            y = y * self.weight.value
+        if self.bias is not None:
+            y = y + self.bias.value
         return y if xs is x else xp.astype(y, x.dtype)
 
     def backward(self, dy: Any) -> Any:
@@ -216,26 +238,35 @@ class LayerNorm(Layer):
         xp = namespace(dy)
         lead = tuple(range(dy.ndim - 1))
         dz = _float32_if_low(xp, dy)  # xhat is float32 then too
-        gamma = self.weight.value
-        dgamma, dbeta = xp.sum(dz * xhat, axis=lead), xp.sum(dz, axis=lead)
         d = self.normalized_shape
-        g = dz * gamma
+        g = dz if self.weight is None else dz * self.weight.value
         dx = (inv / d) * (d * g - xp.sum(g, axis=-1, keepdims=True)
                           - xhat * xp.sum(g * xhat, axis=-1, keepdims=True))
-        if dz is not dy:  # back to the dtypes of the parameters and of the input
-            dgamma, dbeta, dx = (xp.astype(a, dt) for a, dt in (
-                (dgamma, gamma.dtype), (dbeta, gamma.dtype), (dx, dy.dtype)))
-        self.weight.accumulate(dgamma)
-        self.bias.accumulate(dbeta)
+        if dz is not dy:
+            dx = xp.astype(dx, dy.dtype)
+        for p, grad in ((self.weight, lambda: xp.sum(dz * xhat, axis=lead)),
+                        (self.bias, lambda: xp.sum(dz, axis=lead))):
+            if p is not None:
+                g_p = grad()
+                # back to the parameters' dtype (mixed precision)
+                p.accumulate(g_p if g_p.dtype == p.value.dtype else
+                             xp.astype(g_p, p.value.dtype))
         return dx
 
     def get_config(self) -> dict[str, Any]:
-        return {"normalized_shape": self.normalized_shape, "eps": self.eps,
-                "dtype": self.dtype}
+        config: dict[str, Any] = {"normalized_shape": self.normalized_shape, "eps": self.eps}
+        if not self.elementwise_affine:  # named only when not the default, so the
+            config["elementwise_affine"] = False  # descriptions of earlier files stay
+        if not self.use_bias:
+            config["bias"] = False
+        return {**config, "dtype": self.dtype}
 
     @classmethod
     def param_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-        """``weight`` and ``bias``, both ``(normalized_shape,)``."""
+        """``weight`` and ``bias``, both ``(normalized_shape,)``; no ``bias`` with
+        ``bias=False``, neither with ``elementwise_affine=False``."""
         d = config["normalized_shape"]
         d = d[0] if isinstance(d, (list, tuple)) and len(d) == 1 else d
-        return {"weight": (d,), "bias": (d,)}
+        if not config.get("elementwise_affine", True):
+            return {}
+        return {"weight": (d,), "bias": (d,)} if config.get("bias", True) else {"weight": (d,)}

@@ -21,16 +21,21 @@ class _Weighted(Layer):
 
     ``init``: ``"pytorch"`` (default: PyTorch's U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for
     weight and bias), ``"he"`` (before a ReLU), ``"glorot"`` (before sigmoid or tanh),
-    ``"lecun"`` or ``"normal"``; all but ``"pytorch"`` start the bias at zero.
+    ``"lecun"`` or ``"normal"``, an initialiser of :mod:`xpnet.init` (``normal(0.02)``,
+    ``scaled(...)``) or a callable ``(shape, rng) -> array`` (see :mod:`xpnet.init`);
+    all but ``"pytorch"`` start the bias at zero.
     ``dtype``: ``"float32"`` or ``"float64"``. ``backend``/``device``: where the
     parameters live (default: the current backend).
     """
 
-    def _make_weights(self, bias: bool, init: str, dtype: str,
+    def _make_weights(self, bias: bool, init: Any, dtype: str,
                       backend: str | Backend | None, device: str | None) -> None:
         """``weight`` and ``bias`` of the shapes ``param_shapes`` declares for the layer's
         config (the sizes are set before this is called)."""
-        initializers.get(init)  # a bad name fails before anything is drawn
+        try:  # a bad name fails before anything is drawn
+            init = initializers.resolve(init)
+        except ValueError as e:
+            raise ValueError(f"{type(self).__name__}: {e}") from None
         self.use_bias, self.init = bool(bias), init
         self.dtype = _args.float_dtype(dtype, type(self).__name__)
         be = resolve(backend, device)
@@ -44,10 +49,10 @@ class _Weighted(Layer):
         """Same library, device and dtype as the weight (metadata only, no host read)."""
         check_like_parameters(self, x, self.weight.value)
 
-    def reset(self, init: str | None = None) -> None:
+    def reset(self, init: Any = None) -> None:
         """Draw new weights (and bias) with ``init`` (default: the layer's own), where
         the parameters are now, keeping their dtype."""
-        init = self.init if init is None else init
+        init = self.init if init is None else initializers.resolve(init)
         w = self.weight.value
         be = backend_of(w)
         host_w, host_b = initializers.draw(init, tuple(w.shape), self.bias is not None,

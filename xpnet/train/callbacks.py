@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _args
 from ..backend import to_numpy
-from ..checkpoint import save
+from ..checkpoint import check_describable, save
 from ..layers.base import Layer
 from ..optim import Optimizer, schedule_config
 
@@ -191,8 +191,11 @@ class ModelCheckpoint(_Monitor):
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
-        if self.save_optimizer and callable(optimizer.lr):
-            schedule_config(optimizer.lr)  # TypeError now, not after the first epoch
+        check_describable(model, "ModelCheckpoint")  # now, not after the first epoch
+        if self.save_optimizer:
+            for group in optimizer.param_groups:
+                if callable(group["lr"]):
+                    schedule_config(group["lr"])  # TypeError now, not after the first epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if (self._improved(logs) or not self.save_best_only) and self.rank == 0:
@@ -320,9 +323,10 @@ class ReduceLROnPlateau(_Monitor):
     no bad epochs. (Keras counts ``patience`` one epoch earlier: its ``patience=p`` is
     ``patience=p - 1`` here.)
 
-    It changes a fixed rate (``optimizer.lr``, a float): an optimizer whose ``lr`` is a
-    schedule already decides each step's rate, and raises TypeError at the start of
-    ``fit``. ``lr`` holds the lowered rate afterwards, and checkpoints save it.
+    It changes a fixed rate (each parameter group's ``lr``, a float, as PyTorch's):
+    an optimizer whose ``lr`` is a schedule already decides each step's rate, and
+    raises TypeError at the start of ``fit``. ``lr`` holds the lowered rate afterwards,
+    and checkpoints save it.
 
     Parameters
     ----------
@@ -355,11 +359,12 @@ class ReduceLROnPlateau(_Monitor):
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
-        if callable(optimizer.lr):
-            raise TypeError(f"ReduceLROnPlateau: the optimizer's lr is the schedule "
-                            f"{optimizer.lr!r}, which already sets each step's rate; give "
-                            f"the optimizer a fixed lr (a float) to lower on plateaus, or "
-                            f"drop one of the two")
+        for group in optimizer.param_groups:
+            if callable(group["lr"]):
+                raise TypeError(f"ReduceLROnPlateau: the optimizer's lr is the schedule "
+                                f"{group['lr']!r}, which already sets each step's rate; "
+                                f"give the optimizer a fixed lr (a float) to lower on "
+                                f"plateaus, or drop one of the two")
         self.best, self.wait, self.cooldown_left = None, 0, 0
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
@@ -371,11 +376,14 @@ class ReduceLROnPlateau(_Monitor):
             self.cooldown_left -= 1
             self.wait = 0
         if self.wait > self.patience:
-            old = float(self.optimizer.lr)
-            new = max(old * self.factor, self.min_lr)
-            if old - new > self.eps:
-                self.optimizer.lr = new
-                if self.verbose and self.rank == 0:
-                    print(f"Epoch {epoch + 1}: ReduceLROnPlateau lowered the learning rate "
-                          f"to {new:.4g}")
+            for i, group in enumerate(self.optimizer.param_groups):  # each, as PyTorch
+                old = float(group["lr"])
+                new = max(old * self.factor, self.min_lr)
+                if old - new > self.eps:
+                    group["lr"] = new
+                    if self.verbose and self.rank == 0:
+                        which = (f" of parameter group {i}"
+                                 if len(self.optimizer.param_groups) > 1 else "")
+                        print(f"Epoch {epoch + 1}: ReduceLROnPlateau lowered the learning "
+                              f"rate{which} to {new:.4g}")
             self.cooldown_left, self.wait = self.cooldown, 0

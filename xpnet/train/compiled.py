@@ -373,6 +373,16 @@ class _TracedDraws(random.RandomStream):
         self.count += 1
         return self.compiler.uniform(like, shape, self.traced_key, position)
 
+    def reserve(self, count: int) -> Any:
+        key, base = self.traced_key, self.offset + self.count
+        self.count += count
+        compiler = self.compiler
+
+        def draw(like: Any, shape: tuple[int, ...], i: int) -> Any:
+            return compiler.uniform(like, shape, key, base + i)
+
+        return draw
+
     def __repr__(self) -> str:
         return f"_TracedDraws(count={self.count})"
 

@@ -201,7 +201,8 @@ def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer
     for cb in callbacks:
         cb.check(logged)
     seed = plan.seed if plan.seed is not None else int(random.current().host.integers(2**31))
-    strategy.agree({"model": json.dumps(layer_config(model), sort_keys=True),
+    strategy.agree({"model": json.dumps(layer_config(model), sort_keys=True,  # a callable
+                                        default=lambda f: getattr(f, "__qualname__", "?")),  # init
                     **source.facts(), "batch_size": source.batch_size,
                     "epochs": plan.epochs, "initial_epoch": plan.initial_epoch,
                     "validation_data": val is not None, "metrics": driver.metrics.names})

@@ -234,9 +234,7 @@ class MixedPrecision:
         # and skips, as the others do: its gradients are the summed ones)
         self.scaler.place(backend_of(live[0].value))
         finite = all_finite(live)
-        lr = optimizer.current_lr()
-        optimizer.steps += 1
-        guarded_apply(optimizer, optimizer.coefficients(lr, optimizer.steps), finite)
+        guarded_apply(optimizer, optimizer.next_coefficients(), finite)
         self.scaler.grow_or_back_off(finite)
 
     @property

@@ -112,9 +112,9 @@ class Step:
     def plan(self, examples: int, final: bool | None = None
              ) -> tuple[StepContext, tuple[Any, ...]]:
         """The context of the next batch of ``examples`` (over every rank) and, when it
-        ends a group, the optimizer's coefficients for the update (the schedule's rate,
-        the bias corrections: computed here, on the host). ``final=True`` ends the group
-        early (the last batches of an epoch)."""
+        ends a group, the optimizer's coefficients for the update (each parameter
+        group's rate and bias corrections, one flat tuple: computed here, on the host).
+        ``final=True`` ends the group early (the last batches of an epoch)."""
         self._pending += 1
         self._examples += examples
         update = bool(final) or self._pending >= self.accumulate
@@ -122,10 +122,7 @@ class Step:
         coefficients: tuple[Any, ...] = ()
         if update:
             self._pending = self._examples = 0
-            opt = self.optimizer
-            lr = opt.current_lr()
-            opt.steps += 1
-            coefficients = opt.coefficients(lr, opt.steps)
+            coefficients = self.optimizer.next_coefficients()  # every group's, in turn
         return ctx, coefficients
 
     def pending(self) -> bool:
