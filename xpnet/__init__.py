@@ -54,6 +54,7 @@ from .layers import (
     TransformerBlock,
 )
 from .losses import BinaryCrossEntropy, Loss, QuadraticCost, SoftmaxCrossEntropy
+from .onnx import export_onnx
 from .optim import SGD, Adam, AdamW, CosineLR, Optimizer, StepLR, WarmupCosineLR
 from .random import RandomStream, seed
 from .train import (
@@ -93,6 +94,6 @@ __all__ = [
     "CSVLogger", "ReduceLROnPlateau", "TerminateOnNaN", "metrics",
     "fit", "evaluate", "predict", "History", "Callback", "EarlyStopping", "ModelCheckpoint",
     "MixedPrecision",
-    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError",
+    "save", "load", "load_checkpoint", "Checkpoint", "CheckpointError", "export_onnx",
     "backends", "data", "datasets", "distributed", "init", "models", "optim", "random",
 ]
