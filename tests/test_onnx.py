@@ -219,13 +219,20 @@ def test_export_from_torch_copies_the_weights_to_the_host(tmp_path, rng):
     np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
 
 
-def test_float64_model_exported_as_float32(tmp_path, rng):
-    model = xn.Sequential(xn.Linear(4, 3, dtype="float64"), xn.Tanh())
-    xn.export_onnx(model, tmp_path / "m.onnx", (4,), dtype="float32")
+def test_float64_models_export_as_float32_by_default_or_as_float64(tmp_path, rng):
+    model = xn.Sequential(xn.Linear(4, 3, dtype="float64"), xn.Tanh(), xn.Softmax())
     x = rng.standard_normal((2, 4))
-    got = _session(tmp_path / "m.onnx").run(None, {"input": x.astype(np.float32)})[0]
+    want = xn.to_numpy(model(x))
+    xn.export_onnx(model, tmp_path / "m.onnx", (4,))
+    session = _session(tmp_path / "m.onnx")
+    assert session.get_inputs()[0].type == "tensor(float)"
+    got = session.run(None, {"input": x.astype(np.float32)})[0]
     assert got.dtype == np.float32
-    np.testing.assert_allclose(got, xn.to_numpy(model(x)), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(got, want, rtol=RTOL, atol=ATOL)
+    xn.export_onnx(model, tmp_path / "m64.onnx", (4,), dtype="float64")
+    got = _session(tmp_path / "m64.onnx").run(None, {"input": x})[0]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
 
 
 class Cube(xn.Layer):

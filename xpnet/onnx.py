@@ -82,7 +82,7 @@ DEFAULT_OPSET = 17
 
 def export_onnx(model: Layer, path: str | os.PathLike | None,
                 input_shape: Sequence[int | None] | Sequence[Sequence[int | None]] | None
-                = None, *, opset: int = DEFAULT_OPSET, dtype: str | None = None) -> Any:
+                = None, *, opset: int = DEFAULT_OPSET, dtype: str = "float32") -> Any:
     """Write ``model``'s inference pass to ``path`` as an ONNX model; return the
     ``onnx.ModelProto``.
 
@@ -98,9 +98,10 @@ def export_onnx(model: Layer, path: str | os.PathLike | None,
         model's ids of any length). A Graph's own Input shapes are the default.
     opset : int
         The ONNX operator set, 13 or later (default 17).
-    dtype : {"float32", "float64"}, optional
-        The floating dtype of the weights and of floating inputs and outputs (default:
-        the model's). Ids (Embedding) stay int64.
+    dtype : {"float32", "float64"}
+        The floating dtype of the weights and of floating inputs and outputs, whatever
+        the model's (default float32, which every runtime runs: onnxruntime's CPU
+        kernels have no float64 Conv, Erf, GRU or LSTM). Ids (Embedding) stay int64.
 
     The graph's inputs are named ``input`` (a Graph's: its Input nodes' names), its
     output ``output``; the batch axis of each is the dynamic ``N``. Raises TypeError
@@ -116,7 +117,6 @@ def export_onnx(model: Layer, path: str | os.PathLike | None,
     opset = _opset(opset, onnx)
     shapes = _input_shapes(model, input_shape)
     own = _model_dtype(model)
-    dtype = own if dtype is None else dtype
     if dtype not in ("float32", "float64"):
         raise ValueError(f"export_onnx: dtype must be 'float32' or 'float64', got {dtype!r}")
     kinds = ["int64" if d == "int64" else own for d in model.input_dtypes]
