@@ -283,6 +283,19 @@ def test_bad_arguments_are_refused(tmp_path):
         xn.export_onnx(graph, None, (3,))
 
 
+def test_several_inputs_need_several_shapes_and_onnx_is_named_when_missing(monkeypatch):
+    a, b = xn.Input(shape=(2,), name="a"), xn.Input(shape=(3,), name="b")
+    graph = xn.Graph(inputs=[a, b], outputs=xn.Concat()(a, b))
+    with pytest.raises(ValueError, match=r"takes 2 inputs; input_shape must be a list of 2 "
+                                         r"shapes, got \(2, 3\)"):
+        xn.export_onnx(graph, None, (2, 3))
+    proto = xn.export_onnx(graph, None, [(2,), (3,)])
+    assert [i.name for i in proto.graph.input] == ["a", "b"]
+    monkeypatch.setitem(sys.modules, "onnx", None)  # as if it were not installed
+    with pytest.raises(ImportError, match=r'needs the onnx package: pip install "xpnet\[onnx\]"'):
+        xn.export_onnx(graph, None)
+
+
 def test_importing_xpnet_does_not_import_onnx():
     root = str(Path(xn.__file__).resolve().parents[1])  # this checkout's xpnet
     code = "import sys, xpnet; print('onnx' in sys.modules, 'onnxruntime' in sys.modules)"

@@ -4,7 +4,8 @@
 
 Export is a host operation: the model's arrays are copied to the host once (from any
 backend and device) and written as the graph's initializers, under their
-``state_dict`` names (a tied weight once). The graph computes the model's inference
+``state_dict`` names (a tied weight once; GRU's and LSTM's regrouped into ONNX's ``W``,
+``R`` and ``B``, named after the layer). The graph computes the model's inference
 pass (``model(x)``, ``train=False``): Dropout is the identity, BatchNorm uses its running
 statistics. The batch axis is dynamic (named ``N``); so is any axis of ``input_shape``
 given as None (a language model's sequence length).
@@ -157,13 +158,12 @@ def export_onnx(model: Layer, path: str | os.PathLike | None,
 
 
 def _model_dtype(model: Layer) -> str:
-    """The floating dtype of the model's parameters (float32 for a model without any)."""
+    """The floating dtype of the model's parameters, what it is probed with (float32 for
+    a model without any)."""
     for _, p in model.named_state():
         name = dtype_name(backend_of(p.value).xp, p.value.dtype)
-        if name in ("float32", "float64"):
+        if name in ("float16", "bfloat16", "float32", "float64"):
             return name
-        if name in ("float16", "bfloat16"):
-            return "float32"
     return "float32"
 
 
@@ -192,7 +192,9 @@ def _input_shapes(model: Layer, input_shape: Any) -> list[tuple[int | None, ...]
             raise ValueError("export_onnx: input_shape is needed: the shape of one example "
                              "without the batch axis, e.g. input_shape=(40,) or (1, 28, 28)")
         return [model._order[i].shape for i in model._input_index]
-    given = list(input_shape) if count > 1 else [input_shape]
+    one_in_list = (isinstance(input_shape, (list, tuple)) and len(input_shape) == 1
+                   and isinstance(input_shape[0], (list, tuple)))
+    given = list(input_shape) if count > 1 or one_in_list else [input_shape]
     if count > 1 and (len(given) != count or
                       not all(isinstance(s, (list, tuple)) for s in given)):
         raise ValueError(f"export_onnx: the model takes {count} inputs; input_shape must be "
