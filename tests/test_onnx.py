@@ -291,6 +291,13 @@ def test_several_inputs_need_several_shapes_and_onnx_is_named_when_missing(monke
         xn.export_onnx(graph, None, (2, 3))
     proto = xn.export_onnx(graph, None, [(2,), (3,)])
     assert [i.name for i in proto.graph.input] == ["a", "b"]
+    x = xn.Input(shape=(2,), name="output")
+    with pytest.raises(ValueError, match=r"an Input named 'output'"):
+        xn.export_onnx(xn.Graph(inputs=x, outputs=xn.ReLU()(x)), None)
+    x = xn.Input(shape=(2,), name="0.weight")  # a name the initializers would take
+    proto = xn.export_onnx(xn.Graph(inputs=x, outputs=xn.Linear(2, 1, name="0")(x)), None)
+    assert proto.graph.input[0].name == "0.weight"
+    assert "0.weight" not in {t.name for t in proto.graph.initializer}
     monkeypatch.setitem(sys.modules, "onnx", None)  # as if it were not installed
     with pytest.raises(ImportError, match=r'needs the onnx package: pip install "xpnet\[onnx\]"'):
         xn.export_onnx(graph, None)

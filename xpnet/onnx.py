@@ -129,6 +129,10 @@ def export_onnx(model: Layer, path: str | os.PathLike | None,
         in_names = [model._order[i].name for i in model._input_index]
     else:
         in_names = ["input"]
+    if "output" in in_names:
+        raise ValueError("export_onnx: the Graph has an Input named 'output', which is the "
+                         "exported graph's output name; rename the Input")
+    b.reserve([*in_names, "output"])
     out = _emit(b, model, list(in_names), "")
     b.nodes.append(helper.make_node("Identity", [out], ["output"], name="output"))
 
@@ -247,6 +251,10 @@ class _Builder:
         from onnx import helper, numpy_helper
 
         self.helper, self.numpy_helper = helper, numpy_helper
+
+    def reserve(self, names: list[str]) -> None:
+        """Names that ``fresh`` never gives (the graph's inputs and output)."""
+        self._taken.update(names)
 
     def fresh(self, hint: str) -> str:
         name, k = hint, 1
