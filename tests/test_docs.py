@@ -1,11 +1,13 @@
-"""Packaging and documentation: xpnet ships ``py.typed``, and the documentation site
-builds with warnings as errors (``mkdocs build --strict``; ``.ci/run`` runs it too)."""
+"""Packaging and documentation: xpnet ships ``py.typed``, the documentation site builds
+with warnings as errors (``mkdocs build --strict``; ``.ci/run`` runs it too), and the
+tour's code runs."""
 
 from __future__ import annotations
 
 import importlib.resources
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -64,3 +66,29 @@ def test_docs_build_strict(tmp_path):
     for name in xpnet.__all__:
         if name != "__version__":
             assert f"<code>xn.{name}</code></a>" in index, name
+
+
+def test_tour_snippets_run(tmp_path, monkeypatch):
+    """docs/tour.md's python blocks, in order, as one script (as the README's are)."""
+    pytest.importorskip("sklearn", reason="scikit-learn is not installed (the data extra)")
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plot extra)")
+    pytest.importorskip("array_api_strict", reason="array_api_strict is not installed")
+    pytest.importorskip("safetensors", reason="safetensors is not installed")
+    blocks = re.findall(r"^```python\n(.*?)^```", (ROOT / "docs" / "tour.md").read_text(),
+                        flags=re.S | re.M)
+    assert len(blocks) >= 5
+    monkeypatch.chdir(tmp_path)  # the tour writes digits.xpnet, .safetensors, curves.png
+    have_torch = importlib.util.find_spec("torch") is not None
+    scope: dict = {}
+    for i, code in enumerate(blocks):
+        if "import torch" in code and not have_torch:
+            continue
+        try:
+            exec(compile(code, f"docs/tour.md python block {i + 1}", "exec"), scope)
+        except Exception as e:
+            raise AssertionError(f"docs/tour.md python block {i + 1} failed: {e!r}\n{code}"
+                                 ) from e
+    for name in ("digits.xpnet", "digits.safetensors", "curves.png"):
+        assert (tmp_path / name).is_file(), name
+    assert scope["history"]["val_accuracy"][-1] > 0.9
+    assert tuple(scope["model"].parameters()[0].shape) == (100, 40)
