@@ -92,3 +92,16 @@ def test_tour_snippets_run(tmp_path, monkeypatch):
         assert (tmp_path / name).is_file(), name
     assert scope["history"]["val_accuracy"][-1] > 0.9
     assert tuple(scope["model"].parameters()[0].shape) == (100, 40)
+
+
+def test_training_page_covers_every_fit_parameter():
+    """docs/training.md explains each of fit's parameters (its signature block is made
+    from the code at build time; the explanations are prose, so this keeps them up)."""
+    import inspect
+
+    import xpnet as xn
+
+    page = (ROOT / "docs" / "training.md").read_text()
+    missing = [name for name in inspect.signature(xn.fit).parameters
+               if name != "model" and f"`{name}`" not in page]
+    assert not missing, f"docs/training.md does not mention fit's {missing}"
