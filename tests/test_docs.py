@@ -60,6 +60,9 @@ def test_docs_build_strict(tmp_path):
                           capture_output=True, text=True, timeout=600,
                           env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert done.returncode == 0, done.stderr[-5000:]
+    for page in (tmp_path / "site" / "api").glob("*/index.html"):
+        text = page.read_text()  # docstrings' Sphinx roles became links
+        assert ":func:`" not in text and ":class:`" not in text, page
     index = (tmp_path / "site" / "api" / "index.html").read_text()
     # every public name of xpnet links to its documentation
     import xpnet
