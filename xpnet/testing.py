@@ -147,8 +147,11 @@ def check_layer(layer: Layer, x: Any, *, loss: Loss | None = None, target: Any =
     loss, target : Loss and its target, optional
         Passed to gradcheck.
 
-    Returns None, or raises AssertionError (GradcheckError for check 1) that names the
-    check that failed.
+    Raises
+    ------
+    AssertionError
+        Naming the check that failed (GradcheckError for check 1); None is returned
+        when all pass.
     """
     xs = list(x) if isinstance(x, (list, tuple)) else [x]
     be = backend_of(xs[0])

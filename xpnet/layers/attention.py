@@ -607,6 +607,8 @@ class TransformerBlock(Layer):
     backend, device : optional
         Where the parameters live (default: the current backend).
 
+    Notes
+    -----
     PyTorch's layer with ``dropout=p`` drops the attention weights, both residual
     branches and the MLP's hidden activations, all with ``p``; here the MLP's hidden
     activations are never dropped (as in GPT-2), so in training the two differ unless

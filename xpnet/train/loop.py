@@ -152,6 +152,8 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         Layers that keep statistics (BatchNorm) see each batch on its own, as in
         Lightning and PyTorch, so they are not those of the larger batch.
 
+    Notes
+    -----
     Callbacks that define ``on_batch_end`` are called after every batch (with the batch
     loss on the device, read only if they ask); none is, when none does.
 
