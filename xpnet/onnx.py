@@ -104,6 +104,8 @@ def export_onnx(model: Layer, path: str | os.PathLike | None,
         the model's (default float32, which every runtime runs: onnxruntime's CPU
         kernels have no float64 Conv, Erf, GRU or LSTM). Ids (Embedding) stay int64.
 
+    Notes
+    -----
     The graph's inputs are named ``input`` (a Graph's: its Input nodes' names), its
     output ``output``; the batch axis of each is the dynamic ``N``. Raises TypeError
     naming the first layer that cannot be exported, and ValueError for an
