@@ -11,16 +11,18 @@ end, whether or not a progress bar shows them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _args, random
+from .. import _args, backends, random
 from .. import data as data_mod
 from .. import distributed as distributed_mod
 from ..backend import on_model_device
@@ -61,7 +63,7 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         distributed: bool | Any = False, compile: bool = False,
         precision: str | int | MixedPrecision = "32", clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None, steps_per_execution: int = 1,
-        accumulate_grad_batches: int = 1) -> History:
+        accumulate_grad_batches: int = 1, threads: int | None = None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its History.
 
     Parameters
@@ -152,6 +154,14 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         Layers that keep statistics (BatchNorm) see each batch on its own, as in
         Lightning and PyTorch, so they are not those of the larger batch.
 
+    threads : int, optional
+        At most this many CPU threads for the fit (BLAS and OpenMP pools through
+        threadpoolctl, and torch's ``set_num_threads``), put back as they were when it
+        ends. None (the default) leaves them as they are: a program that calls ``fit``
+        may have set them itself. Small models train faster on 1 thread, as ``xpnet
+        train`` does by default: their matrix products are too small to share. JAX
+        fixes its CPU threads when it starts; there ``fit`` warns and XLA_FLAGS decides.
+
     Callbacks that define ``on_batch_end`` are called after every batch (with the batch
     loss on the device, read only if they ask); none is, when none does.
 
@@ -167,12 +177,13 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
-        source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
-                                  shuffle=shuffle, steps_per_epoch=steps_per_epoch,
-                                  precision=precision)
-        return _fit(model, source, loss, optimizer, options, strategy, metrics,
-                    _validation(model, source, validation_data), list(callbacks or []),
-                    _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress))
+        with _cpu_threads(model, threads):
+            source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
+                                      shuffle=shuffle, steps_per_epoch=steps_per_epoch,
+                                      precision=precision)
+            return _fit(model, source, loss, optimizer, options, strategy, metrics,
+                        _validation(model, source, validation_data), list(callbacks or []),
+                        _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress))
     except BaseException as error:
         strategy.fail(error)  # one process: raised as it is
         raise  # a strategy that could not end the job must not look like a finished fit
@@ -399,6 +410,17 @@ def _groups(batches: Iterator[tuple[int, list[Any]]], size: int,
             group = []
     if group:
         yield group
+
+
+def _cpu_threads(model: Layer, threads: Any) -> contextlib.AbstractContextManager:
+    """fit's ``threads``: every library's CPU pool limited for the fit, or left alone."""
+    if threads is None:
+        return contextlib.nullcontext()
+    _args.integer(threads, "threads", "fit", minimum=1)
+    note = backends.adapter(model.backend.name).threads_note()
+    if note is not None:
+        warnings.warn(note, stacklevel=4)
+    return backends.threads(threads)
 
 
 # -- checks -------------------------------------------------------------------------------
