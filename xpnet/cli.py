@@ -4,7 +4,8 @@
     xpnet train --data mnist1d --backend torch --epochs 20
     xpnet train --format safetensors   # model.safetensors, readable by other tools
     xpnet eval runs/<time>/model.xpnet # on the data set recorded in the checkpoint
-    xpnet info                         # every backend: usable or not, devices, why not
+    xpnet info                         # every backend's version (imports none of them)
+    xpnet info torch jax               # and these opened: usable or not, devices, why not
     xpnet selftest --backend cupy      # check a (GPU) backend: layers, compiled step, training
 
 Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
@@ -23,6 +24,7 @@ import math
 import os
 import socket
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -544,15 +546,41 @@ def cmd_predict(args) -> int:
 
 
 def cmd_info(args) -> int:
-    import xpnet as xn
+    """Versions from the package metadata, without importing a library (torch and JAX
+    take seconds each to import); the backends named, and NumPy (already imported),
+    are opened too: usable or not, their devices, why not."""
+    import platform
 
-    print(f"xpnet {xn.__version__}  (numpy {np.__version__})")
-    for name, info in xn.available().items():
-        status = "usable" if info.usable else "not usable"
-        version = info.version or "not installed"
-        line = f"  {name:<17} {status:<11} {version:<14}"
-        line += f"devices: {', '.join(info.devices)}" if info.usable else info.reason
-        print(line)
+    from . import backends
+
+    names = args.backends
+    if "all" in names:
+        names = list(backends.ADAPTERS)
+    try:
+        probe = {backends.canonical(n) for n in names} | {"numpy"}
+    except ValueError as e:
+        raise UsageError(f"info: {e}") from None
+    print(f"xpnet {__version__}  (Python {platform.python_version()})")
+    closed = []
+    for name, a in backends.ADAPTERS.items():
+        version = a.installed()
+        head = f"  {name:<17} {version or '-':<13} "
+        if name in probe:
+            try:
+                a.open(None)
+                text = f"usable, devices: {', '.join(a.devices())}"
+            except backends.BackendUnavailableError as e:
+                text = f"not usable: {e}"
+        elif version is None:
+            text = f"not installed: {a.install}"
+        else:
+            text = "installed, not opened"
+            closed.append(name)
+        # under 80 columns: a long reason continues under the status column
+        print(textwrap.fill(_one_line(text), 79, initial_indent=head,
+                            subsequent_indent=" " * len(head)))
+    if closed:
+        print(f"(xpnet info {' '.join(closed)} opens them: usable or not, devices)")
     return 0
 
 
@@ -635,7 +663,12 @@ def make_parser() -> _Parser:
         backend_flags(e)
         e.set_defaults(func=func)
 
-    i = sub.add_parser("info", help="list backends: usable or not, devices, versions, why not")
+    i = sub.add_parser("info", help="list backends: versions; usable or not, devices, why "
+                       "not for those named")
+    i.add_argument("backends", nargs="*", metavar="BACKEND",
+                   help="open these backends (or all) to list their devices; importing "
+                        "torch or JAX takes seconds, so the others only show the "
+                        "installed version")
     i.set_defaults(func=cmd_info)
     s = sub.add_parser("selftest", help="check a backend and device here: every layer, "
                        "compiled steps, no host reads, a short training run")
