@@ -437,7 +437,7 @@ def test_train_gru_reads_each_input_as_a_time_step(tmp_path, capsys):
                           "--batch-size", "4", "--lr", "0.05", "--schedule", "none",
                           "--backend", "numpy", "--out", str(tmp_path), "--no-progress")
     assert code == 0, err
-    assert "GRU(input_size=1, hidden_size=6" in out
+    assert "1: GRU(1, 6, bidirectional=True)" in out
     assert "test accuracy: 1.0000 (4/4)" in out
     code, out, err = _run(capsys, "eval", str(tmp_path / "model.xpnet"), "--backend", "numpy")
     assert code == 0, err
