@@ -194,3 +194,36 @@ def test_cli_epoch_lines_go_to_stdout_while_the_bar_is_on_stderr(tmp_path):
     table = lines[lines.index(next(x for x in lines if x.split()[:1] == ["loss"])):][:3]
     assert all(len(line) < 80 for line in table), out
     assert b"epoch 2/2 " not in b"".join(seen)  # the terminal had only the bar
+
+
+_PLOT = """
+import io, sys
+import xpnet as xn
+h = xn.History()
+h.append(0, {"loss": 1.0, "accuracy": 0.5, "val_loss": 1.2, "val_accuracy": 0.4})
+h.append(1, {"loss": 0.5, "accuracy": 0.8, "val_loss": 0.7, "val_accuracy": 0.7})
+png = h.plot()._repr_png_()
+import matplotlib.image
+pixels = matplotlib.image.imread(io.BytesIO(png), format="png")
+print(png[:8] == b"\\x89PNG\\r\\n\\x1a\\n", pixels.shape[:2], "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_history_plot_displays_in_a_fresh_notebook_kernel():
+    """A fresh kernel has no PNG formatter for Figure until pyplot is imported; the figure
+    plot() returns renders itself (_repr_png_, through Agg) and imports no pyplot."""
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plot extra)")
+    done = subprocess.run([sys.executable, "-c", _PLOT], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "(360,", "1000)", "False"]  # 10 x 3.6 in, 100 dpi
+
+
+def test_ipython_shows_the_history_plot_as_an_image():
+    pytest.importorskip("matplotlib", reason="matplotlib is not installed (the plot extra)")
+    formatters = pytest.importorskip("IPython.core.formatters",
+                                     reason="IPython is not installed")
+    h = xn.History()
+    h.append(0, {"loss": 1.0})
+    data, _ = formatters.DisplayFormatter().format(h.plot())
+    assert data["image/png"][:4] == b"\x89PNG"

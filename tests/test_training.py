@@ -149,7 +149,7 @@ def test_history_plot_returns_a_figure_and_keeps_the_matplotlib_backend(tmp_path
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
-    assert type(fig).__name__ == "Figure" and len(fig.axes) == 2
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 2
     assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [[1.0, 0.5]]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
