@@ -442,3 +442,24 @@ def test_train_gru_reads_each_input_as_a_time_step(tmp_path, capsys):
     code, out, err = _run(capsys, "eval", str(tmp_path / "model.xpnet"), "--backend", "numpy")
     assert code == 0, err
     assert "1.0000" in out
+
+
+def test_help_shows_every_option_with_its_default():
+    """--epochs, --batch-size, --seed... had neither help nor default in --help."""
+    import argparse
+
+    parser = cli.make_parser()
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())
+        for a in sub._actions:
+            assert a.help, (name, a.dest)  # every option says what it is
+            if a.option_strings and a.default is not None and not isinstance(
+                    a.default, bool) and a.default is not argparse.SUPPRESS:
+                assert f"(default: {a.default})" in text, (name, a.dest)
+    train = " ".join(commands["train"].format_help().split())
+    for shown in ("--epochs EPOCHS passes over the data (default: 40)",
+                  "(default: 16)", "(default: 0)", "--threads THREADS",
+                  "(default: 256,128)"):
+        assert shown in train
