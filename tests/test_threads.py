@@ -74,15 +74,27 @@ def test_fit_sets_torch_threads_and_restores_them():
         torch.set_num_threads(before)
 
 
+class _Fails(_Seen):
+    def on_epoch_end(self, epoch, logs):
+        super().on_epoch_end(epoch, logs)
+        raise RuntimeError("stop here")
+
+
 def test_threads_are_restored_after_an_error():
     torch = pytest.importorskip("torch")
     before = torch.get_num_threads()
     model = xn.Sequential(xn.Linear(4, 2))
-    with pytest.raises(ValueError, match="fit"):  # 3 labels for 4 examples
-        xn.fit(model, np.zeros((4, 4), np.float32), np.zeros(3, np.int64),
-               loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model.parameters()),
-               threads=1, progress=False)
-    assert torch.get_num_threads() == before
+    fails = _Fails()
+    try:
+        torch.set_num_threads(3)
+        with pytest.raises(RuntimeError, match="stop here"):
+            xn.fit(model, np.zeros((4, 4), np.float32), np.zeros(4, np.int64),
+                   loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model.parameters()),
+                   threads=1, progress=False, callbacks=[fails])
+        assert fails.torch == [1]
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("threads, error, message", [
@@ -102,13 +114,14 @@ def test_bad_threads_are_refused(threads, error, message):
 
 
 def test_jax_model_warns_that_its_threads_are_fixed():
-    be = pytest.importorskip("jax") and xn.use("jax")
-    with be:
+    pytest.importorskip("jax")
+    with xn.use("jax"):
         model = xn.Sequential(xn.Linear(4, 2))
-    with pytest.warns(UserWarning, match="XLA's CPU threads are fixed when JAX starts"):
+    with pytest.warns(UserWarning, match="XLA's CPU threads are fixed when JAX starts") as w:
         xn.fit(model, np.zeros((4, 4), np.float32), np.zeros(4, np.int64),
                loss=xn.SoftmaxCrossEntropy(), optimizer=xn.SGD(model.parameters()),
                threads=1, epochs=1, progress=False)
+    assert w[0].filename == __file__  # it points at the call of fit
 
 
 def test_prefer_threads_sets_xla_flags_only_before_jax_starts():

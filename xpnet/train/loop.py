@@ -155,12 +155,13 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         Lightning and PyTorch, so they are not those of the larger batch.
 
     threads : int, optional
-        At most this many CPU threads for the fit (BLAS and OpenMP pools through
-        threadpoolctl, and torch's ``set_num_threads``), put back as they were when it
-        ends. None (the default) leaves them as they are: a program that calls ``fit``
-        may have set them itself. Small models train faster on 1 thread, as ``xpnet
-        train`` does by default: their matrix products are too small to share. JAX
-        fixes its CPU threads when it starts; there ``fit`` warns and XLA_FLAGS decides.
+        At most this many CPU threads while the epochs run (BLAS and OpenMP pools
+        through threadpoolctl, and torch's ``set_num_threads``), put back as they were
+        when fit ends, by an error too. None (the default) leaves them as they are: a
+        program that calls ``fit`` may have set them itself. Small models train faster
+        on 1 thread, as ``xpnet train`` does by default: their matrix products are too
+        small to share. JAX fixes its CPU threads when it starts; there ``fit`` warns
+        and XLA_FLAGS decides.
 
     Callbacks that define ``on_batch_end`` are called after every batch (with the batch
     loss on the device, read only if they ask); none is, when none does.
@@ -177,13 +178,13 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
-        with _cpu_threads(model, threads):
-            source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
-                                      shuffle=shuffle, steps_per_epoch=steps_per_epoch,
-                                      precision=precision)
-            return _fit(model, source, loss, optimizer, options, strategy, metrics,
-                        _validation(model, source, validation_data), list(callbacks or []),
-                        _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress))
+        source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
+                                  shuffle=shuffle, steps_per_epoch=steps_per_epoch,
+                                  precision=precision)
+        return _fit(model, source, loss, optimizer, options, strategy, metrics,
+                    _validation(model, source, validation_data), list(callbacks or []),
+                    _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress,
+                              threads))
     except BaseException as error:
         strategy.fail(error)  # one process: raised as it is
         raise  # a strategy that could not end the job must not look like a finished fit
@@ -198,6 +199,11 @@ class _Schedule:
     seed: int | None
     reports_per_epoch: int
     progress: Any
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            _args.integer(self.threads, "threads", "fit", minimum=1)
 
 
 def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer,
@@ -224,7 +230,8 @@ def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer
                         source.steps),
                max(1, source.steps // plan.reports_per_epoch), options.steps_per_execution,
                val)
-    return run.train(plan.initial_epoch, plan.epochs)
+    with _cpu_threads(model, plan.threads):
+        return run.train(plan.initial_epoch, plan.epochs)
 
 
 #: Compiled steps kept for the next fit with the same optimizer (weakly: they go with it).
@@ -416,10 +423,9 @@ def _cpu_threads(model: Layer, threads: Any) -> contextlib.AbstractContextManage
     """fit's ``threads``: every library's CPU pool limited for the fit, or left alone."""
     if threads is None:
         return contextlib.nullcontext()
-    _args.integer(threads, "threads", "fit", minimum=1)
     note = backends.adapter(model.backend.name).threads_note()
     if note is not None:
-        warnings.warn(note, stacklevel=4)
+        warnings.warn(note, stacklevel=5)  # the caller of fit
     return backends.threads(threads)
 
 
