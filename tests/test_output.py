@@ -87,6 +87,16 @@ def test_summary_says_input_shape_is_needed_for_question_marks():
     assert "1: Conv1D(1, 25, 5, stride=2, padding=1)" in shaped
 
 
+def test_a_nested_model_is_one_row():
+    with xn.use("numpy"):
+        block = xn.Sequential(xn.Linear(8, 4), xn.ReLU())
+        model = xn.Sequential(block, xn.Linear(4, 2))
+        text = model.summary(print_fn=None)
+    assert text.splitlines()[2].startswith("0: Sequential(...)  ")
+    assert text.splitlines()[2].endswith("(N, 4)             36")
+    assert "Total params: 46" in text
+
+
 def test_a_long_layer_description_wraps_in_its_column():
     with xn.use("numpy"):
         x = xn.Input(shape=(8,))
@@ -125,9 +135,11 @@ def test_epoch_lines_are_a_table_under_80_columns_with_units():
         assert words[:2] == ["epoch", f"{n}/2"] and words[7] in ("s", "ms"), line
         assert float(words[6]) >= 0 and int(words[8].replace(",", "")) > 0
     assert all(len(line) < 80 for line in lines)
-    # the columns line up under their headings
-    assert lines[0].index("val_accuracy") + len("val_accuracy") == \
-        lines[1].index(lines[1].split()[5]) + len(lines[1].split()[5])
+    # the columns line up under their headings: cells end where their headings end
+    def ends(line):  # cells are parted by two spaces or more ("91.3 ms" is one cell)
+        return [m.end() for m in re.finditer(r"\S+(?: \S+)*", line)]
+
+    assert ends(lines[0]) == ends(lines[1])[1:] == ends(lines[2])[1:]
 
 
 def test_epoch_lines_with_several_metrics_wrap_under_80_columns():

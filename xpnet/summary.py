@@ -86,8 +86,9 @@ def _input_dtype(model: Any) -> Any:
 def describe(layer: Any) -> str:
     """``Conv1D(1, 25, 5, stride=2, padding=1)``: the class, its required arguments by
     position, and the others only where they differ from their defaults (no names,
-    dtypes, initialisers or nested layer descriptions)."""
-    config = {k: v for k, v in layer.get_config().items()
+    dtypes or initialisers; ``...`` for sub-layers' descriptions)."""
+    full = layer.get_config()
+    config = {k: v for k, v in full.items()
               if k not in ("name", "dtype") and not k.endswith("init") and not _nested(v)}
     try:
         params = inspect.signature(type(layer)).parameters
@@ -106,6 +107,8 @@ def describe(layer: Any) -> str:
         if p.default is inspect.Parameter.empty or not _same(v, p.default):
             parts.append(f"{k}={v!r}")
     parts += [f"{k}={v!r}" for k, v in config.items()]
+    if any(_nested(v) for v in full.values()):
+        parts.append("...")  # its sub-layers
     return f"{type(layer).__name__}({', '.join(parts)})"
 
 
