@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import pytest
 import xpnet as xn
 from xpnet import cli, datasets
 from xpnet.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # the smallest real training run: a few seconds at most
 TINY = ["--data", "xor", "--hidden", "4", "--epochs", "1", "--batch-size", "4",
@@ -77,11 +80,60 @@ def test_predict_from_npy_input(tmp_path, capsys):
     assert out.strip().splitlines()[-1] == "1 0"
 
 
-def test_info_lists_every_backend(capsys):
-    code, out, _ = _run(capsys, "info")
+LIBRARIES = {"cupy": "cupy", "torch": "torch", "jax": "jax",
+             "array_api_strict": "array_api_strict"}
+
+
+def _installed(name):
+    from importlib import metadata
+
+    dists = ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy") if name == "cupy" else (
+        name,)
+    for d in dists:
+        try:
+            return metadata.version(d)
+        except metadata.PackageNotFoundError:
+            pass
+    return None
+
+
+def test_info_lists_versions_without_importing_the_libraries():
+    """`xpnet info` reads versions from the package metadata: in a fresh process it
+    imports none of torch, JAX, CuPy or array-api-strict (seconds each), and still lists
+    every installed version."""
+    code = ("import sys; from xpnet.cli import main; code = main(['info']); "
+            "print('imported:', sorted(m for m in ('torch', 'jax', 'jaxlib', 'cupy', "
+            "'array_api_strict') if m in sys.modules)); sys.exit(code)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "imported: []" in out
+    assert re.search(rf"^  numpy\s+{re.escape(np.__version__)}\s+usable, devices: cpu$", out,
+                     re.M), out
+    for name in LIBRARIES:
+        version = _installed(name)
+        status = "installed, not opened" if version else "not installed: pip install"
+        assert re.search(rf"^  {name}\s+{re.escape(version or '-')}\s+{status}", out,
+                         re.M), (name, out)
+    assert all(len(line) < 80 for line in out.splitlines()), out
+
+
+def test_info_opens_the_backends_named(capsys):
+    code, out, _ = _run(capsys, "info", "all")
     assert code == 0
-    for name in ("numpy", "cupy", "torch", "jax", "array_api_strict"):
-        assert re.search(rf"^\s+{name}\s+(usable|not usable)", out, re.M), name
+    for name in ("numpy", *LIBRARIES):
+        assert re.search(rf"^  {name}\s+\S+\s+(usable, devices: cpu|not usable: )", out,
+                         re.M), name
+    assert all(len(line) < 80 for line in out.splitlines()), out
+    if _installed("torch"):
+        code, out, _ = _run(capsys, "info", "pytorch")  # an alias
+        assert re.search(r"^  torch\s+\S+\s+usable, devices: cpu", out, re.M), out
+        assert re.search(r"^  jax\s+\S+\s+(installed, not opened|not installed)", out, re.M)
+    code, _, err = _run(capsys, "info", "nope")
+    assert code == 2
+    assert err.strip() == ("error: info: unknown backend 'nope'; expected one of: auto, numpy, "
+                           "cupy, torch, jax, array_api_strict")
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -385,8 +437,29 @@ def test_train_gru_reads_each_input_as_a_time_step(tmp_path, capsys):
                           "--batch-size", "4", "--lr", "0.05", "--schedule", "none",
                           "--backend", "numpy", "--out", str(tmp_path), "--no-progress")
     assert code == 0, err
-    assert "GRU(input_size=1, hidden_size=6" in out
+    assert "1: GRU(1, 6, bidirectional=True)" in out
     assert "test accuracy: 1.0000 (4/4)" in out
     code, out, err = _run(capsys, "eval", str(tmp_path / "model.xpnet"), "--backend", "numpy")
     assert code == 0, err
     assert "1.0000" in out
+
+
+def test_help_shows_every_option_with_its_default():
+    """--epochs, --batch-size, --seed... had neither help nor default in --help."""
+    import argparse
+
+    parser = cli.make_parser()
+    commands = next(a for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)).choices
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())
+        for a in sub._actions:
+            assert a.help, (name, a.dest)  # every option says what it is
+            if a.option_strings and a.default is not None and not isinstance(
+                    a.default, bool) and a.default is not argparse.SUPPRESS:
+                assert f"(default: {a.default})" in text, (name, a.dest)
+    train = " ".join(commands["train"].format_help().split())
+    for shown in ("--epochs EPOCHS passes over the data (default: 40)",
+                  "(default: 16)", "(default: 0)", "--threads THREADS",
+                  "(default: 256,128)"):
+        assert shown in train

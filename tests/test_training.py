@@ -149,7 +149,7 @@ def test_history_plot_returns_a_figure_and_keeps_the_matplotlib_backend(tmp_path
         assert matplotlib.get_backend() == "svg"
     finally:
         matplotlib.use(before)
-    assert type(fig).__name__ == "Figure" and len(fig.axes) == 2
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 2
     assert [line.get_ydata().tolist() for line in fig.axes[0].lines] == [[1.0, 0.5]]
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -160,7 +160,8 @@ def test_summary_lists_shapes_and_counts(be):
     lines = text.splitlines()
     assert "(N, 30)" in lines[2] and "1,950" in lines[2]
     assert "(N, 10)" in lines[4] and "310" in lines[4]
-    assert lines[-1] == "Total trainable parameters: 2,260"
+    assert lines[-3:] == ["Total params: 2,260", "Trainable params: 2,260",
+                          "Non-trainable params: 0"]
 
 
 def test_validation_data_is_uploaded_once(monkeypatch):
@@ -448,7 +449,10 @@ def test_progress_bar_is_short_and_the_summary_is_a_line_of_its_own(monkeypatch)
             "time": 1.0, "samples_per_sec": 1000.0}
     bar.end(0, logs)
     lines = [line for line in out.getvalue().replace("\r", "\n").split("\n") if line.strip()]
-    summary = [line for line in lines if line.startswith("epoch 1/2  loss")]
-    assert len(summary) == 1 and "val_accuracy 0.8500" in summary[0]
-    assert all(len(line) <= 80 for line in lines if line not in summary)
+    header = [i for i, line in enumerate(lines) if line.split()[:2] == ["loss", "accuracy"]]
+    assert len(header) == 1 and lines[header[0] + 1].startswith("epoch 1/2  ")
+    assert lines[header[0] + 1].split()[2:] == ["0.1000", "0.9000", "0.2000", "0.8500",
+                                                "1.00", "s", "1,000"]
+    assert all(len(line) < 80 for line in lines[header[0]:])  # the results
+    assert all(len(line) <= 80 for line in lines)  # the bar: at most the terminal's width
     assert not any(line.strip() == "" for line in out.getvalue().split("\n")[:-1])

@@ -4,7 +4,8 @@
     xpnet train --data mnist1d --backend torch --epochs 20
     xpnet train --format safetensors   # model.safetensors, readable by other tools
     xpnet eval runs/<time>/model.xpnet # on the data set recorded in the checkpoint
-    xpnet info                         # every backend: usable or not, devices, why not
+    xpnet info                         # every backend's version (imports none of them)
+    xpnet info torch jax               # and these opened: usable or not, devices, why not
     xpnet selftest --backend cupy      # check a (GPU) backend: layers, compiled step, training
 
 Without ``--backend``/``--device``, ``XPNET_BACKEND``/``XPNET_DEVICE`` decide, as in the
@@ -23,6 +24,7 @@ import math
 import os
 import socket
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -41,6 +43,10 @@ CLI_LOSSES = ("cross_entropy", "quadratic")
 MODELS = ("mlp", "resmlp", "cnn", "gru", "logistic")
 OPTIMIZERS = {"adam": 1e-3, "adamw": 1e-3, "sgd": 0.1, "momentum": 0.05}  # default rates
 SCHEDULES = ("cosine", "step", "none")
+#: ``--data``: the bundled data sets and the folders of IDX files
+DATA_SETS = ("digits", "mnist1d", "mnist:DIR", "fashion:DIR", "xor", "spirals")
+PRECISIONS = ("32", "bf16-mixed", "fp16-mixed", "16-mixed")
+SPLITS = ("test", "train")
 #: ``train --format``: the checkpoint's file name for each
 FORMATS = {"xpnet": "model.xpnet", "safetensors": "model.safetensors"}
 #: Widest hidden layer --hidden accepts: wider ones only end in running out of memory
@@ -68,8 +74,7 @@ def _data_loader(spec: str):
         return lambda: loader(arg)
     if name in ("digits", "mnist1d", "xor", "spirals") and not arg:
         return getattr(datasets, name)  # looked up at each call, so tests can stand in for it
-    raise UsageError(f"unknown data set {spec!r}; expected digits, mnist1d, mnist:DIR, "
-                     f"fashion:DIR, xor or spirals")
+    raise UsageError(f"unknown data set {spec!r}; expected {', '.join(DATA_SETS)}")
 
 
 def _load_data(spec: str):
@@ -310,6 +315,8 @@ def cmd_train(args) -> int:
     _backend_flags(args)
     from . import backends, distributed
 
+    backends.prefer_threads(args.threads)  # before JAX starts: it reads XLA_FLAGS once
+
     comm = getattr(args, "comm", None)
     if args.distributed and comm is None:
         comm = distributed.detect()  # mpiexec (MPI) or torchrun (torch.distributed)
@@ -416,13 +423,17 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
     # all NumPy's overflow warnings would say, in one line
     quiet = contextlib.nullcontext() if os.environ.get("XPNET_DEBUG") else np.errstate(
         over="ignore", invalid="ignore", divide="ignore")
+    # fit sets the threads of every library it can; one whose count is fixed when it
+    # starts (JAX) got it from prefer_threads, and fit would only warn
+    threads = None if xn.backends.adapter(model.backend.name).threads_note() else args.threads
     with quiet:
         history = xn.fit(model, x_tr, y_tr, loss=LOSSES[args.loss](), optimizer=opt,
                          epochs=args.epochs, batch_size=args.batch_size,
                          validation_data=(x_te, y_te),
                          progress=None if args.progress else False, seed=args.seed,
                          distributed=comm if comm is not None else False,
-                         precision=args.precision, callbacks=[stage.callback()])
+                         precision=args.precision, callbacks=[stage.callback()],
+                         threads=threads)
         stage.what = "after training, while evaluating on the test set"
         result = xn.evaluate(model, x_te, y_te)
     if not writer:
@@ -538,15 +549,41 @@ def cmd_predict(args) -> int:
 
 
 def cmd_info(args) -> int:
-    import xpnet as xn
+    """Versions from the package metadata, without importing a library (torch and JAX
+    take seconds each to import); the backends named, and NumPy (already imported),
+    are opened too: usable or not, their devices, why not."""
+    import platform
 
-    print(f"xpnet {xn.__version__}  (numpy {np.__version__})")
-    for name, info in xn.available().items():
-        status = "usable" if info.usable else "not usable"
-        version = info.version or "not installed"
-        line = f"  {name:<17} {status:<11} {version:<14}"
-        line += f"devices: {', '.join(info.devices)}" if info.usable else info.reason
-        print(line)
+    from . import backends
+
+    names = args.backends
+    if "all" in names:
+        names = list(backends.ADAPTERS)
+    try:
+        probe = {backends.canonical(n) for n in names} | {"numpy"}
+    except ValueError as e:
+        raise UsageError(f"info: {e}") from None
+    print(f"xpnet {__version__}  (Python {platform.python_version()})")
+    closed = []
+    for name, a in backends.ADAPTERS.items():
+        version = a.installed()
+        head = f"  {name:<17} {version or '-':<13} "
+        if name in probe:
+            try:
+                a.open(None)
+                text = f"usable, devices: {', '.join(a.devices())}"
+            except backends.BackendUnavailableError as e:
+                text = f"not usable: {e}"
+        elif version is None:
+            text = f"not installed: {a.install}"
+        else:
+            text = "installed, not opened"
+            closed.append(name)
+        # under 80 columns: a long reason continues under the status column
+        print(textwrap.fill(_one_line(text), 79, initial_indent=head,
+                            subsequent_indent=" " * len(head)))
+    if closed:
+        print(f"(xpnet info {' '.join(closed)} opens them: usable or not, devices)")
     return 0
 
 
@@ -559,8 +596,21 @@ def cmd_selftest(args) -> int:
     return selftest(args.backend, args.device, names)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows each option's default, except where there is none to show (a
+    flag, or None: the help says what decides then)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or isinstance(action.default, bool) or \
+                action.default is argparse.SUPPRESS:
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def make_parser() -> _Parser:
-    p = _Parser(prog="xpnet", description="Train and use xpnet models from the command line.")
+    kw = {"formatter_class": _HelpFormatter}
+    p = _Parser(prog="xpnet", description="Train and use xpnet models from the command line.",
+                **kw)
     p.add_argument("--version", action="version", version=f"xpnet {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -569,39 +619,50 @@ def make_parser() -> _Parser:
                        help="numpy, cupy, torch, jax, array_api_strict or auto "
                             "(default: $XPNET_BACKEND, else auto)")
         q.add_argument("--device", default=None,
-                       help="cpu, cuda, cuda:N, device1, ... (default: $XPNET_DEVICE)")
+                       help="cpu, cuda, cuda:N, device1, ... (default: $XPNET_DEVICE, else "
+                            "the backend's default device)")
 
-    t = sub.add_parser("train", help="train a model and write checkpoint, history, curves")
-    t.add_argument("--data", default="digits",
-                   help="digits (default), mnist1d, mnist:DIR, fashion:DIR, xor, spirals")
+    t = sub.add_parser("train", help="train a model and write checkpoint, history, curves",
+                       description="Train a model and write its checkpoint, history.json "
+                                   "and curves.png to a folder of its own.", **kw)
+    t.add_argument("--data", default="digits", help=", ".join(DATA_SETS))
     t.add_argument("--model", default="mlp",
-                   help="mlp (default), resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), gru "
+                   help="mlp, resmlp (residual MLP), cnn (MNIST-1D's 1-D CNN), gru "
                         "(MNIST-1D's bidirectional GRU), logistic")
     t.add_argument("--hidden", type=_hidden, default="256,128",
-                   help="hidden widths (default 256,128)")
-    t.add_argument("--activation", default="relu", help="relu (default), sigmoid or tanh")
+                   help="hidden widths, comma-separated (resmlp: the first)")
+    t.add_argument("--activation", default="relu", help="relu, sigmoid or tanh")
     t.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES,
-                   help="cross_entropy (default) or quadratic")
-    t.add_argument("--optimizer", default="adam", help="adam (default), adamw, sgd, momentum")
+                   help="softmax cross-entropy, or quadratic on sigmoid outputs")
+    t.add_argument("--optimizer", default="adam", help=", ".join(OPTIMIZERS))
     t.add_argument("--lr", type=_positive, default=None,
-                   help="learning rate (optimizer default)")
-    t.add_argument("--schedule", default="cosine", help="cosine (default), step or none")
-    t.add_argument("--epochs", type=_at_least(1), default=40)
-    t.add_argument("--batch-size", type=_at_least(1), default=16)
-    t.add_argument("--seed", type=_at_least(0), default=0)
+                   help="learning rate (default: the optimizer's, "
+                        + ", ".join(f"{k} {v:g}" for k, v in OPTIMIZERS.items()) + ")")
+    t.add_argument("--schedule", default="cosine", help="learning-rate schedule: "
+                   + ", ".join(SCHEDULES))
+    t.add_argument("--epochs", type=_at_least(1), default=40, help="passes over the data")
+    t.add_argument("--batch-size", type=_at_least(1), default=16,
+                   help="examples per optimizer step")
+    t.add_argument("--seed", type=_at_least(0), default=0,
+                   help="seeds the initial weights, shuffling and dropout")
+    # One thread by default: the models offered here are small (the digits MLP's products
+    # are 16 x 64 x 256), too small to share among threads, and on a busy CPU a pool of
+    # one thread per core spent most of its time waiting (47-295 s against 9.6 s).
+    t.add_argument("--threads", type=_at_least(1), default=1,
+                   help="CPU threads for BLAS, OpenMP and torch (JAX: 1 or its own "
+                        f"default); up to {os.cpu_count() or 1} here")
     t.add_argument("--out", default=None,
-                   help="output folder (default a new runs/<timestamp>)")
+                   help="output folder (default: a new runs/<timestamp>)")
     t.add_argument("--format", default="xpnet", choices=list(FORMATS),
-                   help="checkpoint format: xpnet (default, model.xpnet) or safetensors "
+                   help="checkpoint format: xpnet (model.xpnet) or safetensors "
                         "(model.safetensors)")
     t.add_argument("--overwrite", action="store_true",
                    help="write into an --out folder that already holds files")
     t.add_argument("--no-progress", dest="progress", action="store_false",
                    help="no progress bar or per-epoch lines")
-    t.add_argument("--precision", default="32",
-                   choices=["32", "bf16-mixed", "fp16-mixed", "16-mixed"],
-                   help="32 (default), or forward and backward in bfloat16/float16 on "
-                        "float32 weights (torch, jax: both; numpy, cupy: fp16)")
+    t.add_argument("--precision", default="32", choices=PRECISIONS,
+                   help="32, or forward and backward in bfloat16/float16 on float32 "
+                        "weights (torch, jax: both; numpy, cupy: fp16)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of the job: mpiexec -n R or "
                         "torchrun --nproc_per_node=R")
@@ -610,23 +671,37 @@ def make_parser() -> _Parser:
 
     for name, func, text in (("eval", cmd_eval, "evaluate a checkpoint on a data set"),
                              ("predict", cmd_predict, "predict labels with a checkpoint")):
-        e = sub.add_parser(name, help=text)
-        e.add_argument("checkpoint")
+        e = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".",
+                           **kw)
+        e.add_argument("checkpoint", help="a model.xpnet or model.safetensors that train wrote")
         e.add_argument("--data", default=None,
                        help="a data set as for train (default: the one it was trained on)")
-        e.add_argument("--split", default="test", choices=["test", "train"])
+        e.add_argument("--split", default="test", choices=SPLITS,
+                       help="which part of the data set")
         if name == "eval":
-            e.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES)
+            e.add_argument("--loss", default="cross_entropy", choices=CLI_LOSSES,
+                           help="the loss to report")
         else:
             e.add_argument("--input", default=None, help="a .npy file of inputs instead of --data")
-            e.add_argument("--output", default=None, help="write labels to this .npy file")
+            e.add_argument("--output", default=None,
+                           help="write labels to this .npy file (default: print them)")
         backend_flags(e)
         e.set_defaults(func=func)
 
-    i = sub.add_parser("info", help="list backends: usable or not, devices, versions, why not")
+    i = sub.add_parser("info", help="list backends: versions; usable or not, devices, why "
+                       "not for those named", description="List the backends: installed "
+                       "versions, read without importing them; and the ones named opened: "
+                       "usable or not, devices, why not.", **kw)
+    i.add_argument("backends", nargs="*", metavar="BACKEND",
+                   help="open these backends (or all) to list their devices; importing "
+                        "torch or JAX takes seconds, so the others only show the "
+                        "installed version")
     i.set_defaults(func=cmd_info)
     s = sub.add_parser("selftest", help="check a backend and device here: every layer, "
-                       "compiled steps, no host reads, a short training run")
+                       "compiled steps, no host reads, a short training run",
+                       description="Check a backend and device of this machine: every "
+                                   "layer, compiled steps, no host reads, a short training "
+                                   "run.", **kw)
     backend_flags(s)
     s.add_argument("--layers", default=None,
                    help="check_layer on these layers only, comma-separated (default: all)")

@@ -51,7 +51,7 @@ from .layers.base import (
     layer_type_name,
 )
 from .layers.symbolic import Input, Node, SymbolicTensor
-from .summary import count_parameters, shape_text
+from .summary import count_parameters, describe, shape_text
 
 
 class Graph(Layer):
@@ -227,10 +227,10 @@ class Graph(Layer):
                 continue
             src = ", ".join(i.name for i in n.inputs)
             if same is None:
-                rows.append((f"{n.name}: {n.layer!r} <- {src}", shape_text(n.shape),
-                             count_parameters(n.layer)))
+                rows.append((f"{n.name}: {describe(n.layer)} <- {src}", shape_text(n.shape),
+                             count_parameters(n.layer, trainable_only=False)))
             else:
-                rows.append((f"{n.name}: {n.layer!r} <- {src} (shares "
+                rows.append((f"{n.name}: {describe(n.layer)} <- {src} (shares "
                              f"{self._order[same].name}'s layer)", shape_text(n.shape), 0))
         return rows
 

@@ -8,6 +8,8 @@ library; everything else asks the registry: :func:`adapter` by name,
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 from .base import Adapter, BackendUnavailableError, Communicator, Placement
@@ -88,6 +90,31 @@ def limit_threads(n: int) -> None:
         a.limit_threads(n)
 
 
+def prefer_threads(n: int) -> None:
+    """Ask the libraries that size their CPU pool once, at start (JAX), for ``n``
+    threads, before they start; for an entry point such as ``xpnet train``."""
+    for a in ADAPTERS.values():
+        a.prefer_threads(n)
+
+
+@contextlib.contextmanager
+def threads(n: int) -> Iterator[None]:
+    """At most ``n`` CPU threads in every library's own pool (BLAS and OpenMP through
+    threadpoolctl, torch's intra-op pool) inside the block; the counts found are put
+    back when it ends, error or not."""
+    restores = []
+    try:
+        for a in ADAPTERS.values():
+            restore = a.set_threads(n)
+            if restore is not None:
+                restores.append(restore)
+        yield
+    finally:
+        for restore in reversed(restores):
+            restore()
+
+
 __all__ = ["ADAPTERS", "Adapter", "BackendUnavailableError", "Communicator", "Placement",
            "StandardOps",
-           "adapter", "adapter_of", "canonical", "limit_threads", "ops", "register"]
+           "adapter", "adapter_of", "canonical", "limit_threads", "ops", "prefer_threads",
+           "register", "threads"]

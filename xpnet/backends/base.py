@@ -209,6 +209,37 @@ class Adapter:
     def limit_threads(self, n: int) -> None:
         """Use at most ``n`` CPU threads, where the library has a pool of its own."""
 
+    def set_threads(self, n: int) -> Callable[[], None] | None:
+        """Use at most ``n`` CPU threads in the library's own pool until the function
+        returned is called (it puts the previous count back); None where there is
+        nothing to set (no pool, or the library is not in use)."""
+        return None
+
+    def prefer_threads(self, n: int) -> None:
+        """Ask for ``n`` CPU threads from a library that sizes its pool once, when it
+        starts, and has not started yet (a program's entry point calls this first)."""
+
+    def threads_note(self) -> str | None:
+        """Why :meth:`set_threads` cannot reach this library's pool, when it cannot
+        (``fit(threads=)`` warns with it); None when it can."""
+        return None
+
+    def distributions(self) -> tuple[str, ...]:
+        """The pip distributions that install the library, for :meth:`installed`."""
+        return (self.package,)
+
+    def installed(self) -> str | None:
+        """The installed version, read from the package metadata without importing the
+        library (seconds for torch or JAX); None when it is not installed."""
+        from importlib import metadata
+
+        for name in self.distributions():
+            try:
+                return metadata.version(name)
+            except metadata.PackageNotFoundError:
+                continue
+        return None
+
     def communicator(self, bootstrap: Any = None) -> Communicator:
         """This library's own way for the ranks of a job to talk (torch.distributed,
         NCCL); ValueError where it has none (MPI serves every library). ``bootstrap``:

@@ -317,6 +317,10 @@ class CupyAdapter(Adapter):
     package = "cupy"
     install = 'pip install "xpnet[cuda12]"  (or "xpnet[cuda13]" for CUDA 13)'
 
+    def distributions(self) -> tuple[str, ...]:
+        # CuPy's wheels are named for their CUDA version; a source build is "cupy"
+        return ("cupy-cuda12x", "cupy-cuda13x", "cupy-cuda11x", "cupy")
+
     def open(self, device: str | None) -> Placement:
         cupy = self.import_library()
         # On a machine with CuPy and no driver, asking CUDA for the device count raises;

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 from typing import Any, NamedTuple
 
 from .._compat import device
@@ -196,6 +197,22 @@ class JaxAdapter(Adapter):
         (memory as needed), unless the user set that variable. A jax imported before
         xpnet first asks for it keeps the setting it started with."""
         os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+    def prefer_threads(self, n: int) -> None:
+        """One thread: XLA's Eigen pool off, through XLA_FLAGS, read when JAX starts; a
+        started JAX, or XLA_FLAGS that already say, are left as they are. XLA has no
+        flag for another count."""
+        flags = os.environ.get("XLA_FLAGS", "")
+        if n == 1 and "jax" not in sys.modules and "xla_cpu_multi_thread_eigen" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false".strip()
+
+    def threads_note(self) -> str | None:
+        # XLA sizes its CPU thread pool once, when the CPU client starts, and offers no
+        # call to change it afterwards
+        return ("jax: XLA's CPU threads are fixed when JAX starts, so fit(threads=) "
+                "cannot change them; for one thread set XLA_FLAGS="
+                "--xla_cpu_multi_thread_eigen=false before jax is imported "
+                "(xpnet train --threads 1 does)")
 
     def open(self, device: str | None) -> Placement:
         jax = self.import_library()

@@ -7,6 +7,7 @@ Python calls that array-api-compat's wrapper adds, so that is the namespace used
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -476,6 +477,16 @@ class NumpyAdapter(Adapter):
         except ImportError:
             return
         threadpool_limits(limits=n)
+
+    def set_threads(self, n: int) -> Callable[[], None] | None:
+        """Every BLAS and OpenMP pool loaded in the process (NumPy's, and those torch or
+        SciPy bring), through threadpoolctl, which restores the counts it found."""
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            raise ImportError("threads: limiting the BLAS threads needs threadpoolctl: "
+                              "pip install threadpoolctl") from None
+        return threadpool_limits(limits=n).restore_original_limits
 
     def mpi_direct(self, x, cuda_aware):
         return True

@@ -8,6 +8,7 @@ import math
 import os
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 from .base import (
@@ -266,6 +267,14 @@ class TorchAdapter(Adapter):
     def limit_threads(self, n: int) -> None:
         if "torch" in sys.modules:  # only a torch already in use has threads to limit
             sys.modules["torch"].set_num_threads(n)
+
+    def set_threads(self, n: int) -> Callable[[], None] | None:
+        torch = sys.modules.get("torch")
+        if torch is None:  # not imported: no pool yet, and none wanted
+            return None
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        return lambda: torch.set_num_threads(before)
 
     def mpi_direct(self, x, cuda_aware):
         return False  # staged through host memory: torch.cuda tensors are not MPI buffers

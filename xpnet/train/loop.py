@@ -11,16 +11,18 @@ end, whether or not a progress bar shows them.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .. import _args, random
+from .. import _args, backends, random
 from .. import data as data_mod
 from .. import distributed as distributed_mod
 from ..backend import on_model_device
@@ -61,7 +63,7 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         distributed: bool | Any = False, compile: bool = False,
         precision: str | int | MixedPrecision = "32", clip_grad_norm: float | None = None,
         clip_grad_value: float | None = None, steps_per_execution: int = 1,
-        accumulate_grad_batches: int = 1) -> History:
+        accumulate_grad_batches: int = 1, threads: int | None = None) -> History:
     """Train ``model`` with mini-batch gradient descent and return its History.
 
     Parameters
@@ -151,6 +153,14 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         gradient weighted by its examples; the epoch's last group may be shorter).
         Layers that keep statistics (BatchNorm) see each batch on its own, as in
         Lightning and PyTorch, so they are not those of the larger batch.
+    threads : int, optional
+        At most this many CPU threads while the epochs run (BLAS and OpenMP pools
+        through threadpoolctl, and torch's ``set_num_threads``), put back as they were
+        when fit ends, by an error too. None (the default) leaves them as they are: a
+        program that calls ``fit`` may have set them itself. Small models train faster
+        on 1 thread, as ``xpnet train`` does by default: their matrix products are too
+        small to share. JAX fixes its CPU threads when it starts; there ``fit`` warns
+        and XLA_FLAGS decides.
 
     Notes
     -----
@@ -174,7 +184,8 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
                                   precision=precision)
         return _fit(model, source, loss, optimizer, options, strategy, metrics,
                     _validation(model, source, validation_data), list(callbacks or []),
-                    _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress))
+                    _Schedule(epochs, initial_epoch, seed, reports_per_epoch, progress,
+                              threads))
     except BaseException as error:
         strategy.fail(error)  # one process: raised as it is
         raise  # a strategy that could not end the job must not look like a finished fit
@@ -189,6 +200,11 @@ class _Schedule:
     seed: int | None
     reports_per_epoch: int
     progress: Any
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.threads is not None:
+            _args.integer(self.threads, "threads", "fit", minimum=1)
 
 
 def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer,
@@ -215,7 +231,8 @@ def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer
                         source.steps),
                max(1, source.steps // plan.reports_per_epoch), options.steps_per_execution,
                val)
-    return run.train(plan.initial_epoch, plan.epochs)
+    with _cpu_threads(model, plan.threads):
+        return run.train(plan.initial_epoch, plan.epochs)
 
 
 #: Compiled steps kept for the next fit with the same optimizer (weakly: they go with it).
@@ -401,6 +418,16 @@ def _groups(batches: Iterator[tuple[int, list[Any]]], size: int,
             group = []
     if group:
         yield group
+
+
+def _cpu_threads(model: Layer, threads: Any) -> contextlib.AbstractContextManager:
+    """fit's ``threads``: every library's CPU pool limited for the fit, or left alone."""
+    if threads is None:
+        return contextlib.nullcontext()
+    note = backends.adapter(model.backend.name).threads_note()
+    if note is not None:
+        warnings.warn(note, stacklevel=5)  # the caller of fit
+    return backends.threads(threads)
 
 
 # -- checks -------------------------------------------------------------------------------

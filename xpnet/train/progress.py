@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import shutil
 import sys
+import textwrap
 from typing import Any, TextIO
 
 #: The widest bar drawn, and the width used when the terminal reports none (a 0x0 pty).
 BAR_WIDTH = 80
+#: Every epoch line is shorter than this: an 80-column terminal does not wrap it.
+LINE_WIDTH = 80
 
 
 class Progress:
@@ -32,6 +35,7 @@ class Progress:
                              f"got {progress!r}")
         self.mode, self.epochs, self.steps, self.bar = progress, epochs, steps, None
         self.stream = stream
+        self.columns: list[str] | None = None  # the table's columns, once its header is out
 
     def start(self, epoch: int) -> None:
         if self.mode == "bar":
@@ -46,9 +50,9 @@ class Progress:
     def step(self, n: int, postfix: dict[str, float] | None) -> None:
         if self.bar is not None:
             self.bar.update(n)
-            if postfix:
-                short = {k[:3]: f"{v:.3f}" for k, v in postfix.items()}  # loss, acc
-                self.bar.set_postfix(short, refresh=False)
+            if postfix:  # the running loss and metrics, by their full names
+                self.bar.set_postfix({k: f"{v:.3f}" for k, v in postfix.items()},
+                                     refresh=False)
 
     def end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.mode is False:
@@ -56,7 +60,48 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
-        text = "  ".join(f"{k} {v:.4f}" if k != "samples_per_sec" else f"{k} {v:,.0f}"
-                         for k, v in logs.items())
-        print(f"epoch {epoch + 1}/{self.epochs}  {text}", flush=True,
-              file=self.stream or (sys.stderr if self.mode == "bar" else sys.stdout))
+        stream = self.stream or sys.stdout  # results on stdout: `xpnet train | tee log`
+        for line in self.lines(epoch, logs):
+            print(line, file=stream, flush=True)
+
+    def lines(self, epoch: int, logs: dict[str, float]) -> list[str]:
+        """The epoch's results as lines under 80 columns: a row of a table whose header
+        comes first (and again if the columns change) when every column fits, else
+        ``name value`` pairs wrapped under the first. Times in seconds with a unit."""
+        where = f"{epoch + 1}/{self.epochs}"
+        cells = [(k, _value(k, v)) for k, v in logs.items()]
+        widths = [max(len(_heading(k)), len(v), 8) for k, v in cells]
+        first = len(f"epoch {self.epochs}/{self.epochs}")
+        if first + sum(w + 2 for w in widths) < LINE_WIDTH:
+            out = []
+            keys = [k for k, _ in cells]
+            if keys != self.columns:
+                self.columns = keys
+                out.append(" " * first + "".join(
+                    f"  {_heading(k):>{w}}" for k, w in zip(keys, widths, strict=True)))
+            where = f"epoch {where}"
+            out.append(f"{where:<{first}}" + "".join(
+                f"  {v:>{w}}" for (_, v), w in zip(cells, widths, strict=True)))
+            return out
+        # a no-break space inside each pair, so a name and its value stay on one line
+        pairs = [v.replace(" ", "\xa0") if k == "time" else
+                 f"{v}\xa0samples/s" if k == "samples_per_sec" else f"{k}\xa0{v}"
+                 for k, v in cells]
+        lines = textwrap.wrap("  ".join(pairs), LINE_WIDTH - 1,
+                              initial_indent=f"epoch {where}  ",
+                              subsequent_indent=" " * (len(f"epoch {where}") + 2),
+                              break_on_hyphens=False)
+        return [line.replace("\xa0", " ") for line in lines]
+
+
+def _heading(key: str) -> str:
+    return "samples/s" if key == "samples_per_sec" else key
+
+
+def _value(key: str, value: float) -> str:
+    if key == "time":  # three figures or so, always with a unit
+        return (f"{value:.0f} s" if value >= 100 else f"{value:.2f} s" if value >= 0.1
+                else f"{value * 1000:.1f} ms")
+    if key == "samples_per_sec":
+        return f"{value:,.0f}"
+    return f"{value:.4f}"
