@@ -11,6 +11,7 @@ back to the host freely.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from ._compat import device as device_of
 from ._compat import namespace
 from .backend import backend_of, on_model_device, to_numpy
-from .layers.base import Layer
+from .layers.base import Layer, Parameter
 from .losses import Loss
 from .random import RandomStream
 
@@ -64,60 +65,120 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
     multi = isinstance(x, (list, tuple))
     xs = list(x) if multi else [x]
     be = backend_of(xs[0])
-    xp = be.xp
     wide = be.supports("float64")
-    dt = xp.float64 if wide else xp.float32
-    eps = eps if eps is not None else (1e-6 if wide else 1e-2)
-    rtol = rtol if rtol is not None else (1e-5 if wide else 5e-2)
-    atol = atol if atol is not None else (1e-7 if wide else 1e-3)
-
+    eps, rtol, atol = _tolerances(wide, eps, rtol, atol)
     model = copy.deepcopy(layer).astype("float64" if wide else "float32")
-    dev = device_of(xs[0])
+    dt = be.xp.float64 if wide else be.xp.float32
 
     def put(host: np.ndarray) -> Any:
         return be.asarray(host, dtype=dt)
 
     hosts = [to_numpy(a).astype(np.float64) for a in xs]
-    floats = [xp.isdtype(a.dtype, "real floating") for a in xs]
+    floats = [be.xp.isdtype(a.dtype, "real floating") for a in xs]
     inputs = [put(h) if f else a for h, f, a in zip(hosts, floats, xs, strict=True)]
-    if target is not None and xp.isdtype(target.dtype, "real floating"):
+    if target is not None and be.xp.isdtype(target.dtype, "real floating"):
         target = be.xp.astype(target, dt)
 
     stream = stream if stream is not None else RandomStream(seed)
-    key, start = stream.key, stream.position
-
-    def forward(args: list[Any]) -> Any:
-        """A training forward pass that draws the same random masks every time: each
-        starts where the stream stood when gradcheck was called."""
-        stream.key, stream.position = key, start
-        with stream.active():
-            return model.forward(args if multi else args[0], train=True)
-
-    y = forward(inputs)
+    objective = _Objective(model, stream, multi, inputs, put, loss, target)
+    y = objective.forward(inputs)
     after = stream.position  # where one forward pass leaves the stream
-    proj = put(np.random.default_rng(seed).standard_normal(tuple(y.shape)))
+    objective.proj = put(np.random.default_rng(seed).standard_normal(tuple(y.shape)))
 
-    def cost(args: list[Any]) -> float:
-        out = forward(args)
-        c = loss.forward(out, target) if loss is not None else namespace(out).sum(out * proj)
+    dxs = _per_input(objective.backward(), multi, len(xs))
+    _check_devices(layer, dxs, device_of(xs[0]))
+    for name, analytic, what in _gradients_to_check(model, dxs, floats, multi):
+        numeric = _numeric_gradient(objective, what, hosts, eps)
+        _compare(layer, name, analytic, numeric, rtol, atol)
+    objective.leave_stream_at(after)  # as if the layer had run forward once
+    return True
+
+
+def _tolerances(wide: bool, eps: float | None, rtol: float | None,
+                atol: float | None) -> tuple[float, float, float]:
+    """The step and tolerances: the caller's, or the defaults for float64 (``wide``)
+    or for the float32 fallback, where rounding needs a larger step."""
+    eps = eps if eps is not None else (1e-6 if wide else 1e-2)
+    rtol = rtol if rtol is not None else (1e-5 if wide else 5e-2)
+    atol = atol if atol is not None else (1e-7 if wide else 1e-3)
+    return eps, rtol, atol
+
+
+class _Objective:
+    """The scalar C that gradcheck differentiates, on the converted copy of the layer.
+
+    Every forward pass first puts the random stream back where it stood when gradcheck
+    was called, so random layers (Dropout) draw the same masks on every pass.
+    """
+
+    def __init__(self, model: Layer, stream: RandomStream, multi: bool, inputs: list[Any],
+                 put: Callable[[np.ndarray], Any], loss: Loss | None, target: Any) -> None:
+        self.model = model
+        self.stream = stream
+        self.key, self.start = stream.key, stream.position
+        self.multi = multi
+        self.inputs = inputs
+        self.put = put
+        self.loss = loss
+        self.target = target
+        self.proj: Any = None  # the random projection R of C = sum(y * R), set once y is known
+
+    def forward(self, args: list[Any]) -> Any:
+        """A training forward pass that draws the same random masks every time."""
+        self.stream.key, self.stream.position = self.key, self.start
+        with self.stream.active():
+            return self.model.forward(args if self.multi else args[0], train=True)
+
+    def cost(self, args: list[Any]) -> float:
+        out = self.forward(args)
+        if self.loss is not None:
+            c = self.loss.forward(out, self.target)
+        else:
+            c = namespace(out).sum(out * self.proj)
         return float(to_numpy(c))
 
-    # analytic
-    model.zero_grad()
-    out = forward(inputs)
-    if loss is not None:
-        loss.forward(out, target)
-        dy = loss.backward()
-    else:
-        dy = proj
-    dx = model.backward(dy)
-    dxs = (list(dx) if multi else [dx]) if dx is not None else [None] * len(xs)
+    def cost_at(self, what: Parameter | int, host: np.ndarray) -> float:
+        """C with the parameter ``what``, or input number ``what``, set to ``host``."""
+        if isinstance(what, int):
+            return self.cost([self.put(host) if k == what else a
+                              for k, a in enumerate(self.inputs)])
+        what.value = self.put(host)
+        return self.cost(self.inputs)
+
+    def backward(self) -> Any:
+        """The analytic gradients: fills the parameters' ``grad`` and returns what
+        ``backward`` returns for the input(s)."""
+        self.model.zero_grad()
+        out = self.forward(self.inputs)
+        if self.loss is None:
+            return self.model.backward(self.proj)
+        self.loss.forward(out, self.target)
+        return self.model.backward(self.loss.backward())
+
+    def leave_stream_at(self, position: int) -> None:
+        self.stream.key, self.stream.position = self.key, position
+
+
+def _per_input(dx: Any, multi: bool, n: int) -> list[Any]:
+    """The input gradient(s) from ``backward`` as one entry (array or None) per input."""
+    if dx is None:
+        return [None] * n
+    return list(dx) if multi else [dx]
+
+
+def _check_devices(layer: Layer, dxs: list[Any], dev: Any) -> None:
     for d in dxs:
         if d is not None and device_of(d) != dev:
             raise GradcheckError(f"{layer.label}: input gradient is on {device_of(d)}, "
                                  f"input on {dev}")
 
-    checks: list[tuple[str, np.ndarray, Any]] = []
+
+def _gradients_to_check(model: Layer, dxs: list[Any], floats: list[bool],
+                        multi: bool) -> list[tuple[str, np.ndarray, Parameter | int]]:
+    """(name, analytic gradient on the host, parameter or input number) for every
+    parameter, then for every floating input; a parameter without ``grad`` counts as
+    a zero gradient."""
+    checks: list[tuple[str, np.ndarray, Parameter | int]] = []
     for name, p in model.named_parameters():
         grad = np.zeros(p.shape) if p.grad is None else to_numpy(p.grad).astype(np.float64)
         checks.append((name, grad, p))
@@ -125,31 +186,35 @@ def gradcheck(layer: Layer, x: Any, loss: Loss | None = None, target: Any = None
         if is_float and d is not None:
             checks.append((f"input[{i}]" if multi else "input",
                            to_numpy(d).astype(np.float64), i))
+    return checks
 
-    for name, analytic, p in checks:
-        param = not isinstance(p, int)
-        base = to_numpy(p.value).astype(np.float64) if param else hosts[p]
-        numeric = np.zeros_like(base)
-        flat = base.reshape(-1)
-        for j in range(flat.size):
-            saved = flat[j]
-            step = eps
-            vals = []
-            for sign in (1.0, -1.0):
-                flat[j] = saved + sign * step
-                if param:
-                    p.value = put(base)
-                    vals.append(cost(inputs))
-                else:
-                    vals.append(cost([put(base) if k == p else a
-                                      for k, a in enumerate(inputs)]))
-            flat[j] = saved
-            numeric.reshape(-1)[j] = (vals[0] - vals[1]) / (2 * step)
-        if param:
-            p.value = put(base)
-        _compare(layer, name, analytic, numeric, rtol, atol)
-    stream.key, stream.position = key, after  # as if the layer had run forward once
-    return True
+
+def _numeric_gradient(objective: _Objective, what: Parameter | int,
+                      hosts: list[np.ndarray], eps: float) -> np.ndarray:
+    """Central differences of C for a parameter, or for input number ``what``."""
+    if isinstance(what, int):
+        return _central_differences(objective, what, hosts[what], eps)
+    base = to_numpy(what.value).astype(np.float64)
+    numeric = _central_differences(objective, what, base, eps)
+    what.value = objective.put(base)  # back to its unperturbed value
+    return numeric
+
+
+def _central_differences(objective: _Objective, what: Parameter | int, base: np.ndarray,
+                         eps: float) -> np.ndarray:
+    """``(C(w + eps) - C(w - eps)) / (2 eps)`` element by element; ``base`` (the host
+    copy of ``what``) is stepped in place and restored."""
+    numeric = np.zeros_like(base)
+    flat = base.reshape(-1)
+    for j in range(flat.size):
+        saved = flat[j]
+        flat[j] = saved + eps
+        plus = objective.cost_at(what, base)
+        flat[j] = saved - eps
+        minus = objective.cost_at(what, base)
+        flat[j] = saved
+        numeric.reshape(-1)[j] = (plus - minus) / (2 * eps)
+    return numeric
 
 
 def _compare(layer: Layer, name: str, analytic: np.ndarray, numeric: np.ndarray,
