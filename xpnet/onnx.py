@@ -198,6 +198,15 @@ def _input_shapes(model: Layer, input_shape: Any) -> list[tuple[int | None, ...]
             raise ValueError("export_onnx: input_shape is needed: the shape of one example "
                              "without the batch axis, e.g. input_shape=(40,) or (1, 28, 28)")
         return [model._order[i].shape for i in model._input_index]
+    out = [_example_shape(s, input_shape) for s in _shape_per_input(input_shape, count)]
+    if isinstance(model, Graph):
+        _check_graph_input_shapes(model, out)
+    return out
+
+
+def _shape_per_input(input_shape: Any, count: int) -> list[Any]:
+    """``input_shape`` as a list with one (unchecked) shape per model input: a model with
+    one input takes a bare shape or a list holding one shape."""
     one_in_list = (isinstance(input_shape, (list, tuple)) and len(input_shape) == 1
                    and isinstance(input_shape[0], (list, tuple)))
     given = list(input_shape) if count > 1 or one_in_list else [input_shape]
@@ -205,24 +214,30 @@ def _input_shapes(model: Layer, input_shape: Any) -> list[tuple[int | None, ...]
                       not all(isinstance(s, (list, tuple)) for s in given)):
         raise ValueError(f"export_onnx: the model takes {count} inputs; input_shape must be "
                          f"a list of {count} shapes, got {input_shape!r}")
-    out = []
-    for s in given:
-        s = (s,) if isinstance(s, int) else s
-        if not isinstance(s, (list, tuple)) or not all(
-                d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1)
-                for d in s):
-            raise ValueError(f"export_onnx: input_shape must be a tuple of positive ints (or "
-                             f"None for a dynamic axis), without the batch axis; got "
-                             f"{input_shape!r}")
-        out.append(tuple(s))
-    if isinstance(model, Graph):
-        for node_index, s in zip(model._input_index, out):
-            node = model._order[node_index]
-            if s != node.shape:
-                raise ValueError(f"export_onnx: input {node.name} of the Graph has shape "
-                                 f"(N, {', '.join(map(str, node.shape))}); input_shape "
-                                 f"gives {s}")
-    return out
+    return given
+
+
+def _example_shape(s: Any, input_shape: Any) -> tuple[int | None, ...]:
+    """One input's shape as a tuple of positive ints or None (an int ``n`` means
+    ``(n,)``); ``input_shape`` is the whole argument, for the message."""
+    s = (s,) if isinstance(s, int) else s
+    if not isinstance(s, (list, tuple)) or not all(
+            d is None or (isinstance(d, int) and not isinstance(d, bool) and d >= 1)
+            for d in s):
+        raise ValueError(f"export_onnx: input_shape must be a tuple of positive ints (or "
+                         f"None for a dynamic axis), without the batch axis; got "
+                         f"{input_shape!r}")
+    return tuple(s)
+
+
+def _check_graph_input_shapes(model: Graph, shapes: list[tuple[int | None, ...]]) -> None:
+    """A Graph declares its inputs' shapes; the given ones must match them."""
+    for node_index, s in zip(model._input_index, shapes):
+        node = model._order[node_index]
+        if s != node.shape:
+            raise ValueError(f"export_onnx: input {node.name} of the Graph has shape "
+                             f"(N, {', '.join(map(str, node.shape))}); input_shape "
+                             f"gives {s}")
 
 
 def _probe(model: Layer, shapes: list[tuple[int | None, ...]], kinds: list[str]
