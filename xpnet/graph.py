@@ -85,38 +85,35 @@ class Graph(Layer):
         self._inputs = [t.node for t in ins]
         self._output = outputs.node
         self._order = _topological_order(self._output)
-        reached_inputs = [n for n in self._order if n.layer is None]
-        unknown = [n.name for n in reached_inputs if n not in self._inputs]
-        if unknown:
-            raise ValueError(f"Graph: the outputs depend on input(s) {', '.join(unknown)} "
-                             f"that are not listed in inputs=")
-        unused = [n.name for n in self._inputs if n not in reached_inputs]
-        if unused:
-            raise ValueError(f"Graph: input(s) {', '.join(unused)} are not connected to the "
-                             f"outputs")
+        _check_inputs_connected(self._order, self._inputs)
         self._index = {id(n): i for i, n in enumerate(self._order)}
         # per node, by its place in self._order: its layer (None for an input), the nodes
         # it reads, and the earlier node whose layer it reuses (None: its first use)
         self._node_layers = [n.layer for n in self._order]
         self._node_inputs = [[self._index[id(i)] for i in n.inputs] for n in self._order]
-        first: dict[int, int] = {}
-        self._same_as: list[int | None] = []
-        for i, layer in enumerate(self._node_layers):
-            j = i if layer is None else first.setdefault(id(layer), i)
-            self._same_as.append(None if j == i else j)
+        self._same_as: list[int | None] = _first_uses(self._node_layers)
         self._input_index = [self._index[id(n)] for n in self._inputs]
         self._output_index = self._index[id(self._output)]
         self._layers = [layer for layer, same in zip(self._node_layers, self._same_as,
                                                      strict=True)
                         if layer is not None and same is None]
+        self._place_children(name)
+        self._check_one_name_per_parameter()
+        self._check_shared_layers_copy()
+        self._runners: list[Layer | None] = list(self._node_layers)  # what the last forward ran
+
+    def _place_children(self, name: str | None) -> None:
+        """Tell each child the node of its first use, for its error messages."""
         for layer, n, same in zip(self._node_layers, self._order, self._same_as, strict=True):
             if layer is not None and same is None:
                 layer._where = f"{name or 'Graph'} node {n.name}"
-        self._check_one_name_per_parameter()
+
+    def _check_shared_layers_copy(self) -> None:
+        """A layer that cannot run at another node (see ``_call_copy``) says so now, when
+        the Graph is built, rather than at the first training forward."""
         for layer in {id(self._node_layers[j]): self._node_layers[j]
                       for j in self._same_as if j is not None}.values():
-            _call_copy(layer)  # a layer that cannot run at another node says so now
-        self._runners: list[Layer | None] = list(self._node_layers)  # what the last forward ran
+            _call_copy(layer)
 
     def _check_one_name_per_parameter(self) -> None:
         """A layer shared inside another child (``f`` at a node and inside a Sequential at
@@ -344,6 +341,30 @@ class Graph(Layer):
 
     def __repr__(self) -> str:
         return f"Graph({len(self._layers)} layers, inputs={[n.name for n in self._inputs]})"
+
+
+def _check_inputs_connected(order: list[Node], inputs: list[Node]) -> None:
+    """The input nodes the output reaches (``order``) must be exactly the listed ones."""
+    reached_inputs = [n for n in order if n.layer is None]
+    unknown = [n.name for n in reached_inputs if n not in inputs]
+    if unknown:
+        raise ValueError(f"Graph: the outputs depend on input(s) {', '.join(unknown)} "
+                         f"that are not listed in inputs=")
+    unused = [n.name for n in inputs if n not in reached_inputs]
+    if unused:
+        raise ValueError(f"Graph: input(s) {', '.join(unused)} are not connected to the "
+                         f"outputs")
+
+
+def _first_uses(node_layers: list[Layer | None]) -> list[int | None]:
+    """Per node, the index of the earlier node whose layer it calls again, or None (an
+    input, or the layer's first use)."""
+    first: dict[int, int] = {}
+    same_as: list[int | None] = []
+    for i, layer in enumerate(node_layers):
+        j = i if layer is None else first.setdefault(id(layer), i)
+        same_as.append(None if j == i else j)
+    return same_as
 
 
 def _call_copy(layer: Layer) -> Layer:
