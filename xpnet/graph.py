@@ -260,59 +260,10 @@ class Graph(Layer):
         check_keys(where, config, {"nodes": "list", "inputs": "list[int]", "output": "int",
                                    "multi": "bool"}, {"nodes", "inputs", "output"})
         nodes = config["nodes"]
-        is_input = []
-        kinds = ("layer", "input_shape", "same_layer_as")
-        for j, node in enumerate(nodes):
-            here = f"{where} nodes[{j}]"
-            if not isinstance(node, dict) or sum(k in node for k in kinds) != 1:
-                raise ConfigError(f"{here} is {show(node)}, expected an object with one of "
-                                  f"'layer', 'input_shape' or 'same_layer_as'")
-            check_keys(here, node, {"name": "str", "inputs": "list[int]",
-                                    "input_shape": "list[int]", "layer": "dict",
-                                    "same_layer_as": "int"}, {"name", "inputs"})
-            if "input_shape" in node and (node["inputs"] or not node["input_shape"]
-                                          or min(node["input_shape"]) < 1):
-                raise ConfigError(f"{here} is an input of shape {node['input_shape']} fed by "
-                                  f"{node['inputs']}, expected a positive shape and no inputs")
-            if "input_shape" not in node and not all(0 <= i < j for i in node["inputs"]):
-                raise ConfigError(f"{here} reads nodes {node['inputs']}, expected indices of "
-                                  f"earlier nodes (0 to {j - 1})")
-            # a later use of a layer (weight sharing) names the node that holds the layer;
-            # its parameters are declared there, once
-            same = node.get("same_layer_as")
-            if same is not None and not (0 <= same < j and "layer" in nodes[same]):
-                raise ConfigError(f"{here} same_layer_as is {same}, expected the index of an "
-                                  f"earlier node with a 'layer' (0 to {j - 1})")
-            is_input.append("input_shape" in node)
-        ins, output = config["inputs"], config["output"]
-        if (not ins or len(set(ins)) != len(ins)
-                or not all(0 <= i < len(nodes) and is_input[i] for i in ins)
-                or (not config.get("multi", False) and len(ins) != 1)):
-            raise ConfigError(f"{where} inputs is {ins}, expected distinct input nodes (one "
-                              f"unless multi)")
-        if not 0 <= output < len(nodes):
-            raise ConfigError(f"{where} output is {output}, expected a node index (0 to "
-                              f"{len(nodes) - 1})")
-        reached, todo = set(), [output]
-        while todo:
-            j = todo.pop()
-            if j not in reached:
-                reached.add(j)
-                todo += nodes[j]["inputs"]
-        unused = [j for j in range(len(nodes)) if j not in reached]
-        if unused:
-            raise ConfigError(f"{where} nodes {unused} do not lead to the output")
-        out: DeclaredState = {}
-        k = 0
-        for j, node in enumerate(nodes):
-            if "layer" in node:  # named by their place among the nodes with a layer (a
-                # node with same_layer_as adds no child: its layer is an earlier node's)
-                for name, declared in declared_state_of(
-                        node["layer"], at=config_path(at, f"nodes[{j}]"),
-                        depth=depth + 1).items():
-                    out[f"{k}.{name}"] = declared
-                k += 1
-        return out
+        is_input = [_check_node_config(where, nodes, j) for j in range(len(nodes))]
+        _check_graph_ends(where, config, is_input)
+        _check_all_lead_to_output(where, nodes, config["output"])
+        return _declared_node_state(nodes, at, depth)
 
     @classmethod
     def from_config(cls, config: dict[str, Any], *, backend: Backend | None = None) -> Graph:
@@ -341,6 +292,76 @@ class Graph(Layer):
 
     def __repr__(self) -> str:
         return f"Graph({len(self._layers)} layers, inputs={[n.name for n in self._inputs]})"
+
+
+def _check_node_config(where: str, nodes: list[Any], j: int) -> bool:
+    """Check ``nodes[j]`` of a Graph config: an input, a layer or a later use of an earlier
+    node's layer, reading earlier nodes only. True for an input node."""
+    node = nodes[j]
+    here = f"{where} nodes[{j}]"
+    kinds = ("layer", "input_shape", "same_layer_as")
+    if not isinstance(node, dict) or sum(k in node for k in kinds) != 1:
+        raise ConfigError(f"{here} is {show(node)}, expected an object with one of "
+                          f"'layer', 'input_shape' or 'same_layer_as'")
+    check_keys(here, node, {"name": "str", "inputs": "list[int]",
+                            "input_shape": "list[int]", "layer": "dict",
+                            "same_layer_as": "int"}, {"name", "inputs"})
+    if "input_shape" in node and (node["inputs"] or not node["input_shape"]
+                                  or min(node["input_shape"]) < 1):
+        raise ConfigError(f"{here} is an input of shape {node['input_shape']} fed by "
+                          f"{node['inputs']}, expected a positive shape and no inputs")
+    if "input_shape" not in node and not all(0 <= i < j for i in node["inputs"]):
+        raise ConfigError(f"{here} reads nodes {node['inputs']}, expected indices of "
+                          f"earlier nodes (0 to {j - 1})")
+    # a later use of a layer (weight sharing) names the node that holds the layer;
+    # its parameters are declared there, once
+    same = node.get("same_layer_as")
+    if same is not None and not (0 <= same < j and "layer" in nodes[same]):
+        raise ConfigError(f"{here} same_layer_as is {same}, expected the index of an "
+                          f"earlier node with a 'layer' (0 to {j - 1})")
+    return "input_shape" in node
+
+
+def _check_graph_ends(where: str, config: dict[str, Any], is_input: list[bool]) -> None:
+    """A Graph config's ``inputs`` are distinct input nodes (one unless ``multi``) and its
+    ``output`` is a node index."""
+    ins, output = config["inputs"], config["output"]
+    if (not ins or len(set(ins)) != len(ins)
+            or not all(0 <= i < len(is_input) and is_input[i] for i in ins)
+            or (not config.get("multi", False) and len(ins) != 1)):
+        raise ConfigError(f"{where} inputs is {ins}, expected distinct input nodes (one "
+                          f"unless multi)")
+    if not 0 <= output < len(is_input):
+        raise ConfigError(f"{where} output is {output}, expected a node index (0 to "
+                          f"{len(is_input) - 1})")
+
+
+def _check_all_lead_to_output(where: str, nodes: list[dict[str, Any]], output: int) -> None:
+    reached, todo = set(), [output]
+    while todo:
+        j = todo.pop()
+        if j not in reached:
+            reached.add(j)
+            todo += nodes[j]["inputs"]
+    unused = [j for j in range(len(nodes)) if j not in reached]
+    if unused:
+        raise ConfigError(f"{where} nodes {unused} do not lead to the output")
+
+
+def _declared_node_state(nodes: list[dict[str, Any]], at: str, depth: int) -> DeclaredState:
+    """The arrays the nodes' layers declare, each prefixed with the node's place among the
+    nodes with a ``"layer"`` (a node with ``same_layer_as`` adds no child: its layer is
+    an earlier node's)."""
+    out: DeclaredState = {}
+    k = 0
+    for j, node in enumerate(nodes):
+        if "layer" in node:
+            for name, declared in declared_state_of(
+                    node["layer"], at=config_path(at, f"nodes[{j}]"),
+                    depth=depth + 1).items():
+                out[f"{k}.{name}"] = declared
+            k += 1
+    return out
 
 
 def _check_inputs_connected(order: list[Node], inputs: list[Node]) -> None:
