@@ -19,7 +19,7 @@ import numpy as np
 from .._jsonconfig import JSON_KINDS, ConfigError, check_config, check_keys, is_int, show
 from ..layers.base import DeclaredState, Layer, declared_state_of
 from ..losses import LOSS_TYPES
-from ..optim import OPTIMIZERS, SCHEDULES
+from ..optim import OPTIMIZERS, SCHEDULES, Optimizer
 from .common import PARAM_DTYPES, dtype_text
 
 FORMAT = "xpnet-checkpoint"
@@ -113,12 +113,7 @@ def check_optimizer(spec: dict, declared: DeclaredState,
                              "groups": "list"},
                {"type", "lr", "config", "steps", "params"})
     if "loss_scale" in spec:
-        scale = spec["loss_scale"]
-        check_keys(f"{where} loss_scale", scale, {"scale": "float", "growth_tracker": "int"},
-                   {"scale", "growth_tracker"})
-        if scale["scale"] <= 0 or scale["growth_tracker"] < 0:
-            raise ConfigError(f"{where} loss_scale is {show(scale)}, expected a scale > 0 "
-                              f"and a growth_tracker >= 0")
+        _check_loss_scale(where, spec["loss_scale"])
     cls = OPTIMIZERS.get(spec["type"])
     if cls is None:
         raise ConfigError(f"unknown optimizer type {spec['type']!r}; known: "
@@ -126,24 +121,50 @@ def check_optimizer(spec: dict, declared: DeclaredState,
     check_config(f"{where} config", cls, spec["config"], skip=("params", "lr"))
     check_lr(where, spec["lr"])
     if "groups" in spec:
-        members = []
-        for i, group in enumerate(spec["groups"]):
-            here = f"{where} groups[{i}]"
-            check_keys(here, group, {"params": "list[str]", "lr": "float | dict",
-                                     "config": "dict"}, {"params", "lr", "config"})
-            check_config(f"{here} config", cls, group["config"], skip=("params", "lr"))
-            check_lr(here, group["lr"])
-            members += group["params"]
-        if members != spec["params"]:
-            raise ConfigError(f"{where} groups hold {members}, expected the optimizer's "
-                              f"params {spec['params']} in order, each once")
+        _check_groups(where, cls, spec["groups"], spec["params"])
     if spec["steps"] < 0:
         raise ConfigError(f"{where} steps is {spec['steps']}, expected >= 0")
-    names = spec["params"]
+    _check_param_names(where, spec["params"], declared)
+    return _check_slots(cls, spec["params"], declared, arrays)
+
+
+def _check_loss_scale(where: str, scale: Any) -> None:
+    """The dynamic loss scale's state: ``{"scale": > 0, "growth_tracker": >= 0}``."""
+    check_keys(f"{where} loss_scale", scale, {"scale": "float", "growth_tracker": "int"},
+               {"scale", "growth_tracker"})
+    if scale["scale"] <= 0 or scale["growth_tracker"] < 0:
+        raise ConfigError(f"{where} loss_scale is {show(scale)}, expected a scale > 0 "
+                          f"and a growth_tracker >= 0")
+
+
+def _check_groups(where: str, cls: type[Optimizer], groups: list, params: list[str]) -> None:
+    """Each parameter group: its params, rate and config; together they hold the
+    optimizer's ``params`` in order, each once."""
+    members = []
+    for i, group in enumerate(groups):
+        here = f"{where} groups[{i}]"
+        check_keys(here, group, {"params": "list[str]", "lr": "float | dict",
+                                 "config": "dict"}, {"params", "lr", "config"})
+        check_config(f"{here} config", cls, group["config"], skip=("params", "lr"))
+        check_lr(here, group["lr"])
+        members += group["params"]
+    if members != params:
+        raise ConfigError(f"{where} groups hold {members}, expected the optimizer's "
+                          f"params {params} in order, each once")
+
+
+def _check_param_names(where: str, names: list[str], declared: DeclaredState) -> None:
+    """The optimizer's params: names the model declares, each once."""
     unknown = [n for n in names if n not in declared]
     if unknown or len(set(names)) != len(names):
         raise ConfigError(f"{where} params {names} name {unknown or 'a parameter'} "
                           f"{'not in the model' if unknown else 'twice'}")
+
+
+def _check_slots(cls: type[Optimizer], names: list[str], declared: DeclaredState,
+                 arrays: dict[str, np.ndarray]) -> set[str]:
+    """Each parameter's state arrays (``opt/<slot>/<name>``): all of the optimizer's slots
+    or none, shaped as the parameter; return their keys."""
     keys = set()
     for name in names:
         present = [s for s in cls.slots if f"opt/{s}/{name}" in arrays]
