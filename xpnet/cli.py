@@ -100,6 +100,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """A number in [0, 1) (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def _at_least(low: int):
     """An argparse type: a whole number >= ``low``."""
     def whole(text: str) -> int:
@@ -158,6 +169,18 @@ def _optimizer(name: str, params, lr: float | None, total_steps: int, schedule: 
     if name == "adamw":
         return xn.AdamW(params, lr=rate)
     return xn.SGD(params, lr=rate, momentum=0.9 if name == "momentum" else 0.0)
+
+
+def _validation_split(x, y, fraction: float, seed: int):
+    """``x, y`` less the held-out validation rows, and those rows (None when
+    ``fraction`` is 0 or too small to hold out one example: xor's four)."""
+    from .data import held_out_rows
+
+    rows = held_out_rows(y, fraction, seed) if fraction > 0 else np.arange(0)
+    if not 0 < len(rows) < len(y):
+        return x, y, None
+    keep = np.setdiff1d(np.arange(len(y)), rows)
+    return x[keep], y[keep], (x[rows], y[rows])
 
 
 def _check_train_flags(args) -> None:
@@ -407,30 +430,37 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
     model = build_model(args.model, int(np.prod(x_tr.shape[1:])), n_out, args.hidden,
                         args.activation, "sigmoid" if args.loss == "quadratic" else None)
     x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
+    x_tr, y_tr, val = _validation_split(x_tr, y_tr, args.validation_split, args.seed)
     steps = args.epochs * -(-len(x_tr) // args.batch_size)
     opt = _optimizer(args.optimizer, model.parameters(), args.lr, steps, args.schedule)
     ranks = f"  ranks {comm.size}" if comm is not None else ""
-    print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}{ranks}")
+    held = f"  validation {val[0].shape}" if val is not None else "  validation none"
+    print(f"data: {args.data}  train {x_tr.shape}{held}  test {x_te.shape}  classes {n_out}"
+          f"{ranks}")
     model.summary(input_shape=tuple(x_tr.shape[1:]))
     # fit raises FloatingPointError on a NaN loss, before anything is saved, and that says
     # all NumPy's overflow warnings would say, in one line
     quiet = contextlib.nullcontext() if os.environ.get("XPNET_DEBUG") else np.errstate(
         over="ignore", invalid="ignore", divide="ignore")
     with quiet:
+        # the weights kept are those of the epoch with the best validation accuracy; the
+        # test set is read once, after training
+        best = [xn.EarlyStopping("val_accuracy", patience=args.epochs)] if val else []
         history = xn.fit(model, x_tr, y_tr, loss=LOSSES[args.loss](), optimizer=opt,
                          epochs=args.epochs, batch_size=args.batch_size,
-                         validation_data=(x_te, y_te),
+                         validation_data=val,
                          progress=None if args.progress else False, seed=args.seed,
                          distributed=comm if comm is not None else False,
-                         precision=args.precision, callbacks=[stage.callback()])
+                         precision=args.precision, callbacks=[stage.callback(), *best])
         stage.what = "after training, while evaluating on the test set"
         result = xn.evaluate(model, x_te, y_te)
     if not writer:
         return 0
     name = FORMATS[args.format]
     stage.what, stage.out, written = "writing", out, stage.written
+    kept = {"best_epoch": best[0].best_epoch + 1} if best else {}
     xn.save(out / name, model, optimizer=opt, epoch=args.epochs, data=args.data,
-            test_accuracy=result["accuracy"])
+            test_accuracy=result["accuracy"], **kept)
     written.append(name)
     history.to_json(out / "history.json")
     written.append("history.json")
@@ -440,6 +470,9 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
     except ImportError as e:
         print(f"(no curves.png: {e})")
     rate = np.mean(history["samples_per_sec"]) if "samples_per_sec" in history else 0.0
+    if best:
+        print(f"kept epoch {best[0].best_epoch + 1} of {args.epochs}: validation accuracy "
+              f"{best[0].best:.4f}")
     print(f"test accuracy: {result['accuracy']:.4f} ({round(result['accuracy'] * len(y_te))}"
           f"/{len(y_te)})  test loss: {result['loss']:.4f}  ({rate:,.0f} samples/s)")
     print(f"wrote {', '.join(written)} to {out}")
@@ -589,6 +622,10 @@ def make_parser() -> _Parser:
     t.add_argument("--epochs", type=_at_least(1), default=40)
     t.add_argument("--batch-size", type=_at_least(1), default=16)
     t.add_argument("--seed", type=_at_least(0), default=0)
+    t.add_argument("--validation-split", type=_fraction, default=0.1,
+                   help="fraction of the training data held out (stratified, seeded) to "
+                        "keep the best epoch by validation accuracy; 0: none, keep the last "
+                        "(default 0.1)")
     t.add_argument("--out", default=None,
                    help="output folder (default a new runs/<timestamp>)")
     t.add_argument("--format", default="xpnet", choices=list(FORMATS),

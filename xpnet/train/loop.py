@@ -55,7 +55,8 @@ class StepOptions:
 @on_model_device
 def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
-        shuffle: bool | str = True, progress: Any = None, callbacks: list[Callback] | None = None,
+        validation_split: float | None = None, shuffle: bool | str = True,
+        progress: Any = None, callbacks: list[Callback] | None = None,
         seed: int | None = None, initial_epoch: int = 0, reports_per_epoch: int = 10,
         metrics: Any = ("accuracy",), steps_per_epoch: int | None = None,
         distributed: bool | Any = False, compile: bool = False,
@@ -85,6 +86,12 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         (the last batch of an epoch may be smaller).
     validation_data : (x_val, y_val), optional
         Uploaded once, evaluated after each epoch: ``val_loss`` and ``val_`` each metric.
+    validation_split : float in (0, 1), optional
+        Hold out this fraction of ``x, y`` as the validation data instead (Keras's
+        option): drawn at random, per class for integer labels or one-hot rows, seeded
+        by ``seed`` (0 when not given), so the same seed holds out the same rows
+        (:func:`xpnet.data.holdout`). Arrays in memory only, not with
+        ``validation_data``.
     shuffle : bool or "blocks"
         Reorder the examples each epoch, by a permutation seeded with ``(seed, epoch)``;
         ``"blocks"`` shuffles blocks of ``batch_size / 4`` consecutive rows instead
@@ -167,6 +174,11 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
+        if validation_split is not None:
+            if validation_data is not None:
+                raise ValueError("fit: give validation_data or validation_split, not both")
+            x, y, validation_data = data_mod.holdout(
+                x, y, validation_split, 0 if seed is None else seed, model.multi_input)
         source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
                                   shuffle=shuffle, steps_per_epoch=steps_per_epoch,
                                   precision=precision)

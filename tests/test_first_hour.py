@@ -1,0 +1,90 @@
+"""What a Keras or PyTorch user tries in the first hour (issue 24): fit's
+validation_split, names for the loss and optimizer, devices alone, freezing after the
+optimizer is built, Keras-style callbacks, a process-wide backend, predict's type."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import blobs, quick_fit
+
+import xpnet as xn
+from xpnet.data import holdout
+
+
+def _model():
+    return xn.Sequential(xn.Linear(4, 16), xn.ReLU(), xn.Linear(16, 3))
+
+
+# -- validation_split -----------------------------------------------------------------------
+def _skewed(n=100):
+    """Labels 60% class 0, 30% class 1, 10% class 2, in a scrambled order."""
+    y = np.repeat([0, 1, 2], [int(n * 0.6), int(n * 0.3), n - int(n * 0.6) - int(n * 0.3)])
+    y = np.random.default_rng(5).permutation(y)
+    x = np.arange(len(y) * 4, dtype=np.float32).reshape(len(y), 4)
+    return x, y
+
+
+def test_validation_split_is_stratified_seeded_and_keeps_order():
+    x, y = _skewed()
+    x_tr, y_tr, (x_val, y_val) = holdout(x, y, 0.2, seed=3)
+    assert np.bincount(y_val).tolist() == [12, 6, 2]  # 20% of each class
+    assert np.bincount(y_tr).tolist() == [48, 24, 8]
+    rows_val = (x_val[:, 0] // 4).astype(int)
+    rows_tr = (x_tr[:, 0] // 4).astype(int)
+    assert sorted([*rows_val, *rows_tr]) == list(range(100))  # a partition
+    assert np.all(np.diff(rows_val) > 0) and np.all(np.diff(rows_tr) > 0)  # order kept
+    np.testing.assert_array_equal(y[rows_val], y_val)
+    again = holdout(x, y, 0.2, seed=3)[2][0]
+    np.testing.assert_array_equal(again, x_val)  # the same seed, the same rows
+    other = holdout(x, y, 0.2, seed=4)[2][0]
+    assert not np.array_equal(other, x_val)
+    # one-hot rows are split by their class, exactly as the integer labels
+    hot = np.eye(3, dtype=np.float32)[y]
+    _, _, (x_hot, y_hot) = holdout(x, hot, 0.2, seed=3)
+    np.testing.assert_array_equal(x_hot, x_val)
+    np.testing.assert_array_equal(y_hot.argmax(axis=1), y_val)
+    # regression targets: a plain random fifth
+    _, _, (_, t_val) = holdout(x, np.linspace(0, 1, 100), 0.25, seed=0)
+    assert len(t_val) == 25
+
+
+@pytest.mark.fit_level
+def test_fit_validation_split_validates_on_the_held_out_rows(be):
+    x, y = blobs(120, spread=0.5)
+    x_tr, y_tr, val = holdout(x, y, 0.25, seed=7)
+    runs = []
+    for kw in (dict(validation_split=0.25), dict(validation_data=val)):
+        xn.seed(0)
+        model = _model()
+        data = (x, y) if "validation_split" in kw else (x_tr, y_tr)
+        runs.append(quick_fit(model, *data, epochs=2, seed=7, **kw))
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose(runs[0][key], runs[1][key], rtol=1e-6, err_msg=key)
+    # arrays already on the backend are split there
+    dx, dy, (dxv, dyv) = holdout(be.asarray(x), be.asarray(y), 0.25, seed=7)
+    np.testing.assert_array_equal(xn.to_numpy(dxv), val[0])
+    np.testing.assert_array_equal(xn.to_numpy(dy), y_tr)
+
+
+def test_validation_split_errors(tmp_path):
+    x, y = blobs(40)
+    model = _model()
+    for bad in (0, 1, 1.5, -0.1):
+        with pytest.raises(ValueError, match=r"fit: validation_split must be a finite number "
+                                             r"in \(0, 1\), got " + str(bad)):
+            quick_fit(model, x, y, validation_split=bad)
+    with pytest.raises(TypeError, match="fit: validation_split must be a number, got '0.2'"):
+        quick_fit(model, x, y, validation_split="0.2")
+    with pytest.raises(ValueError, match="give validation_data or validation_split, not both"):
+        quick_fit(model, x, y, validation_split=0.2, validation_data=(x, y))
+    with pytest.raises(ValueError, match="validation_split needs x and y as arrays in memory, "
+                                         "got y: no y"):
+        quick_fit(model, iter([(x, y)]), None, validation_split=0.2, steps_per_epoch=1)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mapped = np.load(path, mmap_mode="r")
+    with pytest.raises(ValueError, match="got x: memmap; hold out validation rows yourself"):
+        quick_fit(model, mapped, y, validation_split=0.2)
+    with pytest.raises(ValueError, match=r"validation_split=0.01 of 40 examples holds out 0"):
+        quick_fit(model, x, y, validation_split=0.01)
