@@ -88,3 +88,42 @@ def test_validation_split_errors(tmp_path):
         quick_fit(model, mapped, y, validation_split=0.2)
     with pytest.raises(ValueError, match=r"validation_split=0.01 of 40 examples holds out 0"):
         quick_fit(model, x, y, validation_split=0.01)
+
+
+# -- names as Keras takes them ----------------------------------------------------------------
+@pytest.mark.fit_level
+@pytest.mark.parametrize("name, make", [
+    ("adam", lambda m: xn.Adam(m)), ("sgd", lambda m: xn.SGD(m, lr=0.01)),
+    ("momentum", lambda m: xn.SGD(m, lr=0.01, momentum=0.9)), ("adamw", lambda m: xn.AdamW(m)),
+])
+def test_fit_takes_loss_and_optimizer_names(be, name, make):
+    x, y = blobs(64)
+    runs = []
+    for loss, opt in (("cross_entropy", name), (xn.SoftmaxCrossEntropy(), None)):
+        xn.seed(0)
+        model = _model()
+        h = quick_fit(model, x, y, loss=loss, optimizer=opt or make(model), epochs=2)
+        runs.append((h["loss"], xn.to_numpy(model.parameters()[0].value)))
+    np.testing.assert_allclose(runs[0][0], runs[1][0], rtol=1e-6)
+    np.testing.assert_allclose(runs[0][1], runs[1][1], rtol=1e-6)
+    assert isinstance(model.loss, xn.SoftmaxCrossEntropy)
+    assert xn.evaluate(model, x, y, loss="mse")["loss"] > 0  # a name for evaluate too
+
+
+def test_unknown_names_are_refused_naming_the_choices():
+    x, y = blobs(16)
+    model = _model()
+    with pytest.raises(ValueError, match=r"fit: unknown loss 'crossentropy'; expected one of "
+                                         r"quadratic, mse, cross_entropy, "):
+        quick_fit(model, x, y, loss="crossentropy")
+    with pytest.raises(ValueError, match=r"fit: unknown optimizer 'rmsprop'; expected one of "
+                                         r"sgd, momentum, adam, adamw, or an Optimizer"):
+        quick_fit(model, x, y, optimizer="rmsprop")
+    with pytest.raises(TypeError, match=r"fit: optimizer must be an Optimizer \(xn.Adam\(model\)"
+                                        r"\) or one of the names sgd, momentum, adam, adamw, "
+                                        r"got dict"):
+        quick_fit(model, x, y, optimizer={"lr": 0.1})
+    with pytest.raises(ValueError, match="evaluate: unknown loss 'l2'"):
+        xn.evaluate(model, x, y, loss="l2")
+    with pytest.raises(ValueError, match="fit: unknown metric 'f1'; known: accuracy"):
+        quick_fit(model, x, y, metrics=["f1"])

@@ -547,3 +547,30 @@ def decay_groups(model: Layer, weight_decay: float, *, embeddings: bool = False
 
 
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+
+
+#: Optimizers by name, as ``fit(optimizer="adam")`` and the ``xpnet`` command take them:
+#: each built on the parameters with its class's defaults (SGD's lr 0.01, Adam's and
+#: AdamW's 1e-3; "momentum" is SGD with momentum 0.9).
+OPTIMIZER_NAMES: dict[str, Callable[[Any], Optimizer]] = {
+    "sgd": SGD,
+    "momentum": lambda params: SGD(params, momentum=0.9),
+    "adam": Adam,
+    "adamw": AdamW,
+}
+
+
+def optimizer_named(optimizer: Any, params: Any, who: str) -> Optimizer:
+    """``optimizer`` itself, or for a name in :data:`OPTIMIZER_NAMES` that optimizer over
+    ``params`` (a model or its parameters); ValueError naming the choices for another
+    name, TypeError for what is neither."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"{who}: unknown optimizer {optimizer!r}; expected one of "
+                             f"{', '.join(OPTIMIZER_NAMES)}, or an Optimizer object "
+                             f"(xn.Adam(model, lr=1e-3))")
+        return OPTIMIZER_NAMES[optimizer](params)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{who}: optimizer must be an Optimizer (xn.Adam(model)) or one of "
+                        f"the names {', '.join(OPTIMIZER_NAMES)}, got {type(optimizer).__name__}")
+    return optimizer

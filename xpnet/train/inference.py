@@ -12,13 +12,13 @@ from .. import _args
 from .. import data as data_mod
 from ..backend import on_model_device
 from ..layers import Layer, Sigmoid, Softmax
-from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
+from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy, loss_named
 from . import metrics as metrics_mod
 from .metrics import MetricSet
 
 
 @on_model_device
-def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
+def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | str | None = None,
              batch_size: int = 1024, metrics: Any = None) -> dict[str, Any]:
     """Mean loss and metrics of ``model`` on ``(x, y)``, computed on its device.
 
@@ -28,6 +28,7 @@ def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
     host arrays (uploaded once here) or arrays already on the model's device; a Graph
     with several inputs takes a list of arrays as ``x``. ``x`` may also be an iterable
     of ``(x, y)`` batches (a generator, a DataLoader), with no ``y``, as ``fit`` takes.
+    ``loss`` may be a name of ``xpnet.losses.LOSSES`` (``"cross_entropy"``).
 
     ``metrics``: names (``"accuracy"``, ``"top_k_accuracy"`` (k=5), ``"mae"``,
     ``"confusion_matrix"``) or :class:`xpnet.metrics.Metric` objects
@@ -36,7 +37,7 @@ def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
     a confusion matrix is a ``(k, k)`` NumPy int64 array (rows: true class).
     """
     _args.integer(batch_size, "batch_size", "evaluate", minimum=1)
-    loss = loss if loss is not None else model.loss
+    loss = loss_named(loss, "evaluate") if loss is not None else model.loss
     source = data_mod.prepare(model, x, y, who="evaluate", batch_size=batch_size)
     warn_if_squashed(model, loss)
     if metrics is None:  # the default: accuracy where the targets are classes

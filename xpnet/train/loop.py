@@ -25,8 +25,8 @@ from .. import data as data_mod
 from .. import distributed as distributed_mod
 from ..backend import on_model_device
 from ..layers import Layer, layer_config
-from ..losses import Loss
-from ..optim import Optimizer
+from ..losses import Loss, loss_named
+from ..optim import Optimizer, optimizer_named
 from . import metrics as metrics_mod
 from .callbacks import Callback, batch_end, batch_hooks
 from .compiled import TrainStep
@@ -53,7 +53,8 @@ class StepOptions:
 
 
 @on_model_device
-def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
+def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss | str,
+        optimizer: Optimizer | str, epochs: int = 1,
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
         validation_split: float | None = None, shuffle: bool | str = True,
         progress: Any = None, callbacks: list[Callback] | None = None,
@@ -78,9 +79,13 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         whole (:mod:`xpnet.data`). ``x`` may also be an iterable of ``(x, y)`` batches
         (a generator, a PyTorch DataLoader) with no ``y``: its batches are used as they
         come (``batch_size`` and ``shuffle`` do not apply).
-    loss, optimizer : Loss and Optimizer
+    loss, optimizer : Loss and Optimizer, or their names
         ``fit`` records the loss as ``model.loss``: ``evaluate`` reports it by default,
-        and ``xn.save`` saves it.
+        and ``xn.save`` saves it. Names as Keras takes them: a loss of
+        ``xpnet.losses.LOSSES`` (``"cross_entropy"``, ``"mse"``, ``"bce"``...) and an
+        optimizer of ``xpnet.optim.OPTIMIZER_NAMES`` (``"adam"``, ``"adamw"``, ``"sgd"``,
+        ``"momentum"``), made with their defaults over the model's parameters: a new
+        optimizer each call, so pass an Optimizer to keep its state across ``fit`` calls.
     epochs, batch_size : int
         Train epochs ``initial_epoch .. epochs - 1`` in batches of ``batch_size``
         (the last batch of an epoch may be smaller).
@@ -174,6 +179,8 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
+        loss = loss_named(loss, "fit")
+        optimizer = optimizer_named(optimizer, model, "fit")
         if validation_split is not None:
             if validation_data is not None:
                 raise ValueError("fit: give validation_data or validation_split, not both")
