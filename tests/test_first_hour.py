@@ -127,3 +127,91 @@ def test_unknown_names_are_refused_naming_the_choices():
         xn.evaluate(model, x, y, loss="l2")
     with pytest.raises(ValueError, match="fit: unknown metric 'f1'; known: accuracy"):
         quick_fit(model, x, y, metrics=["f1"])
+
+
+# -- a device alone ---------------------------------------------------------------------------
+def _can_use(name, device):
+    try:
+        xn.backend.make(name, device)
+        return True
+    except (xn.BackendUnavailableError, ValueError):
+        return False
+
+
+def test_a_device_alone_keeps_the_library_where_it_can():
+    model = xn.Linear(2, 3, backend="numpy")
+    assert model.to("cpu").backend == xn.backend.make("numpy", "cpu")
+    strict = xn.Linear(2, 3, backend="array_api_strict", device="device1")
+    assert strict.to("cpu").backend == xn.backend.make("array_api_strict", "cpu")
+    torch_cpu = xn.backend.make("torch", "cpu") if _can_use("torch", "cpu") else None
+    if torch_cpu is not None:
+        t = xn.Linear(2, 3, backend="torch")
+        host = xn.to_numpy(t.weight.value)
+        assert t.to("cpu").backend == torch_cpu
+        assert t.to(device="cpu").backend == torch_cpu
+        np.testing.assert_array_equal(xn.to_numpy(t.weight.value), host)
+        with xn.use("torch"):
+            assert xn.use("cpu") == torch_cpu  # the selected library, on its CPU
+    with pytest.raises(TypeError, match=r"\.to: give a backend, a device or both"):
+        model.to()
+
+
+def test_cuda_alone_picks_a_library_or_says_what_to_write():
+    model = xn.Linear(2, 3, backend="numpy")
+    usable = [n for n in ("cupy", "torch", "jax") if _can_use(n, "cuda")]
+    if usable:  # a GPU machine: the first of cupy, torch, jax that can
+        assert model.to("cuda").backend.name == usable[0]
+        assert model.to(device="cuda").backend.name == usable[0]
+        if "torch" in usable:  # a torch model stays on torch
+            t = xn.Linear(2, 3, backend="torch", device="cpu")
+            assert t.to("cuda").backend.name == "torch"
+        return
+    for call, run in (("to", lambda: model.to("cuda")), ("to", lambda: model.to(device="cuda")),
+                      ("use", lambda: xn.use("cuda"))):
+        with pytest.raises(xn.BackendUnavailableError) as e:
+            run()
+        text = str(e.value)
+        assert text.startswith(f"{call}('cuda'): no installed library can use 'cuda' here (")
+        assert f"name the library with the device, {call}('cupy', 'cuda') or " \
+               f"{call}('torch', 'cuda')" in text
+        assert "cupy" in text and "torch" in text  # each library's reason
+
+
+# -- a process-wide default backend -----------------------------------------------------------
+def _built_in_threads():
+    """The backend of a layer built in a new Thread, and in a ThreadPoolExecutor worker;
+    and in a thread that selects numpy itself."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    seen = []
+    t = threading.Thread(target=lambda: seen.append(xn.Linear(2, 2).backend.name))
+    t.start()
+    t.join()
+
+    def own():
+        xn.use("numpy")
+        return xn.Linear(2, 2).backend.name
+
+    with ThreadPoolExecutor(1) as pool:
+        seen.append(pool.submit(lambda: xn.Linear(2, 2).backend.name).result())
+    with ThreadPoolExecutor(1) as pool:
+        seen.append(pool.submit(own).result())
+    return seen
+
+
+def test_use_scope_process_reaches_other_threads(monkeypatch):
+    pytest.importorskip("array_api_strict")
+    monkeypatch.delenv("XPNET_BACKEND", raising=False)
+    monkeypatch.setattr(xn.backend, "_from_environment", xn.backend.make("numpy"))
+    xn.use("array_api_strict")  # this thread only: new threads build on numpy
+    assert _built_in_threads() == ["numpy", "numpy", "numpy"]
+    be = xn.use("array_api_strict", device="device1", scope="process")
+    assert xn.current() == be  # this thread too
+    assert _built_in_threads() == ["array_api_strict", "array_api_strict", "numpy"]
+    layer = xn.Linear(2, 2)
+    assert layer.backend.device_name == "device1"
+    with xn.use("numpy"):  # a selection in this context still wins here
+        assert xn.Linear(2, 2).backend.name == "numpy"
+    with pytest.raises(ValueError, match="use: scope must be 'context' or 'process', got 'all'"):
+        xn.use("numpy", scope="all")

@@ -412,9 +412,17 @@ class Layer:
         state = self.named_state()
         return backend_of(state[0][1].value) if state else current()
 
-    def to(self, backend: str | Backend, device: str | None = None) -> Layer:
-        """Move every parameter to another backend/device, keeping dtypes. Returns self."""
-        be = resolve(backend, device)
+    def to(self, backend: str | Backend | None = None, device: str | None = None) -> Layer:
+        """Move every parameter to another backend/device, keeping dtypes. Returns self.
+
+        A device alone (``to("cpu")``, ``to("cuda")``, ``to(device="cuda:1")``) keeps
+        the model's library where it can use that device, else picks one
+        (:func:`xpnet.backend.for_device`: NumPy for the CPU; CuPy, then torch, then
+        JAX for a GPU) or raises saying what to write (``to("torch", "cuda")``)."""
+        if backend is None and device is None:
+            raise TypeError(f"{self.label}.to: give a backend, a device or both, such as "
+                            f"to('torch', 'cuda'), to('cpu') or to(device='cuda')")
+        be = resolve(backend, device, like=self.backend, call="to")
         for _, p in self.named_state():
             name = dtype_name(backend_of(p.value).xp, p.value.dtype)
             p.value = be.asarray(to_numpy(p.value), dtype=name)
