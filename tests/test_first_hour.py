@@ -215,3 +215,48 @@ def test_use_scope_process_reaches_other_threads(monkeypatch):
         assert xn.Linear(2, 2).backend.name == "numpy"
     with pytest.raises(ValueError, match="use: scope must be 'context' or 'process', got 'all'"):
         xn.use("numpy", scope="all")
+
+
+# -- parameter groups through fit -------------------------------------------------------------
+@pytest.fixture
+def aot_eager(monkeypatch):
+    """torch.compile with the aot_eager backend: the trace without inductor's code
+    generation (minutes on 2 cores)."""
+    from xpnet.backends.torch import TorchCompiler
+
+    monkeypatch.setattr(TorchCompiler, "backend", "aot_eager")
+
+
+def _grouped(model):
+    first, rest = model.parameters()[:2], model.parameters()[2:]
+    return xn.SGD([{"params": first, "lr": 0.02, "weight_decay": 0.5},
+                   {"params": rest, "momentum": 0.9, "lr": xn.CosineLR(0.2, 6)}], lr=0.1)
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_fit_with_parameter_groups(be, aot_eager, compile):
+    """An optimizer in groups with their own settings (rate, schedule, decay, momentum)
+    through fit, eager and compiled: the weights of the same steps taken one by one
+    (xpnet.train.step.Step over the same batches), and not those of one group."""
+    from xpnet.train.compiled import TrainStep
+    from xpnet.train.step import Step
+
+    x, y = blobs(48)
+    xn.seed(0)
+    model = _model()
+    quick_fit(model, x, y, optimizer=_grouped(model), epochs=2, shuffle=False,
+              compile=compile)
+    xn.seed(0)
+    by_hand = _model()
+    step = TrainStep(Step(by_hand, xn.SoftmaxCrossEntropy(), _grouped(by_hand)),
+                     compiler=False)
+    for _ in range(2):
+        for i in range(0, 48, 16):
+            step(be.asarray(x[i:i + 16]), be.asarray(y[i:i + 16]))
+    xn.seed(0)
+    single = _model()
+    quick_fit(single, x, y, optimizer=xn.SGD(single, lr=0.1), epochs=2, shuffle=False)
+    for a, b, c in zip(model.parameters(), by_hand.parameters(), single.parameters()):
+        np.testing.assert_allclose(xn.to_numpy(a.value), xn.to_numpy(b.value), rtol=1e-5,
+                                   atol=1e-6)
+        assert not np.allclose(xn.to_numpy(a.value), xn.to_numpy(c.value))
