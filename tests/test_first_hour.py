@@ -260,3 +260,101 @@ def test_fit_with_parameter_groups(be, aot_eager, compile):
         np.testing.assert_allclose(xn.to_numpy(a.value), xn.to_numpy(b.value), rtol=1e-5,
                                    atol=1e-6)
         assert not np.allclose(xn.to_numpy(a.value), xn.to_numpy(c.value))
+
+
+# -- freezing after the optimizer is made ---------------------------------------------------
+OPTIMIZERS = {
+    "sgd": lambda ps: xn.SGD(ps, lr=0.1),
+    "sgd-momentum-decay": lambda ps: xn.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.1),
+    "nesterov": lambda ps: xn.SGD(ps, lr=0.1, momentum=0.9, nesterov=True),
+    "adam-decay": lambda ps: xn.Adam(ps, lr=0.1, weight_decay=0.1),
+    "adamw": lambda ps: xn.AdamW(ps, lr=0.1, weight_decay=0.5),
+}
+
+
+@pytest.mark.parametrize("kind", list(OPTIMIZERS))
+def test_freezing_after_the_optimizer_is_made_stops_its_updates(be, rng, kind):
+    """One step with every parameter, then the first frozen: two more steps leave it
+    exactly where it was (no decay, no momentum), and the others move as an optimizer
+    over them alone moves them (each parameter's update is its own); thawed, it moves
+    again."""
+    xn.seed(1)
+    model = _model()
+    xn.seed(1)
+    other = _model()
+    everything = OPTIMIZERS[kind](model)
+    rest = OPTIMIZERS[kind](other.parameters()[1:])
+    frozen = model.parameters()[0]
+    grads = [[rng.standard_normal(p.shape).astype(np.float32) for p in model.parameters()]
+             for _ in range(3)]
+    for step, gs in enumerate(grads):
+        if step == 1:
+            frozen.trainable = False
+            held = xn.to_numpy(frozen.value).copy()
+        for p, g in zip(everything.params, gs, strict=True):
+            p.grad = be.asarray(g)
+        everything.step()
+        for p, g in zip(rest.params, gs[1:], strict=True):
+            p.grad = be.asarray(g)
+        rest.step()
+    np.testing.assert_array_equal(xn.to_numpy(frozen.value), held)
+    for a, b in zip(everything.params[1:], rest.params, strict=True):
+        np.testing.assert_allclose(xn.to_numpy(a.value), xn.to_numpy(b.value), rtol=1e-6,
+                                   atol=1e-7)
+    frozen.trainable = True
+    for p, g in zip(everything.params, grads[0], strict=True):
+        p.grad = be.asarray(g)
+    everything.step()
+    assert not np.array_equal(xn.to_numpy(frozen.value), held)
+
+
+def test_freezing_between_fits_holds_with_compiled_steps(be, aot_eager):
+    """fit, freeze the first layer's weight, fit again with the same optimizer (whose
+    compiled step is kept between fits): eager and compiled, the weight stays, the rest
+    train the same; thawed, the compiled step is made again and moves it."""
+    x, y = blobs(48)
+    runs = []
+    for compile in (False, True):
+        xn.seed(0)
+        model = _model()
+        opt = xn.Adam(model, lr=0.05, weight_decay=0.1)
+        quick_fit(model, x, y, optimizer=opt, compile=compile, clip_grad_norm=0.5)
+        weight = model.parameters()[0]
+        weight.trainable = False
+        held = xn.to_numpy(weight.value).copy()
+        quick_fit(model, x, y, optimizer=opt, compile=compile, clip_grad_norm=0.5)
+        np.testing.assert_array_equal(xn.to_numpy(weight.value), held)
+        runs.append([xn.to_numpy(a).copy() for a in model.arrays()])
+        weight.trainable = True
+        quick_fit(model, x, y, optimizer=opt, compile=compile)
+        assert not np.array_equal(xn.to_numpy(weight.value), held)
+    for a, b in zip(*runs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
+
+
+@pytest.mark.parametrize("suffix", [".xpnet", ".safetensors"])
+def test_trainable_is_saved_and_restored(tmp_path, suffix):
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors")
+    xn.seed(0)
+    model = xn.Sequential(xn.Linear(4, 6), xn.BatchNorm1D(6), xn.ReLU(), xn.Linear(6, 3))
+    opt = xn.SGD(model, lr=0.1, momentum=0.9)
+    x, y = blobs(32)
+    quick_fit(model, x, y, optimizer=opt)
+    model[0].weight.trainable = False  # after the optimizer was made
+    path = tmp_path / f"m{suffix}"
+    xn.save(path, model, optimizer=opt)
+    ck = xn.load_checkpoint(path)
+    flags = {n: p.trainable for n, p in ck.model.named_state()}
+    assert flags == {n: p.trainable for n, p in model.named_state()}
+    assert flags["0.weight"] is False and flags["1.running_mean"] is False
+    assert flags["0.bias"] is True and flags["1.weight"] is True
+    assert [p.name for p in ck.optimizer.params] == [p.name for p in opt.params]
+    held = xn.to_numpy(ck.model[0].weight.value).copy()
+    quick_fit(ck.model, x, y, optimizer=ck.optimizer)  # the loaded freeze holds
+    np.testing.assert_array_equal(xn.to_numpy(ck.model[0].weight.value), held)
+    from xpnet.checkpoint import _read
+    assert _read(path)[0]["format_version"] == 2  # version-1 readers would refuse it
+    xn.save(path, model)  # no optimizer: version 1, the flags still restored
+    assert _read(path)[0]["format_version"] == 1
+    assert xn.load(path)[0].weight.trainable is False

@@ -300,7 +300,8 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that has a gradient."""
+        """Update every parameter that has a gradient and is ``trainable`` (one frozen
+        after the optimizer was made is left as it is: no step, no decay, no momentum)."""
         self.apply(self.next_coefficients())
 
     def next_coefficients(self) -> tuple[float, ...]:
@@ -332,7 +333,7 @@ class Optimizer:
                              f"{len(self.param_groups)} parameter group(s)")
         groups = self.param_groups
         for i, p in enumerate(self.params):
-            if p.grad is not None:
+            if p.grad is not None and p.trainable:  # frozen after the optimizer was made
                 g = self._group_of[i]
                 self._update(i, p, tuple(coefficients[g * k:(g + 1) * k]), groups[g])
 
@@ -379,10 +380,12 @@ class Optimizer:
     _constants: tuple[str, ...] = ()
 
     def hyperparameters(self) -> tuple[Any, ...]:
-        """The settings the update bakes in, every group's (momentum, betas...) and the
-        class's: a compiled step is made again when they change between steps."""
+        """The settings the update bakes in, every group's (momentum, betas...), the
+        class's, and which parameters are ``trainable``: a compiled step is made again
+        when they change between steps."""
         return (tuple(tuple(g[name] for name in self._settings) for g in self.param_groups),
-                tuple(getattr(self, name) for name in self._constants))
+                tuple(getattr(self, name) for name in self._constants),
+                tuple(p.trainable for p in self.params))
 
     def __repr__(self) -> str:
         if len(self.param_groups) == 1:

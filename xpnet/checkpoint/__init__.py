@@ -136,6 +136,9 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
         "params": [name for name, _ in state],
         "metadata": metadata,
     }
+    frozen = [name for name, p in state if not p.trainable]
+    if frozen:  # running statistics, and parameters frozen by hand: load restores them
+        meta["not_trainable"] = frozen
     if optimizer is not None:
         meta["optimizer"] = _optimizer_meta(model, optimizer, arrays)
     meta["format_version"] = _format_version(meta)
@@ -203,7 +206,7 @@ def check_describable(model: Layer, who: str = "save") -> None:
 
 
 def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray]) -> dict:
-    names = {id(p): name for name, p in model.named_parameters()}
+    names = {id(p): name for name, p in model.named_state()}  # frozen ones too
     missing = [i for i, p in enumerate(opt.params) if id(p) not in names]
     if missing:
         raise CheckpointError(
@@ -255,9 +258,12 @@ def _format_version(meta: dict[str, Any]) -> int:
                        for k, v in obj.items())
         return isinstance(obj, list) and any(newer(v) for v in obj)
 
-    return LATEST_FORMAT_VERSION if newer({"model": meta["model"],
-                                           "optimizer": meta.get("optimizer", {})}) \
-        else FORMAT_VERSION
+    # an optimizer over a parameter frozen after it was made: version-1 readers, which
+    # know no frozen parameters, would refuse it
+    frozen_in_optimizer = bool(set(meta.get("not_trainable", ())) & set(
+        meta.get("optimizer", {}).get("params", ())))
+    return LATEST_FORMAT_VERSION if frozen_in_optimizer or newer(
+        {"model": meta["model"], "optimizer": meta.get("optimizer", {})}) else FORMAT_VERSION
 
 
 # -- reading ------------------------------------------------------------------------
@@ -318,9 +324,12 @@ def load_checkpoint(path: str | Path, *, backend: str | Backend | None = None,
         # a layer's param_shapes disagrees with its constructor: a bug, not the file's
         raise CheckpointError(f"{path}: the rebuilt model holds arrays {built}, its "
                               f"description declares {declared}")
+    frozen = meta.get("not_trainable")
     for name, p in state:
         key = f"param/{name}"
         p.value = be.asarray(arrays[key], dtype=dtype_text(arrays[key].dtype))
+        if frozen is not None:  # files before it: as the layers make them
+            p.trainable = name not in frozen
     optimizer = None
     if "optimizer" in meta:
         optimizer = _rebuild_optimizer(path, meta["optimizer"], model, arrays, be)
@@ -334,7 +343,7 @@ def _rebuild_optimizer(path: Path, spec: dict, model: Layer, arrays: dict[str, n
     with _naming(str(path)):
         check_optimizer_covers(spec["params"], model)
     cls = OPTIMIZERS[spec["type"]]
-    params = dict(model.named_parameters())
+    params = dict(model.named_state())  # with parameters frozen after it was made
     try:
         if "groups" in spec:
             given: Any = [{"params": [params[n] for n in g["params"]], "lr": _lr_of(g["lr"]),

@@ -110,7 +110,10 @@ class Parameter:
     ``value`` and ``grad`` have the same shape. ``grad`` is ``None`` until a backward
     pass adds to it, and again after ``zero_grad()``; optimizers rebind ``value``, so
     immutable arrays (JAX) work too. ``trainable=False`` marks state that is saved
-    and moved with the model but not optimised (running statistics).
+    and moved with the model but not optimised (running statistics). Set on a
+    parameter, it freezes it: ``model.parameters()`` leaves it out, and an optimizer
+    made before leaves it where it is (no step, decay or momentum; compiled steps are
+    made again). Checkpoints save the flag and ``xn.load`` restores it.
     """
 
     __slots__ = ("name", "value", "grad", "trainable")

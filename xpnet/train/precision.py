@@ -384,7 +384,8 @@ def guarded_apply(optimizer: Any, coefficients: tuple[Any, ...], finite: Any) ->
     step that changes nothing where it does not: the optimizer updates copies of the
     values and slots (in place where it can) and each is then ``where(finite, new, old)``.
     No host read."""
-    live = [(i, p) for i, p in enumerate(optimizer.params) if p.grad is not None]
+    live = [(i, p) for i, p in enumerate(optimizer.params)
+            if p.grad is not None and p.trainable]
     if not live:
         return
     xp = namespace(live[0][1].value)
