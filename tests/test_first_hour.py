@@ -358,3 +358,22 @@ def test_trainable_is_saved_and_restored(tmp_path, suffix):
     xn.save(path, model)  # no optimizer: version 1, the flags still restored
     assert _read(path)[0]["format_version"] == 1
     assert xn.load(path)[0].weight.trainable is False
+
+
+# -- file names save writes -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["model.pt", "model.h5", "model.npz", "model"])
+def test_save_refuses_a_suffix_it_does_not_write(tmp_path, name):
+    path = tmp_path / name
+    with pytest.raises(ValueError) as e:
+        xn.save(path, _model())
+    got = f"{path.suffix!r}" if path.suffix else "no suffix"
+    assert str(e.value) == (f"save: {str(path)!r} has {got}; xpnet writes .xpnet (its own "
+                            f"format) or .safetensors files, so name the file "
+                            f"{str(path.with_suffix('.xpnet'))!r} or "
+                            f"{str(path.with_suffix('.safetensors'))!r}")
+    assert not path.exists()
+    x, y = blobs(16)
+    with pytest.raises(ValueError, match=r"ModelCheckpoint: .* has"):  # before training
+        quick_fit(_model(), x, y, callbacks=[xn.ModelCheckpoint(path, monitor="loss")])
+    xn.save(tmp_path / "model.XPNET", _model())  # the known ones, in any case
+    assert xn.load(tmp_path / "model.XPNET").get_config() == _model().get_config()

@@ -104,6 +104,21 @@ def _naming(who: str) -> Iterator[None]:
 
 
 # -- writing ------------------------------------------------------------------------
+#: The file names :func:`save` writes, by suffix: xpnet's format, or safetensors.
+SUFFIXES = (".xpnet", SAFETENSORS_SUFFIX)
+
+
+def check_suffix(path: Path, who: str = "save") -> None:
+    """ValueError unless ``path`` ends in a suffix of :data:`SUFFIXES`: a ``.pt``,
+    ``.h5`` or ``.npz`` name would hold a file those tools cannot read."""
+    if path.suffix.lower() not in SUFFIXES:
+        got = f"{path.suffix!r}" if path.suffix else "no suffix"
+        raise ValueError(f"{who}: {str(path)!r} has {got}; xpnet writes .xpnet (its own "
+                         f"format) or .safetensors files, so name the file "
+                         f"{str(path.with_suffix('.xpnet'))!r} or "
+                         f"{str(path.with_suffix('.safetensors'))!r}")
+
+
 def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
          **metadata: Any) -> None:
     """Write ``model`` (and ``optimizer``'s state) to ``path`` atomically.
@@ -116,11 +131,14 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     parameters) is refused here, before anything is written. Saves from several
     threads or processes to one path never mix: the last rename wins. A
     ``.safetensors`` path writes that format (the package's docstring says how), which
-    needs the ``safetensors`` package.
+    needs the ``safetensors`` package; a ``.xpnet`` path xpnet's own. Any other suffix
+    (``.pt``, ``.h5``, none) is refused with a ValueError: the file would not be what
+    its name says.
     """
     from .._version import __version__
 
     path = Path(path)
+    check_suffix(path, "save")
     check_describable(model, f"save {path}")
     state = model.named_state()
     arrays = {f"param/{name}": to_numpy(p.value) for name, p in state}
@@ -158,7 +176,7 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
         check_description(written, arrays)
         if optimizer is not None:
             check_optimizer_covers(written["optimizer"]["params"], model)
-    if path.suffix == SAFETENSORS_SUFFIX:
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
         data = safetensors_bytes(blob, arrays)
         atomic_write(path, lambda f: f.write(data))
     else:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .. import _args
 from ..backend import to_numpy
-from ..checkpoint import check_describable, save
+from ..checkpoint import check_describable, check_suffix, save
 from ..layers.base import Layer
 from ..optim import Optimizer, schedule_config
 
@@ -188,6 +188,7 @@ class ModelCheckpoint(_Monitor):
     def check(self, logged: set[str]) -> None:
         super().check(logged)
         check_writable("ModelCheckpoint", Path(self.path))
+        check_suffix(Path(self.path), "ModelCheckpoint")
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)
