@@ -377,3 +377,54 @@ def test_save_refuses_a_suffix_it_does_not_write(tmp_path, name):
         quick_fit(_model(), x, y, callbacks=[xn.ModelCheckpoint(path, monitor="loss")])
     xn.save(tmp_path / "model.XPNET", _model())  # the known ones, in any case
     assert xn.load(tmp_path / "model.XPNET").get_config() == _model().get_config()
+
+
+# -- callbacks written for Keras --------------------------------------------------------------
+class KerasStyle(xn.Callback):
+    """Every hook as Keras's documentation writes it."""
+
+    def on_train_begin(self, logs=None):
+        self.events = [("train_begin", logs, self.model)]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.events.append(("epoch_begin", epoch))
+
+    def on_batch_end(self, batch, logs=None):
+        self.events.append(("batch_end", batch, logs.get("loss")))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.events.append(("epoch_end", epoch, dict(logs)))
+
+    def on_train_end(self, logs=None):
+        self.events.append(("train_end", dict(logs)))
+
+
+class PlainKeras:
+    """Not even an xn.Callback: a Keras-style class of its own, batch hook by Keras's
+    newer name."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batches = getattr(self, "batches", 0) + 1
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last = (epoch, logs["loss"])
+
+
+def test_keras_style_callbacks_get_epochs_and_logs():
+    x, y = blobs(40)
+    model = _model()
+    keras, plain = KerasStyle(), PlainKeras()
+    h = quick_fit(model, x, y, epochs=3, initial_epoch=1, batch_size=16,
+                  callbacks=[keras, plain])
+    events = keras.events
+    assert events[0] == ("train_begin", {}, model)
+    assert keras.model is model and isinstance(keras.optimizer, xn.SGD)
+    assert [e[0] for e in events[1:]] == (["epoch_begin"] + ["batch_end"] * 3 + ["epoch_end"]) * 2 \
+        + ["train_end"]
+    assert [e[1] for e in events if e[0] in ("epoch_begin", "epoch_end")] == [1, 1, 2, 2]
+    assert [e[1] for e in events if e[0] == "batch_end"] == [0, 1, 2, 0, 1, 2]
+    assert all(isinstance(e[2], float) and e[2] > 0 for e in events if e[0] == "batch_end")
+    ends = [e[2] for e in events if e[0] == "epoch_end"]
+    assert [d["loss"] for d in ends] == pytest.approx(h["loss"])
+    assert events[-1][1]["loss"] == pytest.approx(h["loss"][-1])  # the last epoch's logs
+    assert plain.batches == 6 and plain.last == (2, pytest.approx(h["loss"][-1]))

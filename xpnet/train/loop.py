@@ -28,7 +28,7 @@ from ..layers import Layer, layer_config
 from ..losses import Loss, loss_named
 from ..optim import Optimizer, optimizer_named
 from . import metrics as metrics_mod
-from .callbacks import Callback, batch_end, batch_hooks
+from .callbacks import Callback, batch_end, batch_hooks, train_begin, train_end
 from .compiled import TrainStep
 from .history import History
 from .inference import run_metrics, warn_if_squashed
@@ -218,7 +218,8 @@ def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer
     logged = {"loss", "time", "samples_per_sec", *driver.metrics.names}
     logged |= {"val_" + k for k in driver.metrics.names} if val is not None else set()
     for cb in callbacks:
-        cb.check(logged)
+        if hasattr(cb, "check"):  # a Keras-style class of its own may have none
+            cb.check(logged)
     seed = plan.seed if plan.seed is not None else int(random.current().host.integers(2**31))
     strategy.agree({"model": json.dumps(layer_config(model), sort_keys=True,  # a callable
                                         default=lambda f: getattr(f, "__qualname__", "?")),  # init
@@ -310,14 +311,17 @@ class _Run:
 
     def train(self, initial_epoch: int, epochs: int) -> History:
         for cb in self.callbacks:
-            cb.rank = self.strategy.rank
-            cb.on_train_begin(self.model, self.driver.optimizer)
+            train_begin(cb, self.model, self.driver.optimizer, self.strategy.rank)
         # every rank joins a per-batch stop vote if any rank has a per-batch callback, so
         # callbacks on one rank cannot put the ranks' collective calls out of step
         self.vote_per_batch = self.strategy.any(bool(self.hooks))
         history = History()
+        logs: dict[str, Any] = {}
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()
+            for cb in self.callbacks:
+                if hasattr(cb, "on_epoch_begin"):
+                    cb.on_epoch_begin(epoch, {})
             logs = self.epoch(epoch)
             if self.val is not None:  # summed over the ranks' validation data
                 scores = run_metrics(self.model, self.val, self.driver.loss,
@@ -330,14 +334,16 @@ class _Run:
             history.append(epoch, logs)
             self.progress.end(epoch, logs)
             for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs)
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(epoch, logs)
             # decisions that change training are the same on every rank: rank 0's rate,
             # and a stop on any rank stops all
             self.strategy.share_rate(self.driver.optimizer)
-            if self.strategy.any(any(cb.stop_training for cb in self.callbacks)):
+            if self.strategy.any(any(getattr(cb, "stop_training", False)
+                                     for cb in self.callbacks)):
                 break
         for cb in self.callbacks:
-            cb.on_train_end()
+            train_end(cb, logs)
         self.strategy.finish(self.model)
         return history
 
