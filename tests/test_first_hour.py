@@ -428,3 +428,38 @@ def test_keras_style_callbacks_get_epochs_and_logs():
     assert [d["loss"] for d in ends] == pytest.approx(h["loss"])
     assert events[-1][1]["loss"] == pytest.approx(h["loss"][-1])  # the last epoch's logs
     assert plain.batches == 6 and plain.last == (2, pytest.approx(h["loss"][-1]))
+
+
+# -- predict's type ---------------------------------------------------------------------------
+def test_predict_returns_the_backends_array_or_numpy(be):
+    from conftest import assert_on
+
+    x, _ = blobs(40)
+    model = _model()
+    out = xn.predict(model, x, batch_size=16)
+    assert_on(be, out)  # the library's own array, on its device
+    host = xn.predict(model, x, batch_size=16, numpy=True)
+    assert type(host) is np.ndarray and host.shape == (40, 3) and host.dtype == np.float32
+    np.testing.assert_array_equal(host, xn.to_numpy(out))
+    with pytest.raises(TypeError, match="predict: numpy must be True or False, got 'yes'"):
+        xn.predict(model, x, numpy="yes")
+
+
+# -- EarlyStopping's default ------------------------------------------------------------------
+def test_early_stopping_restores_the_best_weights_by_default():
+    """Keras's default is False; xpnet's True: the weights after fit are the best
+    epoch's (checked by evaluating them), and with False the last epoch's."""
+    x, y = blobs(60, spread=0.6)
+    xv, yv = blobs(30, seed=3, spread=0.6)
+    for restore in (None, False):
+        xn.seed(0)
+        model = _model()
+        stop = xn.EarlyStopping("val_loss", patience=2) if restore is None else \
+            xn.EarlyStopping("val_loss", patience=2, restore_best_weights=False)
+        # a rate far too high: the validation loss rises after the first epochs
+        h = quick_fit(model, x, y, optimizer=xn.SGD(model, lr=3.0), epochs=12,
+                      validation_data=(xv, yv), callbacks=[stop])
+        best = int(np.argmin(h["val_loss"]))
+        assert stop.best_epoch == best and len(h.epochs) > best + 1  # stopped later
+        want = h["val_loss"][best] if restore is None else h["val_loss"][-1]
+        assert xn.evaluate(model, xv, yv)["loss"] == pytest.approx(want, rel=1e-5)
