@@ -463,3 +463,21 @@ def test_early_stopping_restores_the_best_weights_by_default():
         assert stop.best_epoch == best and len(h.epochs) > best + 1  # stopped later
         want = h["val_loss"][best] if restore is None else h["val_loss"][-1]
         assert xn.evaluate(model, xv, yv)["loss"] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_frozen_weight_trains_in_mixed_precision(be):
+    """bf16/fp16 forward passes cast every weight, frozen ones too (the layers compute
+    in one dtype); the frozen weight stays exactly where it was, float32."""
+    name = "bf16-mixed" if be.name in ("torch", "jax") else "fp16-mixed"
+    if be.name == "array_api_strict":
+        pytest.skip("array-api-strict has no float16 or bfloat16")
+    x, y = blobs(48)
+    model = xn.Sequential(xn.Linear(4, 8), xn.BatchNorm1D(8), xn.ReLU(), xn.Linear(8, 3))
+    opt = xn.Adam(model, lr=0.05)
+    weight = model[0].weight
+    weight.trainable = False
+    held = xn.to_numpy(weight.value).copy()
+    h = quick_fit(model, x, y, optimizer=opt, epochs=2, precision=name)
+    np.testing.assert_array_equal(xn.to_numpy(weight.value), held)
+    assert xn.to_numpy(weight.value).dtype == np.float32
+    assert h["loss"][1] < h["loss"][0]

@@ -116,13 +116,16 @@ class Parameter:
     made again). Checkpoints save the flag and ``xn.load`` restores it.
     """
 
-    __slots__ = ("name", "value", "grad", "trainable")
+    __slots__ = ("name", "value", "grad", "trainable", "statistic")
 
     def __init__(self, name: str, value: Any, trainable: bool = True):
         self.name = name
         self.value = value
         self.grad: Any = None
         self.trainable = trainable
+        #: made not trainable (a running statistic), unlike a weight frozen later: mixed
+        #: precision casts weights, frozen or not, and never statistics
+        self.statistic = not trainable
 
     def accumulate(self, g: Any) -> None:
         """Add ``g`` into ``grad`` (gradients from several paths sum)."""

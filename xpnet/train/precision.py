@@ -170,7 +170,9 @@ class MixedPrecision:
         loss)``. Backward starts from ``dC/dlogits * weight * scale``; afterwards every
         Parameter holds its master again and ``grad`` ADDS the batch's gradient, cast up
         to the master's dtype and still multiplied by ``scale`` (fp16)."""
-        params = model.parameters()
+        # the weights, frozen ones too (the layers compute in one dtype): the step drops
+        # a frozen weight's gradient
+        params = [p for _, p in model.named_state() if not p.statistic]
         if not params:
             raise ValueError(f"MixedPrecision: {model.label} has no parameters to train")
         be = backend_of(params[0].value)
