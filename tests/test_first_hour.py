@@ -1,11 +1,13 @@
 """What a Keras or PyTorch user tries in the first hour (issue 24): fit's
-validation_split, names for the loss and optimizer, devices alone, freezing after the
-optimizer is built, Keras-style callbacks, a process-wide backend, predict's type."""
+validation_split, names for the loss and optimizer, devices alone, a process-wide
+backend, parameter groups through fit, freezing after the optimizer is built, save's
+file names, Keras-style callbacks, EarlyStopping's default, predict's type."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import assert_on
 from helpers import blobs, quick_fit
 
 import xpnet as xn
@@ -432,8 +434,6 @@ def test_keras_style_callbacks_get_epochs_and_logs():
 
 # -- predict's type ---------------------------------------------------------------------------
 def test_predict_returns_the_backends_array_or_numpy(be):
-    from conftest import assert_on
-
     x, _ = blobs(40)
     model = _model()
     out = xn.predict(model, x, batch_size=16)
