@@ -6,8 +6,11 @@
     python examples/digits_mlp.py --backend torch --precision bf16-mixed   # mixed precision
 
 Uses scikit-learn's bundled 8x8 digits (offline): 1347 training and 450 test images.
-Trains with Adam and a cosine learning-rate decay, keeps the best checkpoint by
-validation accuracy, and reports the test accuracy (about 97.8% on NumPy).
+A stratified tenth of the training images is held out for validation
+(``validation_split``); the model trains on the rest with Adam and a cosine
+learning-rate decay, the checkpoint keeps the epoch with the best validation accuracy,
+and the test images are used once, at the end, to report that checkpoint's accuracy
+(97.3% on NumPy with the default seed 0 and 40 epochs).
 """
 
 from __future__ import annotations
@@ -40,21 +43,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     model.summary()
     batch_size = 16
-    steps = args.epochs * -(-len(x_train) // batch_size)
+    steps = args.epochs * -(-round(len(x_train) * 0.9) // batch_size)  # 90% train
     optimizer = xn.Adam(model.parameters(), lr=xn.CosineLR(1e-3, total_steps=steps))
     history = xn.fit(
         model, x_train, y_train,
         loss=xn.SoftmaxCrossEntropy(), optimizer=optimizer,
         epochs=args.epochs, batch_size=batch_size, seed=args.seed,
-        validation_data=(x_test, y_test),
+        validation_split=0.1,   # never the test set: that is for the end
         callbacks=[xn.ModelCheckpoint(args.checkpoint, monitor="val_accuracy")],
         precision=args.precision,
     )
-    best = xn.load(args.checkpoint, backend=be)
-    print(f"final test accuracy {xn.evaluate(model, x_test, y_test)['accuracy']:.4f}; "
-          f"best checkpoint {xn.evaluate(best, x_test, y_test)['accuracy']:.4f} "
-          f"(epochs run: {len(history.epochs)}, training {sum(history['time']):.1f} s, "
-          f"precision {args.precision})")
+    kept = xn.load_checkpoint(args.checkpoint, backend=be)
+    print(f"best checkpoint: epoch {kept.metadata['epoch']} of {len(history.epochs)}, validation "
+          f"accuracy {kept.metadata['val_accuracy']:.4f} (training "
+          f"{sum(history['time']):.1f} s, precision {args.precision})")
+    print(f"test accuracy {xn.evaluate(kept.model, x_test, y_test)['accuracy']:.4f}")
     return 0
 
 

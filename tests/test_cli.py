@@ -41,7 +41,13 @@ def test_train_digits_defaults_reach_the_floor(tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} >= {"model.xpnet", "history.json"}
     history = json.loads((tmp_path / "history.json").read_text())
     assert len(history["val_accuracy"]) == 40
-    assert history["val_accuracy"][-1] == pytest.approx(acc, abs=5e-5)
+    # validated on a held-out tenth of the training data (not the test set), and the
+    # weights kept are the best validation epoch's
+    assert "train (1211, 64)  validation (136, 64)  test (450, 64)" in out
+    kept, best = re.search(r"kept epoch (\d+) of 40: validation accuracy ([0-9.]+)", out).groups()
+    assert float(best) == pytest.approx(max(history["val_accuracy"]), abs=5e-5)
+    assert history["val_accuracy"].index(max(history["val_accuracy"])) == int(kept) - 1
+    assert xn.load_checkpoint(tmp_path / "model.xpnet").metadata["best_epoch"] == int(kept)
 
     code, out, err = _run(capsys, "eval", str(tmp_path / "model.xpnet"), "--backend",
                           "array_api_strict", "--device", "device1")
@@ -65,6 +71,8 @@ def test_train_xor_with_quadratic_cost(tmp_path, capsys):
                           str(tmp_path), "--no-progress")
     assert code == 0, err
     assert "backend: array_api_strict" in out
+    assert "validation none" in out  # four examples hold none out: the last epoch is kept
+    assert "kept epoch" not in out
     assert "test accuracy: 1.0000 (4/4)" in out
 
 
@@ -241,7 +249,8 @@ def test_out_refuses_a_used_folder_unless_overwrite(tmp_path, capsys):
 @pytest.mark.parametrize("flag, value", [
     ("--lr", "nan"), ("--lr", "inf"), ("--lr", "-0.1"), ("--lr", "0"), ("--lr", "fast"),
     ("--epochs", "-3"), ("--batch-size", "0"), ("--seed", "-1"), ("--seed", "1.5"),
-    ("--hidden", "100000000"), ("--hidden", "16,0"),
+    ("--hidden", "100000000"), ("--hidden", "16,0"), ("--validation-split", "1"),
+    ("--validation-split", "-0.1"),
 ])
 def test_bad_numbers_are_refused_before_training(tmp_path, capsys, monkeypatch, flag, value):
     monkeypatch.setattr(xn, "fit", lambda *a, **k: pytest.fail("trained anyway"))

@@ -154,8 +154,56 @@ def dtype_name(xp: Any, dtype: Any) -> str:
 
 # ---------------------------------------------------------------------------
 # Construction: the one parser of backend names and device strings.
+#: Devices that may be named alone, without a library: ``use("cuda")``, ``model.to("cpu")``.
+DEVICE_WORDS = ("cpu", "cuda", "mps")
+#: The libraries tried, in this order, for a GPU named alone when the preferred one
+#: (the model's, or the selected one) cannot use it.
+GPU_LIBRARIES = ("cupy", "torch", "jax")
+
+
+def is_device_word(name: Any) -> bool:
+    """Whether ``name`` is a device that can stand alone: cpu, mps, cuda, cuda:N."""
+    if not isinstance(name, str):
+        return False
+    key = name.strip().lower()
+    return key in DEVICE_WORDS or (key.startswith("cuda:") and key[5:].isdigit())
+
+
+def for_device(device: str, like: Backend | None = None, call: str = "use") -> Backend:
+    """The Backend a device named alone means, given the library in use (``like``: the
+    model's, or the selected one; None: none preferred).
+
+    ``"cpu"``: ``like``'s library on its CPU, NumPy for CuPy (or when none is
+    preferred). A GPU (``"cuda"``, ``"cuda:N"``, ``"mps"``): ``like``'s library when it
+    can use it, else the first of :data:`GPU_LIBRARIES` installed that can (``mps``:
+    torch only). BackendUnavailableError when none can, saying what to write:
+    ``call("cupy", "cuda")`` or ``call("torch", "cuda")``.
+    """
+    device = device.strip().lower()
+    if device == "cpu":
+        name = like.name if like is not None and like.name != "cupy" else "numpy"
+        return make(name, "cpu")
+    candidates = ("torch",) if device == "mps" else GPU_LIBRARIES
+    if like is not None and like.name in candidates:
+        candidates = (like.name, *(c for c in candidates if c != like.name))
+    why = []
+    for name in candidates:
+        try:
+            return make(name, device)
+        except BackendUnavailableError as e:
+            why.append(str(e).split("; install")[0])  # each says which library
+    examples = " or ".join(f"{call}({n!r}, {device!r})" for n in candidates[:2])
+    raise BackendUnavailableError(
+        f"{call}({device!r}): no installed library can use {device!r} here ("
+        f"{'; '.join(why)}); name the library with the device, {examples}, on a machine "
+        f"with that device and the library installed")
+
+
 def make(name: str = "auto", device: str | None = None) -> Backend:
-    """Build a Backend without selecting it (see :func:`use`)."""
+    """Build a Backend without selecting it (see :func:`use`). A device named alone
+    (``make("cuda")``) picks its library as :func:`for_device` does."""
+    if is_device_word(name) and device is None:
+        return for_device(name, _selected.get() or _default_backend)
     key = backends.canonical(name)
     if device is not None:
         device = str(device).strip().lower() or None
@@ -181,17 +229,24 @@ def make(name: str = "auto", device: str | None = None) -> Backend:
     return be
 
 
-def resolve(backend: str | Backend | None = None, device: str | None = None) -> Backend:
+def resolve(backend: str | Backend | None = None, device: str | None = None,
+            like: Backend | None = None, call: str = "use") -> Backend:
     """What a ``backend=``/``device=`` pair names: a Backend as given, a name (with
-    the device), a device of the current backend, or the current backend."""
+    the device), a device of the current backend (or of ``like``, a model's), or the
+    current backend. A device alone that another library would serve (``"cuda"`` on
+    NumPy, ``"cpu"`` on CuPy) picks it as :func:`for_device` does."""
     if isinstance(backend, Backend):
         if device is not None and str(device) != backend.device_name:
             return make(backend.name, device)
         return backend
     if backend is not None:
+        if is_device_word(backend) and device is None:
+            return for_device(backend, like or _selected.get() or _default_backend, call)
         return make(backend, device)
     if device is not None:
-        return make(current().name, device)
+        if is_device_word(device):
+            return for_device(str(device), like or current(), call)
+        return make((like or current()).name, device)
     return current()
 
 
@@ -204,6 +259,11 @@ _selected: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
 _restore: contextvars.ContextVar[tuple[tuple[Backend | None, Callable[[], None] | None], ...]] \
     = contextvars.ContextVar("xpnet_backend_restore", default=())
 _from_environment: Backend | None = None
+#: The process-wide default (``use(..., scope="process")``): what every thread and task
+#: without a selection of its own gets.
+_default_backend: Backend | None = None
+#: The values ``use``'s ``scope`` takes.
+SCOPES = ("context", "process")
 
 
 class _Used(Backend):
@@ -230,7 +290,8 @@ class _Used(Backend):
         return be
 
 
-def use(name: str | Backend = "auto", device: str | None = None) -> Backend:
+def use(name: str | Backend = "auto", device: str | None = None, *,
+        scope: str = "context") -> Backend:
     """Select the backend that new parameters and data go to, and return it.
 
     The selection holds in this thread (or asyncio task) until the next ``use``.
@@ -239,8 +300,21 @@ def use(name: str | Backend = "auto", device: str | None = None) -> Backend:
 
         with xn.use("array_api_strict", device="device1") as be:
             x = be.asarray(host_array)
+
+    ``scope="process"`` sets the default of the whole process as well: every thread
+    (a ``threading.Thread``, a ``ThreadPoolExecutor``'s workers) and asyncio task
+    that has no selection of its own uses it; one made with ``use`` or ``with`` in a
+    thread or task still wins there. What a notebook wants (its cells may run in
+    contexts of their own). A device alone, ``use("cuda")`` or ``use("cpu")``, picks
+    its library as :func:`for_device` says.
     """
-    be = resolve(name, device) if isinstance(name, Backend) else make(name, device)
+    if scope not in SCOPES:
+        raise ValueError(f"use: scope must be 'context' or 'process', got {scope!r}")
+    be = resolve(name, device) if isinstance(name, Backend) or is_device_word(name) \
+        else make(name, device)
+    if scope == "process":
+        global _default_backend
+        _default_backend = be
     replaced = _selected.get()
     _selected.set(be)
     undo = be.adapter.activate(be.device)  # CuPy: this device is current from now on
@@ -251,13 +325,16 @@ def selection_state() -> tuple[Any, Any]:
     """This context's whole selection (what is selected, and what open ``with`` blocks
     will restore), for :func:`restore_selection`: how a test harness gives every test
     the selection the one before it found."""
-    return _selected.get(), _restore.get()
+    return _selected.get(), _restore.get(), _default_backend
 
 
-def restore_selection(state: tuple[Any, Any]) -> None:
-    """Put back a :func:`selection_state`."""
+def restore_selection(state: tuple[Any, ...]) -> None:
+    """Put back a :func:`selection_state` (the process default too)."""
+    global _default_backend
     _selected.set(state[0])
     _restore.set(state[1])
+    if len(state) > 2:
+        _default_backend = state[2]
 
 
 def _push(be: Backend, restore: Backend | None, undo: Callable[[], None] | None) -> None:
@@ -307,10 +384,13 @@ def _activate_for(model: Any) -> Callable[[], None] | None:
 
 def current() -> Backend:
     """The Backend in force in this thread: the innermost ``with``, else the last
-    :func:`use`, else ``XPNET_BACKEND``/``XPNET_DEVICE``, else ``"auto"``."""
+    :func:`use`, else the process default (``use(..., scope="process")``), else
+    ``XPNET_BACKEND``/``XPNET_DEVICE``, else ``"auto"``."""
     be = _selected.get()
     if be is not None:
         return be
+    if _default_backend is not None:
+        return _default_backend
     global _from_environment
     if _from_environment is None:
         _from_environment = make(os.environ.get("XPNET_BACKEND") or "auto",

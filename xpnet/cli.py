@@ -105,6 +105,17 @@ def _positive(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    """A number in [0, 1) (an argparse type)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text!r}")
+    return value
+
+
 def _at_least(low: int):
     """An argparse type: a whole number >= ``low``."""
     def whole(text: str) -> int:
@@ -163,6 +174,18 @@ def _optimizer(name: str, params, lr: float | None, total_steps: int, schedule: 
     if name == "adamw":
         return xn.AdamW(params, lr=rate)
     return xn.SGD(params, lr=rate, momentum=0.9 if name == "momentum" else 0.0)
+
+
+def _validation_split(x, y, fraction: float, seed: int):
+    """``x, y`` less the held-out validation rows, and those rows (None when
+    ``fraction`` is 0 or too small to hold out one example: xor's four)."""
+    from .data import held_out_rows
+
+    rows = held_out_rows(y, fraction, seed) if fraction > 0 else np.arange(0)
+    if not 0 < len(rows) < len(y):
+        return x, y, None
+    keep = np.setdiff1d(np.arange(len(y)), rows)
+    return x[keep], y[keep], (x[rows], y[rows])
 
 
 def _check_train_flags(args) -> None:
@@ -414,10 +437,13 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
     model = build_model(args.model, int(np.prod(x_tr.shape[1:])), n_out, args.hidden,
                         args.activation, "sigmoid" if args.loss == "quadratic" else None)
     x_tr, x_te = x_tr.reshape(len(x_tr), -1), x_te.reshape(len(x_te), -1)
+    x_tr, y_tr, val = _validation_split(x_tr, y_tr, args.validation_split, args.seed)
     steps = args.epochs * -(-len(x_tr) // args.batch_size)
     opt = _optimizer(args.optimizer, model.parameters(), args.lr, steps, args.schedule)
     ranks = f"  ranks {comm.size}" if comm is not None else ""
-    print(f"data: {args.data}  train {x_tr.shape}  test {x_te.shape}  classes {n_out}{ranks}")
+    held = f"  validation {val[0].shape}" if val is not None else "  validation none"
+    print(f"data: {args.data}  train {x_tr.shape}{held}  test {x_te.shape}  classes {n_out}"
+          f"{ranks}")
     model.summary(input_shape=tuple(x_tr.shape[1:]))
     # fit raises FloatingPointError on a NaN loss, before anything is saved, and that says
     # all NumPy's overflow warnings would say, in one line
@@ -427,12 +453,15 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
     # starts (JAX) got it from prefer_threads, and fit would only warn
     threads = None if xn.backends.adapter(model.backend.name).threads_note() else args.threads
     with quiet:
+        # the weights kept are those of the epoch with the best validation accuracy; the
+        # test set is read once, after training
+        best = [xn.EarlyStopping("val_accuracy", patience=args.epochs)] if val else []
         history = xn.fit(model, x_tr, y_tr, loss=LOSSES[args.loss](), optimizer=opt,
                          epochs=args.epochs, batch_size=args.batch_size,
-                         validation_data=(x_te, y_te),
+                         validation_data=val,
                          progress=None if args.progress else False, seed=args.seed,
                          distributed=comm if comm is not None else False,
-                         precision=args.precision, callbacks=[stage.callback()],
+                         precision=args.precision, callbacks=[stage.callback(), *best],
                          threads=threads)
         stage.what = "after training, while evaluating on the test set"
         result = xn.evaluate(model, x_te, y_te)
@@ -440,8 +469,9 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
         return 0
     name = FORMATS[args.format]
     stage.what, stage.out, written = "writing", out, stage.written
+    kept = {"best_epoch": best[0].best_epoch + 1} if best else {}
     xn.save(out / name, model, optimizer=opt, epoch=args.epochs, data=args.data,
-            test_accuracy=result["accuracy"])
+            test_accuracy=result["accuracy"], **kept)
     written.append(name)
     history.to_json(out / "history.json")
     written.append("history.json")
@@ -451,6 +481,9 @@ def _train_into(args, comm, out: Path, writer: bool) -> int:
     except ImportError as e:
         print(f"(no curves.png: {e})")
     rate = np.mean(history["samples_per_sec"]) if "samples_per_sec" in history else 0.0
+    if best:
+        print(f"kept epoch {best[0].best_epoch + 1} of {args.epochs}: validation accuracy "
+              f"{best[0].best:.4f}")
     print(f"test accuracy: {result['accuracy']:.4f} ({round(result['accuracy'] * len(y_te))}"
           f"/{len(y_te)})  test loss: {result['loss']:.4f}  ({rate:,.0f} samples/s)")
     print(f"wrote {', '.join(written)} to {out}")
@@ -645,6 +678,9 @@ def make_parser() -> _Parser:
                    help="examples per optimizer step")
     t.add_argument("--seed", type=_at_least(0), default=0,
                    help="seeds the initial weights, shuffling and dropout")
+    t.add_argument("--validation-split", type=_fraction, default=0.1,
+                   help="fraction of the training data held out (stratified, seeded) to "
+                        "keep the best epoch by validation accuracy; 0: none, keep the last")
     # One thread by default: the models offered here are small (the digits MLP's products
     # are 16 x 64 x 256), too small to share among threads, and on a busy CPU a pool of
     # one thread per core spent most of its time waiting (47-295 s against 9.6 s).

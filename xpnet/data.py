@@ -52,6 +52,7 @@ from . import _args
 from ._compat import namespace
 from .backend import Backend, backend_of, dtype_name, to_numpy
 from .backends import ops
+from .datasets import stratified_split
 from .losses import check_labels
 
 #: Batches read ahead of the step that trains: the bound of the reader thread's queue.
@@ -527,6 +528,67 @@ def fit_data(x: Any, y: Any, shuffle: Any, steps_per_epoch: Any) -> tuple[Any, A
                          f"iterable of (x, y) batches (a generator, a DataLoader); got x of "
                          f"type {type(x).__name__} and no y")
     return BatchSource(x, steps_per_epoch).columns()
+
+
+def holdout(x: Any, y: Any, fraction: Any, seed: int, multi_input: bool = False,
+            who: str = "fit") -> tuple[Any, Any, tuple[Any, Any]]:
+    """Split ``fraction`` of the examples off as validation data: ``(x, y, (x_val, y_val))``.
+
+    Keras's ``validation_split``, but drawn at random and stratified: with integer class
+    labels ``(n,)`` or one-hot rows ``(n, k)``, each class gives ``round(count *
+    fraction)`` of its examples (the two sets keep the classes' proportions); other
+    targets are split at random as a whole. The draw depends only on ``seed``, so the
+    same seed always holds out the same rows (a resumed fit too). Both parts keep the
+    examples' order. ``x`` and ``y``: arrays in memory (host, or on the model's backend;
+    a list of arrays for a Graph with ``multi_input``); streamed data and iterables of
+    batches cannot be split here: hold the rows out yourself and pass
+    ``validation_data``.
+    """
+    fraction = _args.real(fraction, "validation_split", who, low=0.0, high=1.0,
+                          low_open=True, high_open=True)
+    xs = list(x) if multi_input and isinstance(x, (list, tuple)) else [x]
+    for name, a in [("y", y), *(("x", a) for a in xs)]:
+        if a is None or streams(a) or not (isinstance(a, (np.ndarray, list, tuple))
+                                           or _is_array(a)):
+            kind = "no y (x an iterable of batches)" if a is None else type(a).__name__
+            raise ValueError(f"{who}: validation_split needs x and y as arrays in memory, "
+                             f"got {name}: {kind}; hold out validation rows yourself and "
+                             f"pass validation_data=(x_val, y_val)")
+    xs = [np.asarray(a) if isinstance(a, (list, tuple)) else a for a in xs]
+    y = np.asarray(y) if isinstance(y, (list, tuple)) else y
+    n = _count(y)
+    val = held_out_rows(to_numpy(y), fraction, seed)
+    if not 0 < len(val) < n:
+        raise ValueError(f"{who}: validation_split={fraction} of {n} examples holds out "
+                         f"{len(val)}; it must leave at least one example on each side")
+    train = np.setdiff1d(np.arange(n), val)
+
+    def take(a: Any, rows: np.ndarray) -> Any:
+        if isinstance(a, np.ndarray):
+            return a[rows]
+        be = backend_of(a)
+        return be.xp.take(a, be.asarray(rows), axis=0)
+
+    parts = [(take(a, train), take(a, val)) for a in xs]
+    x_tr = [p[0] for p in parts] if len(xs) > 1 else parts[0][0]
+    x_val = [p[1] for p in parts] if len(xs) > 1 else parts[0][1]
+    return x_tr, take(y, train), (x_val, take(y, val))
+
+
+def held_out_rows(y: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """The rows :func:`holdout` holds out of host targets ``y``, sorted: per class where
+    ``y`` holds classes (integer labels ``(n,)``, one-hot rows), else at random."""
+    n = len(y)
+    rng = np.random.default_rng([seed, 0x5A1D])
+    classes = None
+    if y.ndim == 1 and (np.issubdtype(y.dtype, np.integer) or y.dtype == np.bool_):
+        classes = y
+    elif y.ndim == 2 and y.shape[1] > 1 and np.all((y == 0) | (y == 1)) and np.all(
+            y.sum(axis=1) == 1):
+        classes = y.argmax(axis=1)  # one-hot rows
+    if classes is None:
+        return np.sort(rng.permutation(n)[:round(n * fraction)])
+    return np.sort(stratified_split(classes, fraction, rng)[1])
 
 
 def encode_targets(loss: Any, y: Any, n_out: int, dtype: Any) -> Any:

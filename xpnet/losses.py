@@ -248,6 +248,7 @@ class BinaryCrossEntropy(Loss):
         return f"BinaryCrossEntropy(from_logits={self.from_logits})"
 
 
+#: Losses by name, as ``fit(loss="cross_entropy")`` and the ``xpnet`` command take them.
 LOSSES = {
     "quadratic": QuadraticCost,
     "mse": QuadraticCost,
@@ -256,6 +257,17 @@ LOSSES = {
     "binary_cross_entropy": BinaryCrossEntropy,
     "bce": BinaryCrossEntropy,
 }
+
+
+def loss_named(loss: Any, who: str) -> Loss:
+    """``loss`` itself, or for a name in :data:`LOSSES` that loss with its defaults;
+    ValueError naming the choices for another name."""
+    if not isinstance(loss, str):
+        return loss
+    if loss not in LOSSES:
+        raise ValueError(f"{who}: unknown loss {loss!r}; expected one of "
+                         f"{', '.join(LOSSES)}, or a Loss object (xn.SoftmaxCrossEntropy())")
+    return LOSSES[loss]()
 
 
 #: Every loss type a checkpoint may name (``xn.save`` records ``model.loss``): class name

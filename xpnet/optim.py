@@ -300,7 +300,8 @@ class Optimizer:
             p.grad = None
 
     def step(self) -> None:
-        """Update every parameter that has a gradient."""
+        """Update every parameter that has a gradient and is ``trainable`` (one frozen
+        after the optimizer was made is left as it is: no step, no decay, no momentum)."""
         self.apply(self.next_coefficients())
 
     def next_coefficients(self) -> tuple[float, ...]:
@@ -332,7 +333,7 @@ class Optimizer:
                              f"{len(self.param_groups)} parameter group(s)")
         groups = self.param_groups
         for i, p in enumerate(self.params):
-            if p.grad is not None:
+            if p.grad is not None and p.trainable:  # frozen after the optimizer was made
                 g = self._group_of[i]
                 self._update(i, p, tuple(coefficients[g * k:(g + 1) * k]), groups[g])
 
@@ -379,10 +380,12 @@ class Optimizer:
     _constants: tuple[str, ...] = ()
 
     def hyperparameters(self) -> tuple[Any, ...]:
-        """The settings the update bakes in, every group's (momentum, betas...) and the
-        class's: a compiled step is made again when they change between steps."""
+        """The settings the update bakes in, every group's (momentum, betas...), the
+        class's, and which parameters are ``trainable``: a compiled step is made again
+        when they change between steps."""
         return (tuple(tuple(g[name] for name in self._settings) for g in self.param_groups),
-                tuple(getattr(self, name) for name in self._constants))
+                tuple(getattr(self, name) for name in self._constants),
+                tuple(p.trainable for p in self.params))
 
     def __repr__(self) -> str:
         if len(self.param_groups) == 1:
@@ -547,3 +550,30 @@ def decay_groups(model: Layer, weight_decay: float, *, embeddings: bool = False
 
 
 OPTIMIZERS = {"SGD": SGD, "Adam": Adam, "AdamW": AdamW}
+
+
+#: Optimizers by name, as ``fit(optimizer="adam")`` and the ``xpnet`` command take them:
+#: each built on the parameters with its class's defaults (SGD's lr 0.01, Adam's and
+#: AdamW's 1e-3; "momentum" is SGD with momentum 0.9).
+OPTIMIZER_NAMES: dict[str, Callable[[Any], Optimizer]] = {
+    "sgd": SGD,
+    "momentum": lambda params: SGD(params, momentum=0.9),
+    "adam": Adam,
+    "adamw": AdamW,
+}
+
+
+def optimizer_named(optimizer: Any, params: Any, who: str) -> Optimizer:
+    """``optimizer`` itself, or for a name in :data:`OPTIMIZER_NAMES` that optimizer over
+    ``params`` (a model or its parameters); ValueError naming the choices for another
+    name, TypeError for what is neither."""
+    if isinstance(optimizer, str):
+        if optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"{who}: unknown optimizer {optimizer!r}; expected one of "
+                             f"{', '.join(OPTIMIZER_NAMES)}, or an Optimizer object "
+                             f"(xn.Adam(model, lr=1e-3))")
+        return OPTIMIZER_NAMES[optimizer](params)
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"{who}: optimizer must be an Optimizer (xn.Adam(model)) or one of "
+                        f"the names {', '.join(OPTIMIZER_NAMES)}, got {type(optimizer).__name__}")
+    return optimizer

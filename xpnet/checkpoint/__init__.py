@@ -104,6 +104,21 @@ def _naming(who: str) -> Iterator[None]:
 
 
 # -- writing ------------------------------------------------------------------------
+#: The file names :func:`save` writes, by suffix: xpnet's format, or safetensors.
+SUFFIXES = (".xpnet", SAFETENSORS_SUFFIX)
+
+
+def check_suffix(path: Path, who: str = "save") -> None:
+    """ValueError unless ``path`` ends in a suffix of :data:`SUFFIXES`: a ``.pt``,
+    ``.h5`` or ``.npz`` name would hold a file those tools cannot read."""
+    if path.suffix.lower() not in SUFFIXES:
+        got = f"{path.suffix!r}" if path.suffix else "no suffix"
+        raise ValueError(f"{who}: {str(path)!r} has {got}; xpnet writes .xpnet (its own "
+                         f"format) or .safetensors files, so name the file "
+                         f"{str(path.with_suffix('.xpnet'))!r} or "
+                         f"{str(path.with_suffix('.safetensors'))!r}")
+
+
 def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
          **metadata: Any) -> None:
     """Write ``model`` (and ``optimizer``'s state) to ``path`` atomically.
@@ -116,11 +131,14 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
     parameters) is refused here, before anything is written. Saves from several
     threads or processes to one path never mix: the last rename wins. A
     ``.safetensors`` path writes that format (the package's docstring says how), which
-    needs the ``safetensors`` package.
+    needs the ``safetensors`` package; a ``.xpnet`` path xpnet's own. Any other suffix
+    (``.pt``, ``.h5``, none) is refused with a ValueError: the file would not be what
+    its name says.
     """
     from .._version import __version__
 
     path = Path(path)
+    check_suffix(path, "save")
     check_describable(model, f"save {path}")
     state = model.named_state()
     arrays = {f"param/{name}": to_numpy(p.value) for name, p in state}
@@ -136,6 +154,9 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
         "params": [name for name, _ in state],
         "metadata": metadata,
     }
+    frozen = [name for name, p in state if not p.trainable]
+    if frozen:  # running statistics, and parameters frozen by hand: load restores them
+        meta["not_trainable"] = frozen
     if optimizer is not None:
         meta["optimizer"] = _optimizer_meta(model, optimizer, arrays)
     meta["format_version"] = _format_version(meta)
@@ -155,7 +176,7 @@ def save(path: str | Path, model: Layer, optimizer: Optimizer | None = None,
         check_description(written, arrays)
         if optimizer is not None:
             check_optimizer_covers(written["optimizer"]["params"], model)
-    if path.suffix == SAFETENSORS_SUFFIX:
+    if path.suffix.lower() == SAFETENSORS_SUFFIX:
         data = safetensors_bytes(blob, arrays)
         atomic_write(path, lambda f: f.write(data))
     else:
@@ -203,7 +224,7 @@ def check_describable(model: Layer, who: str = "save") -> None:
 
 
 def _optimizer_meta(model: Layer, opt: Optimizer, arrays: dict[str, np.ndarray]) -> dict:
-    names = {id(p): name for name, p in model.named_parameters()}
+    names = {id(p): name for name, p in model.named_state()}  # frozen ones too
     missing = [i for i, p in enumerate(opt.params) if id(p) not in names]
     if missing:
         raise CheckpointError(
@@ -255,9 +276,12 @@ def _format_version(meta: dict[str, Any]) -> int:
                        for k, v in obj.items())
         return isinstance(obj, list) and any(newer(v) for v in obj)
 
-    return LATEST_FORMAT_VERSION if newer({"model": meta["model"],
-                                           "optimizer": meta.get("optimizer", {})}) \
-        else FORMAT_VERSION
+    # an optimizer over a parameter frozen after it was made: version-1 readers, which
+    # know no frozen parameters, would refuse it
+    frozen_in_optimizer = bool(set(meta.get("not_trainable", ())) & set(
+        meta.get("optimizer", {}).get("params", ())))
+    return LATEST_FORMAT_VERSION if frozen_in_optimizer or newer(
+        {"model": meta["model"], "optimizer": meta.get("optimizer", {})}) else FORMAT_VERSION
 
 
 # -- reading ------------------------------------------------------------------------
@@ -318,9 +342,12 @@ def load_checkpoint(path: str | Path, *, backend: str | Backend | None = None,
         # a layer's param_shapes disagrees with its constructor: a bug, not the file's
         raise CheckpointError(f"{path}: the rebuilt model holds arrays {built}, its "
                               f"description declares {declared}")
+    frozen = meta.get("not_trainable")
     for name, p in state:
         key = f"param/{name}"
         p.value = be.asarray(arrays[key], dtype=dtype_text(arrays[key].dtype))
+        if frozen is not None:  # files before it: as the layers make them
+            p.trainable = name not in frozen
     optimizer = None
     if "optimizer" in meta:
         optimizer = _rebuild_optimizer(path, meta["optimizer"], model, arrays, be)
@@ -334,7 +361,7 @@ def _rebuild_optimizer(path: Path, spec: dict, model: Layer, arrays: dict[str, n
     with _naming(str(path)):
         check_optimizer_covers(spec["params"], model)
     cls = OPTIMIZERS[spec["type"]]
-    params = dict(model.named_parameters())
+    params = dict(model.named_state())  # with parameters frozen after it was made
     try:
         if "groups" in spec:
             given: Any = [{"params": [params[n] for n in g["params"]], "lr": _lr_of(g["lr"]),

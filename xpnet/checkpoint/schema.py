@@ -23,17 +23,20 @@ from ..optim import OPTIMIZERS, SCHEDULES, Optimizer
 from .common import PARAM_DTYPES, dtype_text
 
 FORMAT = "xpnet-checkpoint"
-#: 1 since the first release; ``loss`` (optional) came later, and readers ignore
-#: top-level entries they do not know, so files with it still read as version 1.
+#: 1 since the first release; ``loss`` and ``not_trainable`` (optional: the arrays that
+#: are not trained, running statistics and parameters frozen by hand) came later, and
+#: readers ignore top-level entries they do not know, so files with them still read as
+#: version 1 (an older reader loads a frozen parameter as trainable).
 FORMAT_VERSION = 1
 #: 2: a file that holds tied parameters (a description's ``ties``), optimizer parameter
-#: groups (``optimizer.groups``) or initialisers described by a config (``init`` as an
-#: object), which version-1 readers cannot read (they ask for a newer xpnet); every
-#: other file is still written as version 1. The newest version this xpnet reads.
+#: groups (``optimizer.groups``), initialisers described by a config (``init`` as an
+#: object) or an optimizer over a parameter frozen after it was made, which version-1
+#: readers cannot read (they ask for a newer xpnet); every other file is still written
+#: as version 1. The newest version this xpnet reads.
 LATEST_FORMAT_VERSION = 2
 
 _HEADER_TYPES = {"model": dict, "params": list, "metadata": dict, "optimizer": dict,
-                 "loss": dict}
+                 "loss": dict, "not_trainable": list}
 
 
 def check_description(meta: Any, arrays: dict[str, np.ndarray]) -> DeclaredState:
@@ -89,6 +92,10 @@ def check_header(meta: Any) -> None:
     if bad:
         raise ConfigError(f"the parameter list holds {show(bad[0])}, expected names "
                           f"(strings)")
+    stray = [n for n in meta.get("not_trainable", ()) if n not in meta["params"]]
+    if stray:
+        raise ConfigError(f"not_trainable names {show(stray[0])}, which is not in the "
+                          f"parameter list")
 
 
 def check_array(key: str, arr: np.ndarray | None, shape: tuple[int, ...],
@@ -194,10 +201,12 @@ def check_lr(where: str, lr: Any) -> None:
 
 
 def check_optimizer_covers(names: list[str], model: Layer) -> None:
-    """The optimizer must hold exactly the model's trainable parameters."""
+    """The optimizer must hold the model's trainable parameters, and besides them only
+    parameters frozen after it was made (``trainable = False``)."""
     trainable = [n for n, _ in model.named_parameters()]
+    frozen = {n for n, p in model.named_state() if not p.trainable}
     missing = [n for n in trainable if n not in names]
-    extra = [n for n in names if n not in trainable]
+    extra = [n for n in names if n not in trainable and n not in frozen]
     if missing or extra:
         raise ConfigError(
             f"the optimizer holds {len(names)} parameter(s), expected the model's "

@@ -110,16 +110,22 @@ class Parameter:
     ``value`` and ``grad`` have the same shape. ``grad`` is ``None`` until a backward
     pass adds to it, and again after ``zero_grad()``; optimizers rebind ``value``, so
     immutable arrays (JAX) work too. ``trainable=False`` marks state that is saved
-    and moved with the model but not optimised (running statistics).
+    and moved with the model but not optimised (running statistics). Set on a
+    parameter, it freezes it: ``model.parameters()`` leaves it out, and an optimizer
+    made before leaves it where it is (no step, decay or momentum; compiled steps are
+    made again). Checkpoints save the flag and ``xn.load`` restores it.
     """
 
-    __slots__ = ("name", "value", "grad", "trainable")
+    __slots__ = ("name", "value", "grad", "trainable", "statistic")
 
     def __init__(self, name: str, value: Any, trainable: bool = True):
         self.name = name
         self.value = value
         self.grad: Any = None
         self.trainable = trainable
+        #: made not trainable (a running statistic), unlike a weight frozen later: mixed
+        #: precision casts weights, frozen or not, and never statistics
+        self.statistic = not trainable
 
     def accumulate(self, g: Any) -> None:
         """Add ``g`` into ``grad`` (gradients from several paths sum)."""
@@ -412,9 +418,17 @@ class Layer:
         state = self.named_state()
         return backend_of(state[0][1].value) if state else current()
 
-    def to(self, backend: str | Backend, device: str | None = None) -> Layer:
-        """Move every parameter to another backend/device, keeping dtypes. Returns self."""
-        be = resolve(backend, device)
+    def to(self, backend: str | Backend | None = None, device: str | None = None) -> Layer:
+        """Move every parameter to another backend/device, keeping dtypes. Returns self.
+
+        A device alone (``to("cpu")``, ``to("cuda")``, ``to(device="cuda:1")``) keeps
+        the model's library where it can use that device, else picks one
+        (:func:`xpnet.backend.for_device`: NumPy for the CPU; CuPy, then torch, then
+        JAX for a GPU) or raises saying what to write (``to("torch", "cuda")``)."""
+        if backend is None and device is None:
+            raise TypeError(f"{self.label}.to: give a backend, a device or both, such as "
+                            f"to('torch', 'cuda'), to('cpu') or to(device='cuda')")
+        be = resolve(backend, device, like=self.backend, call="to")
         for _, p in self.named_state():
             name = dtype_name(backend_of(p.value).xp, p.value.dtype)
             p.value = be.asarray(to_numpy(p.value), dtype=name)

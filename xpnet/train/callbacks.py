@@ -1,14 +1,23 @@
-"""Callbacks: hooks that ``fit`` calls at the start, after each batch, after each
-epoch, and at the end.
+"""Callbacks: hooks that ``fit`` calls at the start, before and after each epoch,
+after each batch, and at the end.
 
 ``on_batch_end`` runs only for callbacks that define it: ``fit`` skips the per-batch
 call entirely when none does, and what it passes (:class:`BatchLogs`) holds device
 values that are read on the host only when a callback asks for them.
+
+A callback written for Keras works as it is: ``fit`` sets ``self.model`` (and
+``self.optimizer``) before the first hook and reads once, from its signatures, which
+form each hook takes: ``on_train_begin(self, logs=None)`` or xpnet's
+``on_train_begin(self, model, optimizer)``, ``on_train_end(self, logs=None)`` (the last
+epoch's logs) or ``on_train_end(self)``. ``on_epoch_begin``, ``on_epoch_end`` and
+``on_batch_end`` (or Keras's ``on_train_batch_end``) take ``(epoch or batch, logs)`` in
+both.
 """
 
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import os
 import uuid
@@ -18,7 +27,7 @@ from typing import Any
 
 from .. import _args
 from ..backend import to_numpy
-from ..checkpoint import check_describable, save
+from ..checkpoint import check_describable, check_suffix, save
 from ..layers.base import Layer
 from ..optim import Optimizer, schedule_config
 
@@ -37,6 +46,9 @@ class Callback:
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         self.model, self.optimizer = model, optimizer
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        """Called before each epoch (0-based ``epoch``; ``logs`` empty, as Keras's)."""
 
     def on_batch_end(self, step: int, logs: BatchLogs) -> None:
         """Called after each optimizer step, only for callbacks that override it.
@@ -98,16 +110,59 @@ class BatchLogs(Mapping):
 
 
 def batch_hooks(callbacks: list[Callback]) -> list[Callback]:
-    """The callbacks that define ``on_batch_end`` (fit calls none when there are none)."""
-    return [cb for cb in callbacks if type(cb).on_batch_end is not Callback.on_batch_end]
+    """The callbacks that define ``on_batch_end`` or Keras's ``on_train_batch_end`` (fit
+    calls none when there are none)."""
+    return [cb for cb in callbacks
+            if _defines_batch_end(cb) or callable(getattr(cb, "on_train_batch_end", None))]
+
+
+def _defines_batch_end(cb: Any) -> bool:
+    method = getattr(type(cb), "on_batch_end", None)
+    return method is not None and method is not Callback.on_batch_end
 
 
 def batch_end(hooks: list[Callback], step: int, loss: Any, size: int, epoch: int) -> bool:
-    """Call ``on_batch_end`` of each of ``hooks``; whether one asked to stop training."""
+    """Call ``on_batch_end`` (and ``on_train_batch_end``) of each of ``hooks``; whether
+    one asked to stop training."""
     logs = BatchLogs(loss, size, epoch)
     for cb in hooks:
-        cb.on_batch_end(step, logs)
-    return any(cb.stop_training for cb in hooks)
+        if _defines_batch_end(cb):
+            cb.on_batch_end(step, logs)
+        if callable(getattr(cb, "on_train_batch_end", None)):
+            cb.on_train_batch_end(step, logs)
+    return any(getattr(cb, "stop_training", False) for cb in hooks)
+
+
+def _positional(method: Any) -> int | None:
+    """How many positional arguments a bound method takes (None: any, ``*args``)."""
+    count = 0
+    for p in inspect.signature(method).parameters.values():
+        if p.kind is p.VAR_POSITIONAL:
+            return None
+        if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            count += 1
+    return count
+
+
+def train_begin(cb: Any, model: Layer, optimizer: Optimizer, rank: int) -> None:
+    """Start ``cb``: ``model``, ``optimizer`` and ``rank`` set on it, then its
+    ``on_train_begin`` in xpnet's form ``(model, optimizer)`` or Keras's ``(logs)``."""
+    cb.model, cb.optimizer, cb.rank = model, optimizer, rank
+    if not hasattr(cb, "on_train_begin"):
+        return
+    takes = _positional(cb.on_train_begin)
+    if takes is None or takes >= 2:
+        cb.on_train_begin(model, optimizer)
+    else:
+        cb.on_train_begin(*([{}] if takes else []))
+
+
+def train_end(cb: Any, logs: dict[str, Any]) -> None:
+    """``cb.on_train_end()``, or Keras's ``on_train_end(logs)`` with the last epoch's."""
+    if not hasattr(cb, "on_train_end"):
+        return
+    takes = _positional(cb.on_train_end)
+    cb.on_train_end(*([dict(logs)] if takes is None or takes >= 1 else []))
 
 
 class _Monitor(Callback):
@@ -145,7 +200,11 @@ class EarlyStopping(_Monitor):
     """Stop when ``monitor`` has not improved for ``patience`` epochs.
 
     With ``restore_best_weights`` the parameters of the best epoch are put back at
-    the end (kept as device copies, never moved to the host).
+    the end (kept as device copies, never moved to the host), whether or not it
+    stopped training. Unlike Keras, whose default is False, that is the default here:
+    after an early stop the weights are those the monitor found best, not those of
+    ``patience`` epochs later. Pass ``restore_best_weights=False`` for Keras's
+    behaviour (the last epoch's weights).
     """
 
     def __init__(self, monitor: str = "val_loss", patience: int = 5, min_delta: float = 0.0,
@@ -188,6 +247,7 @@ class ModelCheckpoint(_Monitor):
     def check(self, logged: set[str]) -> None:
         super().check(logged)
         check_writable("ModelCheckpoint", Path(self.path))
+        check_suffix(Path(self.path), "ModelCheckpoint")
 
     def on_train_begin(self, model: Layer, optimizer: Optimizer) -> None:
         super().on_train_begin(model, optimizer)

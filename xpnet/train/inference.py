@@ -10,15 +10,15 @@ from typing import Any
 
 from .. import _args
 from .. import data as data_mod
-from ..backend import on_model_device
+from ..backend import on_model_device, to_numpy
 from ..layers import Layer, Sigmoid, Softmax
-from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy
+from ..losses import BinaryCrossEntropy, Loss, SoftmaxCrossEntropy, loss_named
 from . import metrics as metrics_mod
 from .metrics import MetricSet
 
 
 @on_model_device
-def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
+def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | str | None = None,
              batch_size: int = 1024, metrics: Any = None) -> dict[str, Any]:
     """Mean loss and metrics of ``model`` on ``(x, y)``, computed on its device.
 
@@ -28,6 +28,7 @@ def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
     host arrays (uploaded once here) or arrays already on the model's device; a Graph
     with several inputs takes a list of arrays as ``x``. ``x`` may also be an iterable
     of ``(x, y)`` batches (a generator, a DataLoader), with no ``y``, as ``fit`` takes.
+    ``loss`` may be a name of ``xpnet.losses.LOSSES`` (``"cross_entropy"``).
 
     ``metrics``: names (``"accuracy"``, ``"top_k_accuracy"`` (k=5), ``"mae"``,
     ``"confusion_matrix"``) or :class:`xpnet.metrics.Metric` objects
@@ -36,7 +37,7 @@ def evaluate(model: Layer, x: Any, y: Any = None, *, loss: Loss | None = None,
     a confusion matrix is a ``(k, k)`` NumPy int64 array (rows: true class).
     """
     _args.integer(batch_size, "batch_size", "evaluate", minimum=1)
-    loss = loss if loss is not None else model.loss
+    loss = loss_named(loss, "evaluate") if loss is not None else model.loss
     source = data_mod.prepare(model, x, y, who="evaluate", batch_size=batch_size)
     warn_if_squashed(model, loss)
     if metrics is None:  # the default: accuracy where the targets are classes
@@ -64,16 +65,24 @@ def run_metrics(model: Layer, source: data_mod.Source, loss: Loss | None,
 
 
 @on_model_device
-def predict(model: Layer, x: Any, *, batch_size: int = 1024) -> Any:
-    """The model's outputs for ``x`` (inference mode), as an array on its device.
+def predict(model: Layer, x: Any, *, batch_size: int = 1024, numpy: bool = False) -> Any:
+    """The model's outputs for ``x`` (inference mode), ``(n, ...)``.
+
+    Returned as an array of the model's library on its device (a NumPy array, a CuPy
+    array, a torch Tensor, a JAX Array...), so it can feed more device work without a
+    copy; ``numpy=True`` returns a host NumPy array instead (one copy from the device,
+    at the end), as ``xn.to_numpy(predict(...))`` does.
 
     ``x``: host or device arrays, a list of them for a Graph with several inputs; or an
     iterable (a generator, a DataLoader) of ``x``, ``(x,)`` or ``(x, y)`` batches."""
     _args.integer(batch_size, "batch_size", "predict", minimum=1)
+    if not isinstance(numpy, bool):
+        raise TypeError(f"predict: numpy must be True or False, got {numpy!r}")
     source = data_mod.prepare(model, x, who="predict", batch_size=batch_size, targets=False)
     with source.batches() as batches:
         outs = [model.forward(source.x(xb), train=False) for _, xb in batches]
-    return outs[0] if len(outs) == 1 else source.be.xp.concat(outs, axis=0)
+    out = outs[0] if len(outs) == 1 else source.be.xp.concat(outs, axis=0)
+    return to_numpy(out) if numpy else out
 
 
 #: Models already warned about (weakly held: a model's entry goes with it).

@@ -27,10 +27,10 @@ from .. import data as data_mod
 from .. import distributed as distributed_mod
 from ..backend import on_model_device
 from ..layers import Layer, layer_config
-from ..losses import Loss
-from ..optim import Optimizer
+from ..losses import Loss, loss_named
+from ..optim import Optimizer, optimizer_named
 from . import metrics as metrics_mod
-from .callbacks import Callback, batch_end, batch_hooks
+from .callbacks import Callback, batch_end, batch_hooks, train_begin, train_end
 from .compiled import TrainStep
 from .history import History
 from .inference import run_metrics, warn_if_squashed
@@ -55,9 +55,11 @@ class StepOptions:
 
 
 @on_model_device
-def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer, epochs: int = 1,
+def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss | str,
+        optimizer: Optimizer | str, epochs: int = 1,
         batch_size: int = 32, validation_data: tuple[Any, Any] | None = None,
-        shuffle: bool | str = True, progress: Any = None, callbacks: list[Callback] | None = None,
+        validation_split: float | None = None, shuffle: bool | str = True,
+        progress: Any = None, callbacks: list[Callback] | None = None,
         seed: int | None = None, initial_epoch: int = 0, reports_per_epoch: int = 10,
         metrics: Any = ("accuracy",), steps_per_epoch: int | None = None,
         distributed: bool | Any = False, compile: bool = False,
@@ -79,14 +81,24 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
         whole (:mod:`xpnet.data`). ``x`` may also be an iterable of ``(x, y)`` batches
         (a generator, a PyTorch DataLoader) with no ``y``: its batches are used as they
         come (``batch_size`` and ``shuffle`` do not apply).
-    loss, optimizer : Loss and Optimizer
+    loss, optimizer : Loss and Optimizer, or their names
         ``fit`` records the loss as ``model.loss``: ``evaluate`` reports it by default,
-        and ``xn.save`` saves it.
+        and ``xn.save`` saves it. Names as Keras takes them: a loss of
+        ``xpnet.losses.LOSSES`` (``"cross_entropy"``, ``"mse"``, ``"bce"``...) and an
+        optimizer of ``xpnet.optim.OPTIMIZER_NAMES`` (``"adam"``, ``"adamw"``, ``"sgd"``,
+        ``"momentum"``), made with their defaults over the model's parameters: a new
+        optimizer each call, so pass an Optimizer to keep its state across ``fit`` calls.
     epochs, batch_size : int
         Train epochs ``initial_epoch .. epochs - 1`` in batches of ``batch_size``
         (the last batch of an epoch may be smaller).
     validation_data : (x_val, y_val), optional
         Uploaded once, evaluated after each epoch: ``val_loss`` and ``val_`` each metric.
+    validation_split : float in (0, 1), optional
+        Hold out this fraction of ``x, y`` as the validation data instead (Keras's
+        option): drawn at random, per class for integer labels or one-hot rows, seeded
+        by ``seed`` (0 when not given), so the same seed holds out the same rows
+        (:func:`xpnet.data.holdout`). Arrays in memory only, not with
+        ``validation_data``.
     shuffle : bool or "blocks"
         Reorder the examples each epoch, by a permutation seeded with ``(seed, epoch)``;
         ``"blocks"`` shuffles blocks of ``batch_size / 4`` consecutive rows instead
@@ -179,6 +191,13 @@ def fit(model: Layer, x: Any, y: Any = None, *, loss: Loss, optimizer: Optimizer
                           steps_per_execution, accumulate_grad_batches)
     try:  # an error anywhere, on any rank, ends every rank: none may wait forever
         _check_arguments(epochs, batch_size, seed, initial_epoch, reports_per_epoch)
+        loss = loss_named(loss, "fit")
+        optimizer = optimizer_named(optimizer, model, "fit")
+        if validation_split is not None:
+            if validation_data is not None:
+                raise ValueError("fit: give validation_data or validation_split, not both")
+            x, y, validation_data = data_mod.holdout(
+                x, y, validation_split, 0 if seed is None else seed, model.multi_input)
         source = data_mod.prepare(model, x, y, who="fit", batch_size=batch_size,
                                   shuffle=shuffle, steps_per_epoch=steps_per_epoch,
                                   precision=precision)
@@ -217,7 +236,8 @@ def _fit(model: Layer, source: data_mod.Source, loss: Loss, optimizer: Optimizer
     logged = {"loss", "time", "samples_per_sec", *driver.metrics.names}
     logged |= {"val_" + k for k in driver.metrics.names} if val is not None else set()
     for cb in callbacks:
-        cb.check(logged)
+        if hasattr(cb, "check"):  # a Keras-style class of its own may have none
+            cb.check(logged)
     seed = plan.seed if plan.seed is not None else int(random.current().host.integers(2**31))
     strategy.agree({"model": json.dumps(layer_config(model), sort_keys=True,  # a callable
                                         default=lambda f: getattr(f, "__qualname__", "?")),  # init
@@ -310,14 +330,17 @@ class _Run:
 
     def train(self, initial_epoch: int, epochs: int) -> History:
         for cb in self.callbacks:
-            cb.rank = self.strategy.rank
-            cb.on_train_begin(self.model, self.driver.optimizer)
+            train_begin(cb, self.model, self.driver.optimizer, self.strategy.rank)
         # every rank joins a per-batch stop vote if any rank has a per-batch callback, so
         # callbacks on one rank cannot put the ranks' collective calls out of step
         self.vote_per_batch = self.strategy.any(bool(self.hooks))
         history = History()
+        logs: dict[str, Any] = {}
         for epoch in range(initial_epoch, epochs):
             start = time.perf_counter()
+            for cb in self.callbacks:
+                if hasattr(cb, "on_epoch_begin"):
+                    cb.on_epoch_begin(epoch, {})
             logs = self.epoch(epoch)
             if self.val is not None:  # summed over the ranks' validation data
                 scores = run_metrics(self.model, self.val, self.driver.loss,
@@ -330,14 +353,16 @@ class _Run:
             history.append(epoch, logs)
             self.progress.end(epoch, logs)
             for cb in self.callbacks:
-                cb.on_epoch_end(epoch, logs)
+                if hasattr(cb, "on_epoch_end"):
+                    cb.on_epoch_end(epoch, logs)
             # decisions that change training are the same on every rank: rank 0's rate,
             # and a stop on any rank stops all
             self.strategy.share_rate(self.driver.optimizer)
-            if self.strategy.any(any(cb.stop_training for cb in self.callbacks)):
+            if self.strategy.any(any(getattr(cb, "stop_training", False)
+                                     for cb in self.callbacks)):
                 break
         for cb in self.callbacks:
-            cb.on_train_end()
+            train_end(cb, logs)
         self.strategy.finish(self.model)
         return history
 

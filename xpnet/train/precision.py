@@ -170,7 +170,9 @@ class MixedPrecision:
         loss)``. Backward starts from ``dC/dlogits * weight * scale``; afterwards every
         Parameter holds its master again and ``grad`` ADDS the batch's gradient, cast up
         to the master's dtype and still multiplied by ``scale`` (fp16)."""
-        params = model.parameters()
+        # the weights, frozen ones too (the layers compute in one dtype): the step drops
+        # a frozen weight's gradient
+        params = [p for _, p in model.named_state() if not p.statistic]
         if not params:
             raise ValueError(f"MixedPrecision: {model.label} has no parameters to train")
         be = backend_of(params[0].value)
@@ -384,7 +386,8 @@ def guarded_apply(optimizer: Any, coefficients: tuple[Any, ...], finite: Any) ->
     step that changes nothing where it does not: the optimizer updates copies of the
     values and slots (in place where it can) and each is then ``where(finite, new, old)``.
     No host read."""
-    live = [(i, p) for i, p in enumerate(optimizer.params) if p.grad is not None]
+    live = [(i, p) for i, p in enumerate(optimizer.params)
+            if p.grad is not None and p.trainable]
     if not live:
         return
     xp = namespace(live[0][1].value)

@@ -139,6 +139,9 @@ class Step:
         cost = None
         if examples:
             cost = self._passes(x, y, examples)
+        for p in self.params:  # frozen since the optimizer was made: out of the clip norm
+            if not p.trainable:
+                p.grad = None
         for t in self.transforms:
             t(self.params, ctx)
             if not ctx.update:  # Accumulate kept this batch's gradients: no update yet
