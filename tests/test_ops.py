@@ -517,3 +517,32 @@ def test_torch_eager_draws_are_the_standard_counter_draws():
         drawn = backends.ADAPTERS["torch"].uniform(like, shape, (*prefix, position))
         assert drawn.dtype == torch.float64
         assert torch.equal(drawn, want.double())
+
+
+def test_jax_draws_are_counter_hashes_eager_and_jitted():
+    """JAX's draws: element i is ``hash(hash(i ^ k) + k) >> 8`` over 2**24, ``k`` from the
+    key's words and the position (NumPy uint32 below), the same eagerly and in jit."""
+    jax = pytest.importorskip("jax", reason="jax is not installed")
+    from xpnet.backends.jax import prefix_key, uniform_at
+    from xpnet.backends.standard import hash32
+
+    def h(x):
+        return np.asarray(hash32(x.astype(np.int64)) if isinstance(x, np.ndarray)
+                          else hash32(int(x)), dtype=np.uint32)
+
+    be = library("jax")
+    like = be.asarray(np.zeros((), np.float32))
+    for prefix, position, shape in (((0, 0), 0, (5,)), ((3, 2**40 + 1), 77, (4, 3, 9))):
+        key = prefix_key(prefix)
+        w0, w1 = (int(v) for v in np.asarray(jax.random.key_data(key)))
+        k = int(h(w0 ^ int(h(w1 ^ int(h(position))))))
+        idx = np.arange(int(np.prod(shape)), dtype=np.uint32)
+        bits = h((h(idx ^ np.uint32(k)).astype(np.uint64) + k) % 2**32)
+        want = ((bits >> 8).astype(np.float32) * np.float32(2**-24)).reshape(shape)
+        eager = np.asarray(uniform_at(like, shape, key, position))
+        jitted = np.asarray(jax.jit(lambda p, key=key, shape=shape:
+                                    uniform_at(like, shape, key, p))(np.uint32(position)))
+        np.testing.assert_array_equal(eager, want)
+        np.testing.assert_array_equal(jitted, want)
+    many = np.asarray(uniform_at(like, (200_000,), prefix_key((1, 2)), 3))
+    assert 0.0 <= many.min() and many.max() < 1.0 and abs(many.mean() - 0.5) < 0.005
