@@ -546,3 +546,24 @@ def test_jax_draws_are_counter_hashes_eager_and_jitted():
         np.testing.assert_array_equal(jitted, want)
     many = np.asarray(uniform_at(like, (200_000,), prefix_key((1, 2)), 3))
     assert 0.0 <= many.min() and many.max() < 1.0 and abs(many.mean() - 0.5) < 0.005
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_layer_norm_with_half_parameters_as_standard(name):
+    """Mixed precision: float32 statistics with float16 parameters, as the standard
+    path's type promotion computes them (torch's ATen kernel refuses mixed dtypes)."""
+    be = library(name)
+    xp = be.xp
+    fast, ref = backends.ops(xp), StandardOps()
+    rng = np.random.default_rng(5)
+    x, dy = (be.asarray(rng.standard_normal((4, 8)), dtype="float32") for _ in range(2))
+    w, b = (xp.astype(be.asarray(rng.standard_normal(8), dtype="float32"), xp.float16)
+            for _ in range(2))
+    results = []
+    for o in (fast, ref):
+        y, ctx = o.layer_norm(xp, x, w, b, 1e-5)
+        results.append((y, *o.layer_norm_grad(xp, dy, ctx, w, b)))
+    for what, got, want in zip(("y", "dx", "dweight", "dbias"), *results, strict=True):
+        assert got.dtype == want.dtype == be.dtype("float32"), what
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=2e-5, atol=2e-5,
+                                   err_msg=what)

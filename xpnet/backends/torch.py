@@ -76,11 +76,17 @@ class TorchOps(StandardOps):
         return self.aten.gelu_backward(dy, x)
 
     def layer_norm(self, xp, x, weight, bias, eps):
+        # mixed precision: float32 statistics with half-precision parameters, which the
+        # standard path promotes and ATen refuses ("mixed dtype")
+        if _mixed(x, weight, bias):
+            weight, bias = (None if p is None else p.to(x.dtype) for p in (weight, bias))
         y, mean, rstd = self.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
         return y, (x, mean, rstd)
 
     def layer_norm_grad(self, xp, dy, ctx, weight, bias):
         x, mean, rstd = ctx
+        if _mixed(x, weight, bias):
+            weight, bias = (None if p is None else p.to(x.dtype) for p in (weight, bias))
         return tuple(self.aten.native_layer_norm_backward(
             dy, x, [x.shape[-1]], mean, rstd, weight, bias,
             [True, weight is not None, bias is not None]))
@@ -128,6 +134,11 @@ class TorchOps(StandardOps):
         return tuple(self.aten.convolution_backward(
             dy, x, W, [W.shape[0]] if has_bias else None, list(stride), list(padding),
             dilation, False, [0] * d, groups, [need_input, True, has_bias]))
+
+
+def _mixed(x: Any, *params: Any) -> bool:
+    """Whether a parameter's dtype differs from ``x``'s."""
+    return any(p is not None and p.dtype != x.dtype for p in params)
 
 
 def _signed32(c: int) -> int:
