@@ -20,7 +20,10 @@ last axis, in training and inference alike (no running statistics),
     dC/dgamma = sum over leading axes of dy * xhat,  dC/dbeta = sum over leading axes of dy
     dC/dx = (1 / (D sqrt(var + eps))) * (D g - sum_D(g) - xhat * sum_D(g * xhat))
 
-Training keeps ``xhat`` and ``1 / sqrt(var + eps)``.
+LayerNorm's arithmetic is the adapters' ``layer_norm`` / ``layer_norm_grad``
+primitives (``xpnet/backends/standard.py``, in standard calls; NumPy's in place, torch's
+``native_layer_norm``); training keeps what they need (``xhat`` and ``1 / sqrt(var +
+eps)`` in the standard one).
 
 Mixed precision: for a float16 or bfloat16 input (``fit(..., precision="bf16-mixed")``)
 both layers compute the statistics, ``xhat`` and backward's sums in float32, and return
