@@ -19,7 +19,7 @@ import numpy as np
 @dataclass(frozen=True)
 class Workload:
     name: str
-    kind: str            # "mlp", "cnn1d", "cnn2d", "gru" or "transformer"
+    kind: str            # "mlp", "cnn1d", "cnn2d", "gru", "transformer" or "gpt"
     batch: int
     steps: int
     input_shape: tuple[int, ...]
@@ -45,7 +45,15 @@ WORKLOADS = {
                        (40,), 10),
     "tf32": Workload("(f) transformer block (L 64, E 128, 4 heads), batch 32", "transformer",
                      32, 10, (64, 128), 10),
+    # input_shape (context,), classes the vocabulary; the model is GPT below
+    "gpt12": Workload("(g) baby GPT (4 causal blocks, E 128, 4 heads, L 64, vocab 65, tied "
+                      "head), AdamW + clip, batch 12", "gpt", 12, 20, (64,), 65, lr=1e-3),
 }
+
+#: The baby GPT of (g): nanoGPT's Shakespeare-char settings (issue 23), dropout and
+#: AdamW as examples/gpt.py trains it.
+GPT = {"width": 128, "heads": 4, "layers": 4, "dropout": 0.1, "weight_decay": 0.1,
+       "betas": (0.9, 0.99), "clip": 1.0}
 
 
 def macs(w: Workload) -> int:
@@ -61,6 +69,10 @@ def macs(w: Workload) -> int:
         length, width = w.input_shape
         return (length * 12 * width * width + 2 * length * length * width
                 + length * width * w.classes)
+    if w.kind == "gpt":  # per block as (f) (the causal scores computed in full), tied head
+        length, width = w.input_shape[0], GPT["width"]
+        return length * (GPT["layers"] * (12 * width * width + 2 * length * width)
+                         + width * w.classes)
     # cnn2d: 1->8 3x3 on 28x28, pool, 8->16 3x3 on 14x14, pool, 784 -> 10
     return 28 * 28 * 8 * 9 + 14 * 14 * 16 * 8 * 9 + 784 * 10
 
@@ -68,6 +80,10 @@ def macs(w: Workload) -> int:
 def data(w: Workload, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     n = w.batch * w.steps
+    if w.kind == "gpt":  # windows of a random token stream and their next tokens
+        length = w.input_shape[0]
+        stream = rng.integers(0, w.classes, size=n * length + 1)
+        return stream[:-1].reshape(n, length), stream[1:].reshape(n, length)
     x = rng.random((n, *w.input_shape), dtype=np.float32)
     y = rng.integers(0, w.classes, size=n)
     return x, y
@@ -88,6 +104,9 @@ def xpnet_model(w: Workload):
         length, width = w.input_shape
         return xn.Sequential(xn.TransformerBlock(width, 4), xn.Flatten(),
                              xn.Linear(length * width, w.classes))
+    if w.kind == "gpt":
+        return xn.models.gpt(w.classes, context=w.input_shape[0], width=GPT["width"],
+                             heads=GPT["heads"], layers=GPT["layers"], dropout=GPT["dropout"])
     return xn.Sequential(
         xn.Conv2D(1, 8, 3, padding=1), xn.ReLU(), xn.MaxPool2D(2),
         xn.Conv2D(8, 16, 3, padding=1), xn.ReLU(), xn.MaxPool2D(2),
@@ -108,6 +127,16 @@ def initial_state(w: Workload) -> dict[str, np.ndarray]:
         return {name: p.value.copy() for name, p in xpnet_model(w).named_parameters()}
 
 
+def xpnet_optimizer(w: Workload, model):
+    """SGD at ``w.lr``; for the GPT, AdamW with decay on the matrices only."""
+    import xpnet as xn
+
+    if w.kind == "gpt":
+        return xn.AdamW(xn.optim.decay_groups(model, GPT["weight_decay"]), lr=w.lr,
+                        betas=GPT["betas"])
+    return xn.SGD(model.parameters(), lr=w.lr)
+
+
 def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str,
                device: str | None = None, compile: bool = False,
                steps_per_execution: int = 1) -> Callable[[], Any]:
@@ -118,13 +147,14 @@ def make_xpnet(w: Workload, x: np.ndarray, y: np.ndarray, backend: str,
     for p, v in zip(model.parameters(), initial_weights(w), strict=True):
         p.value = be.asarray(v)
     loss = xn.QuadraticCost() if w.loss == "quadratic" else xn.SoftmaxCrossEntropy()
-    opt = xn.SGD(model.parameters(), lr=w.lr)
+    opt = xpnet_optimizer(w, model)
+    clip = GPT["clip"] if w.kind == "gpt" else None
     xd, yd = be.asarray(x), be.asarray(y)
 
     def run():
         xn.fit(model, xd, yd, loss=loss, optimizer=opt, epochs=1, batch_size=w.batch,
                shuffle=False, progress=False, metrics=(), compile=compile,
-               steps_per_execution=steps_per_execution)
+               steps_per_execution=steps_per_execution, clip_grad_norm=clip)
         be.synchronize()  # JAX returns before its queued steps have run
         return model
 
@@ -218,10 +248,83 @@ def torch_model(w: Workload):
                          nn.Flatten(), nn.Linear(784, w.classes))
 
 
+def torch_gpt(w: Workload):
+    """The baby GPT of (g) in PyTorch: ``xn.models.gpt``'s layers, names mapped by
+    :func:`torch_gpt_state`. Attention through ``scaled_dot_product_attention`` with an
+    explicit mask, as examples/gpt.py's reference (its ``is_causal`` training path is
+    several times slower on CPUs with torch 2.13)."""
+    import torch
+    from torch import nn
+
+    e, heads, p = GPT["width"], GPT["heads"], GPT["dropout"]
+    context, vocab = w.input_shape[0], w.classes
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.self_attn = nn.MultiheadAttention(e, heads, dropout=p, batch_first=True)
+            self.linear1, self.linear2 = nn.Linear(e, 4 * e), nn.Linear(4 * e, e)
+            self.norm1, self.norm2 = nn.LayerNorm(e), nn.LayerNorm(e)
+            self.dropout1, self.dropout2 = nn.Dropout(p), nn.Dropout(p)
+
+        def forward(self, x, allowed):
+            n, length, _ = x.shape
+            attn = self.self_attn
+            qkv = nn.functional.linear(self.norm1(x), attn.in_proj_weight, attn.in_proj_bias)
+            q, k, v = qkv.view(n, length, 3, heads, e // heads).permute(2, 0, 3, 1, 4)
+            o = nn.functional.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, dropout_p=p if self.training else 0.0)
+            x = x + self.dropout1(attn.out_proj(o.transpose(1, 2).reshape(n, length, e)))
+            return x + self.dropout2(self.linear2(nn.functional.gelu(
+                self.linear1(self.norm2(x)))))
+
+    class GPTModel(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab, e)
+            self.pos = nn.Parameter(torch.zeros(context, e))
+            self.drop = nn.Dropout(p)
+            self.blocks = nn.ModuleList(Block() for _ in range(GPT["layers"]))
+            self.norm = nn.LayerNorm(e)
+            self.head = nn.Linear(e, vocab, bias=False)
+            self.head.weight = self.embed.weight  # tied
+            self.register_buffer("allowed", torch.tril(torch.ones(context, context,
+                                                                  dtype=torch.bool)),
+                                 persistent=False)
+
+        def forward(self, ids):
+            n = ids.shape[1]
+            h = self.drop(self.embed(ids) + self.pos[:n])
+            for block in self.blocks:
+                h = block(h, self.allowed[:n, :n])
+            return self.head(self.norm(h))
+
+    return GPTModel()
+
+
+def torch_gpt_state(state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``xn.models.gpt``'s state (0 embedding, 1 positions, 2 dropout, the blocks, the
+    norm; the tied head under the embedding's name) in :func:`torch_gpt`'s names."""
+    layers = GPT["layers"]
+    direct = {"0.weight": "embed.weight", "1.weight": "pos",
+              f"{3 + layers}.weight": "norm.weight", f"{3 + layers}.bias": "norm.bias"}
+    out = {}
+    for name, v in state.items():
+        if name in direct:
+            out[direct[name]] = v
+        else:
+            index, rest = name.split(".", 1)
+            out[f"blocks.{int(index) - 3}.{rest}"] = v
+    out["head.weight"] = out["embed.weight"]
+    return out
+
+
 def make_torch(w: Workload, x: np.ndarray, y: np.ndarray,
                device: str = "cpu") -> Callable[[], Any]:
     import torch
 
+    if w.kind == "gpt":
+        return make_torch_gpt(w, x, y, device)
     model = torch_model(w).to(device)
     if w.kind in ("gru", "transformer"):  # the same names as xpnet's (PyTorch's layouts)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in initial_state(w).items()})
@@ -244,6 +347,39 @@ def make_torch(w: Workload, x: np.ndarray, y: np.ndarray,
                 loss = torch.nn.functional.cross_entropy(out, yt[s:s + w.batch])
             opt.zero_grad()
             loss.backward()
+            opt.step()
+            total += loss.detach()
+        return total
+
+    return run
+
+
+def make_torch_gpt(w: Workload, x: np.ndarray, y: np.ndarray,
+                   device: str = "cpu") -> Callable[[], Any]:
+    """(g) in PyTorch eager: AdamW on the same two groups, gradients clipped at norm 1."""
+    import torch
+
+    model = torch_gpt(w).to(device)
+    model.load_state_dict({k: torch.from_numpy(v)
+                           for k, v in torch_gpt_state(initial_state(w)).items()})
+    tables = (model.embed.weight, model.pos)
+    decay = [q for q in model.parameters() if q.dim() >= 2 and all(q is not t for t in tables)]
+    rest = [q for q in model.parameters() if all(q is not d for d in decay)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": GPT["weight_decay"]},
+                             {"params": rest, "weight_decay": 0.0}], lr=w.lr,
+                            betas=GPT["betas"])
+    xt, yt = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    model.train()
+
+    def run():
+        total = torch.zeros((), device=device)
+        for s in range(0, len(xt), w.batch):
+            out = model(xt[s:s + w.batch])
+            loss = torch.nn.functional.cross_entropy(out.reshape(-1, w.classes),
+                                                     yt[s:s + w.batch].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), GPT["clip"])
             opt.step()
             total += loss.detach()
         return total

@@ -66,3 +66,59 @@ def test_synchronizer_waits_on_the_right_device():
     finally:
         torch.cuda.synchronize = real
     assert seen == [torch.device("cuda", 1)]
+
+
+def test_cpu_bench_reports_the_transformer_rows(capsys):
+    """(f) and the baby GPT (g) run through the bench for xpnet and their PyTorch models."""
+    pytest.importorskip("torch", reason="torch is not installed")
+    code = bench_run.main(["--workloads", "tf32,gpt12", "--rounds", "1", "--steps-scale",
+                           "0.1", "--impls", "xpnet-numpy,xpnet-torch,torch", "--cpu-time"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "(g) baby GPT" in out and "(f) transformer block" in out
+    gpt = out[out.index("(g) baby GPT"):]
+    for impl in ("xpnet-numpy", "xpnet-torch", "torch"):
+        assert f"\n{impl} " in gpt, impl
+    assert "skipped" not in gpt
+
+
+def test_torch_gpt_is_xpnets_gpt():
+    """The bench's PyTorch GPT, loaded with xpnet's initial weights, computes xpnet's
+    logits (inference: no dropout), with the same parameters and a tied head."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    import numpy as np
+
+    from bench import workloads as W
+
+    w = W.WORKLOADS["gpt12"]
+    x, y = W.data(W.Workload(**{**w.__dict__, "steps": 1}))
+    with xn.use("numpy"):
+        model = W.xpnet_model(w)
+        for p, v in zip(model.parameters(), W.initial_weights(w), strict=True):
+            p.value = v.copy()
+        logits = model(x)
+    ref = W.torch_gpt(w)
+    ref.load_state_dict({k: torch.from_numpy(v)
+                         for k, v in W.torch_gpt_state(W.initial_state(w)).items()})
+    ref.eval()
+    out = ref(torch.from_numpy(x))
+    np.testing.assert_allclose(out.detach().numpy(), logits, rtol=1e-4, atol=1e-4)
+    assert ref.head.weight is ref.embed.weight  # tied, as xpnet's head
+    assert sum(p.numel() for p in ref.parameters()) == sum(
+        int(np.prod(v.shape)) for v in W.initial_state(w).values())
+
+
+def test_profile_reports_parts_and_floor(capsys):
+    from bench import profile
+
+    assert profile.main(["--workload", "tf32", "--steps", "2", "--repeats", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "ms per step" in out and "MultiHeadAttention.forward" in out
+    assert "floor on numpy's arrays" in out and "GEMMs (projections, MLP, head)" in out
+
+
+def test_threads_bench_measures_a_setting():
+    """One setting of bench.threads in its own process (no load), a small workload."""
+    from bench import threads
+
+    assert threads.measure("a10", "xpnet-numpy 1 thread", 1, load=False) > 0

@@ -430,3 +430,140 @@ def test_max_pool_ties_go_to_the_first_maximum_as_torch(k, s):
         _, ctx = ops.pool_forward(np, x, (k, k), (s, s), "max", True)
         np.testing.assert_allclose(ops.pool_backward(np, ctx, dy), xt.grad.numpy(),
                                    rtol=1e-12, atol=1e-12)  # overlaps sum in any order
+
+
+# -- layer norm, Adam, counter draws: each library's fast path against the standard ------
+@pytest.mark.parametrize("name", LIBRARIES)
+@pytest.mark.parametrize("affine", ["weight+bias", "weight", "none"])
+def test_layer_norm_fast_path_matches_standard(name, affine):
+    """``layer_norm`` and ``layer_norm_grad``: y, dx, dweight, dbias as StandardOps gives
+    them, on (N, L, D) inputs with an offset and scale that make the statistics matter."""
+    be = library(name)
+    xp = be.xp
+    fast, ref = backends.ops(xp), StandardOps()
+    assert type(fast).layer_norm is not StandardOps.layer_norm or name == "jax"
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 5, 16)) * 4 + 2
+    dy = rng.standard_normal((3, 5, 16))
+    w, b = rng.standard_normal(16), rng.standard_normal(16)
+    for dtype, tol in (("float32", 2e-5), ("float64", 1e-12)):
+        def arr(host, dtype=dtype):
+            return be.asarray(host, dtype=dtype)
+
+        weight = arr(w) if affine != "none" else None
+        bias = arr(b) if affine == "weight+bias" else None
+        results = []
+        for o in (fast, ref):
+            y, ctx = o.layer_norm(xp, arr(x), weight, bias, 1e-5)
+            results.append((y, *o.layer_norm_grad(xp, arr(dy), ctx, weight, bias)))
+        for what, got, want in zip(("y", "dx", "dweight", "dbias"), *results, strict=True):
+            if want is None:
+                assert got is None, what
+                continue
+            assert got.dtype == be.dtype(dtype), what
+            np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=tol, atol=tol,
+                                       err_msg=f"{what} {dtype}")
+
+
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+@pytest.mark.parametrize("decoupled", [False, True])
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+@pytest.mark.parametrize("as_array", [False, True])
+def test_adam_update_fast_path_matches_standard(name, decoupled, weight_decay, as_array):
+    """Three steps from no moments, coefficients as floats or (compiled steps) 0-d
+    arrays: the same value and moments as StandardOps, updated in place."""
+    be = library(name)
+    xp = be.xp
+    fast, ref = backends.ops(xp), StandardOps()
+    assert type(fast).adam_update_ is not StandardOps.adam_update_
+    rng = np.random.default_rng(4)
+    w0 = rng.standard_normal((4, 6)).astype(np.float32)
+    states = {"fast": [be.asarray(w0), None, None], "ref": [be.asarray(w0), None, None]}
+    for t in range(1, 4):
+        g = rng.standard_normal((4, 6)).astype(np.float32)
+        coefficients = (0.001 * weight_decay, 0.001 / (1 - 0.9 ** t), 1 / math.sqrt(1 - 0.999 ** t))
+        if as_array:
+            coefficients = tuple(be.asarray(np.float32(c)) for c in coefficients)
+        for key, o in (("fast", fast), ("ref", ref)):
+            value = states[key][0]
+            out = o.adam_update_(xp, value, be.asarray(g), *states[key][1:], *coefficients,
+                                 betas=(0.9, 0.999), eps=1e-8, weight_decay=weight_decay,
+                                 decoupled=decoupled)
+            if key == "fast":
+                assert out[0] is value  # in place
+            states[key] = list(out)
+    for what, got, want in zip(("value", "m", "v"), states["fast"], states["ref"], strict=True):
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=1e-6, atol=1e-9,
+                                   err_msg=what)
+
+
+def test_torch_eager_draws_are_the_standard_counter_draws():
+    """torch's eager dropout draws (int32, in place) are bit for bit the standard counter
+    generator's, which compiled steps trace: same key, position and shape, same numbers."""
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    from xpnet.backends.standard import counter_uniform, fold_key
+    from xpnet.backends.torch import counter_uniform_int32
+
+    be = library("torch")
+    for prefix, position, shape in (((0, 0), 0, (7,)), ((3, 5), 12, (4, 33)),
+                                    ((2**40 + 3, 9), 2**33 + 5, (12, 4, 64, 64)),
+                                    ((1, 2**63 - 1), 2**32 - 1, (3, 1, 1000))):
+        key = fold_key(prefix)
+        want = counter_uniform(be.xp, shape, torch.float32, "cpu", key, position)
+        got = counter_uniform_int32(torch, shape, torch.float32, "cpu", key, position)
+        assert got.dtype == torch.float32 and tuple(got.shape) == shape
+        assert torch.equal(got, want), (prefix, position)
+        like = torch.zeros((), dtype=torch.float64)
+        drawn = backends.ADAPTERS["torch"].uniform(like, shape, (*prefix, position))
+        assert drawn.dtype == torch.float64
+        assert torch.equal(drawn, want.double())
+
+
+def test_jax_draws_are_counter_hashes_eager_and_jitted():
+    """JAX's draws: element i is ``hash(hash(i ^ k) + k) >> 8`` over 2**24, ``k`` from the
+    key's words and the position (NumPy uint32 below), the same eagerly and in jit."""
+    jax = pytest.importorskip("jax", reason="jax is not installed")
+    from xpnet.backends.jax import prefix_key, uniform_at
+    from xpnet.backends.standard import hash32
+
+    def h(x):
+        return np.asarray(hash32(x.astype(np.int64)) if isinstance(x, np.ndarray)
+                          else hash32(int(x)), dtype=np.uint32)
+
+    be = library("jax")
+    like = be.asarray(np.zeros((), np.float32))
+    for prefix, position, shape in (((0, 0), 0, (5,)), ((3, 2**40 + 1), 77, (4, 3, 9))):
+        key = prefix_key(prefix)
+        w0, w1 = (int(v) for v in np.asarray(jax.random.key_data(key)))
+        k = int(h(w0 ^ int(h(w1 ^ int(h(position))))))
+        idx = np.arange(int(np.prod(shape)), dtype=np.uint32)
+        bits = h((h(idx ^ np.uint32(k)).astype(np.uint64) + k) % 2**32)
+        want = ((bits >> 8).astype(np.float32) * np.float32(2**-24)).reshape(shape)
+        eager = np.asarray(uniform_at(like, shape, key, position))
+        jitted = np.asarray(jax.jit(lambda p, key=key, shape=shape:
+                                    uniform_at(like, shape, key, p))(np.uint32(position)))
+        np.testing.assert_array_equal(eager, want)
+        np.testing.assert_array_equal(jitted, want)
+    many = np.asarray(uniform_at(like, (200_000,), prefix_key((1, 2)), 3))
+    assert 0.0 <= many.min() and many.max() < 1.0 and abs(many.mean() - 0.5) < 0.005
+
+
+@pytest.mark.parametrize("name", LIBRARIES)
+def test_layer_norm_with_half_parameters_as_standard(name):
+    """Mixed precision: float32 statistics with float16 parameters, as the standard
+    path's type promotion computes them (torch's ATen kernel refuses mixed dtypes)."""
+    be = library(name)
+    xp = be.xp
+    fast, ref = backends.ops(xp), StandardOps()
+    rng = np.random.default_rng(5)
+    x, dy = (be.asarray(rng.standard_normal((4, 8)), dtype="float32") for _ in range(2))
+    w, b = (xp.astype(be.asarray(rng.standard_normal(8), dtype="float32"), xp.float16)
+            for _ in range(2))
+    results = []
+    for o in (fast, ref):
+        y, ctx = o.layer_norm(xp, x, w, b, 1e-5)
+        results.append((y, *o.layer_norm_grad(xp, dy, ctx, w, b)))
+    for what, got, want in zip(("y", "dx", "dweight", "dbias"), *results, strict=True):
+        assert got.dtype == want.dtype == be.dtype("float32"), what
+        np.testing.assert_allclose(to_numpy(got), to_numpy(want), rtol=2e-5, atol=2e-5,
+                                   err_msg=what)

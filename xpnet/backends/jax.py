@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import os
 import sys
 from typing import Any, NamedTuple
@@ -142,14 +143,35 @@ def prefix_key(prefix: tuple[int, ...]) -> Any:
     return k
 
 
+def _hash32(x: Any) -> Any:
+    """:func:`xpnet.backends.standard.hash32` on uint32 arrays (products wrap mod 2**32)."""
+    import jax.numpy as jnp
+
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    return x ^ (x >> 16)
+
+
 def uniform_at(like: Any, shape: tuple[int, ...], key: Any, position: Any) -> Any:
     """Uniform [0, 1) draws for ``position`` under ``key``: the same numbers whether
     ``position`` is a Python int (eager) or a traced one (inside a jitted step), for
-    positions below 2**32."""
-    import jax
+    positions below 2**32.
 
-    k = jax.random.fold_in(jax.random.fold_in(key, position), 0)
-    return jax.random.uniform(k, shape, dtype=like.dtype)
+    Counter-based, as the standard generator (:func:`xpnet.backends.standard.
+    counter_uniform`): element ``i`` is ``hash(hash(i ^ k) + k) >> 8`` over 2**24 with
+    ``k`` the key's two words and the position hashed together, in uint32 arithmetic
+    that XLA fuses into one loop. ``jax.random.uniform`` (threefry) took about five
+    times as long on CPUs: 14% of a compiled GPT step with dropout 0.1."""
+    import jax
+    import jax.numpy as jnp
+
+    words = jax.random.key_data(key).astype(jnp.uint32)
+    k = _hash32(words[0] ^ _hash32(words[1] ^ _hash32(jnp.asarray(position, jnp.uint32))))
+    bits = _hash32(_hash32(jax.lax.iota(jnp.uint32, math.prod(shape)) ^ k) + k)
+    u = (bits >> 8).astype(jnp.float32) * (1.0 / 2**24)
+    return jnp.reshape(u if u.dtype == like.dtype else u.astype(like.dtype), shape)
 
 
 def jax_default_device(device: Any) -> Any:

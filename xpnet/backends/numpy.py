@@ -127,7 +127,9 @@ class NumpyOps(StandardOps):
     def gelu(self, xp, x):
         # float32: erf from Abramowitz & Stegun 7.1.26 (|error| <= 1.5e-7, about two
         # float32 ulps near 1) in place. SciPy's erf runs in float64 and takes about six
-        # times as long, and the rational form shares exp(-x^2/2) with the backward pass.
+        # times as long. Forward also forms the local slope Phi(x) + x phi(x) from the same
+        # exp(-x^2/2), so backward is one product and keeps one array instead of two.
+        # (Slices that stay in L2 measured no faster inside a training step.)
         if x.dtype != np.float32:
             return super().gelu(xp, x)
         z = np.abs(x)
@@ -148,17 +150,60 @@ class NumpyOps(StandardOps):
         poly += 0.5                            # (1 - erfc) / 2 = erf(|x| / sqrt 2) / 2
         np.copysign(poly, x, out=poly)
         poly += 0.5                            # Phi(x)
-        return x * poly, (x, poly, gauss)
+        y = x * poly
+        slope = np.multiply(x, gauss, out=gauss)
+        slope *= _INV_SQRT_2PI
+        slope += poly                          # Phi(x) + x phi(x)
+        return y, _GeluSlope(slope)
 
     def gelu_grad(self, xp, dy, ctx):
-        x, phi, gauss = ctx
-        if gauss is None:
+        if not isinstance(ctx, _GeluSlope):
             return super().gelu_grad(xp, dy, ctx)
-        g = x * gauss
-        g *= _INV_SQRT_2PI
-        g += phi
-        g *= dy
-        return g
+        return dy * ctx.slope
+
+    # -- layer normalisation: the standard's operations, in place ------------------------
+    def layer_norm(self, xp, x, weight, bias, eps):
+        if x.dtype.kind != "f":
+            return super().layer_norm(xp, x, weight, bias, eps)
+        d = x.shape[-1]
+        mean = np.add.reduce(x, axis=-1, keepdims=True)
+        mean /= d                              # what np.mean does: the sum, then / D
+        xhat = np.subtract(x, mean)            # centred, made xhat in place below
+        work = np.multiply(xhat, xhat)
+        inv = np.add.reduce(work, axis=-1, keepdims=True)
+        inv /= d
+        inv += eps
+        np.sqrt(inv, out=inv)
+        np.divide(1.0, inv, out=inv)
+        xhat *= inv
+        y = xhat
+        if weight is not None:
+            y = np.multiply(xhat, weight, out=work)
+        if bias is not None:
+            y = np.add(y, bias, out=work)
+        return y, (xhat, inv)
+
+    def layer_norm_grad(self, xp, dy, ctx, weight, bias):
+        xhat, inv = ctx
+        if xhat.dtype.kind != "f":
+            return super().layer_norm_grad(xp, dy, ctx, weight, bias)
+        d = xhat.shape[-1]
+        rows = (-1, d)
+        g = np.multiply(dy, weight) if weight is not None else np.array(dy, copy=True)
+        sum_g = np.add.reduce(g, axis=-1, keepdims=True)
+        work = np.multiply(g, xhat)
+        sum_gx = np.add.reduce(work, axis=-1, keepdims=True)
+        dweight = None
+        if weight is not None:
+            np.multiply(dy, xhat, out=work)
+            dweight = np.add.reduce(work.reshape(rows), axis=0)
+        dbias = None if bias is None else np.add.reduce(dy.reshape(rows), axis=0)
+        np.multiply(xhat, sum_gx, out=work)
+        g *= d
+        g -= sum_g
+        g -= work
+        g *= inv / d                           # (inv / D) (D g - sum(g) - xhat sum(g xhat))
+        return g, dweight, dbias
 
     def rows_add(self, xp, n_rows, index, values):
         if n_rows * index.shape[0] <= self.rows_add_onehot_limit:
@@ -300,6 +345,15 @@ class NumpyOps(StandardOps):
             else:
                 np.multiply(dy, won, out=dx[key])
         return dx
+
+
+class _GeluSlope:
+    """What :meth:`NumpyOps.gelu_grad` needs from a float32 forward: ``Phi(x) + x phi(x)``."""
+
+    __slots__ = ("slope",)
+
+    def __init__(self, slope: Any):
+        self.slope = slope
 
 
 class _ConvTape:

@@ -101,6 +101,38 @@ class StandardOps:
             gauss = xp.exp(-0.5 * (x * x))
         return dy * (phi + x * (_INV_SQRT_2PI * gauss))
 
+    # -- layer normalisation over the last axis -------------------------------------
+    def layer_norm(self, xp: Any, x: Any, weight: Any, bias: Any, eps: float
+                   ) -> tuple[Any, Any]:
+        """``(y, ctx)``: ``xhat = (x - mean) / sqrt(var + eps)`` over the last axis (biased
+        variance), ``y = xhat * weight + bias`` (either may be None), and what
+        :meth:`layer_norm_grad` needs (here ``(xhat, 1 / sqrt(var + eps))``)."""
+        centred = x - xp.mean(x, axis=-1, keepdims=True)
+        inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + eps)
+        xhat = centred * inv
+        y = xhat
+        if weight is not None:
+            y = y * weight
+        if bias is not None:
+            y = y + bias
+        return y, (xhat, inv)
+
+    def layer_norm_grad(self, xp: Any, dy: Any, ctx: Any, weight: Any, bias: Any
+                        ) -> tuple[Any, Any, Any]:
+        """``(dx, dweight, dbias)`` (None where the parameter is) for :meth:`layer_norm`'s
+        ``ctx``; with ``D`` features and ``g = dy * weight``: ``dx = inv / D * (D g -
+        sum_D(g) - xhat sum_D(g xhat))``, ``dweight = sum of dy * xhat`` and ``dbias = sum
+        of dy`` over the leading axes."""
+        xhat, inv = ctx
+        d = xhat.shape[-1]
+        lead = tuple(range(dy.ndim - 1))
+        g = dy if weight is None else dy * weight
+        dx = (inv / d) * (d * g - xp.sum(g, axis=-1, keepdims=True)
+                          - xhat * xp.sum(g * xhat, axis=-1, keepdims=True))
+        dweight = None if weight is None else xp.sum(dy * xhat, axis=lead)
+        dbias = None if bias is None else xp.sum(dy, axis=lead)
+        return dx, dweight, dbias
+
     # -- scatter-add: embedding gradients ------------------------------------------------
     #: ``rows_add`` sums by a one-hot matmul while ``n_rows * len(index)`` is at most
     #: this, and by sorting otherwise.

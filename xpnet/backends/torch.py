@@ -20,7 +20,7 @@ from .base import (
     TracingCompiler,
     tf32_allowed,
 )
-from .standard import StandardOps, counter_uniform, fold_key
+from .standard import StandardOps, counter_uniform, fold_key, hash32
 
 
 class TorchOps(StandardOps):
@@ -67,6 +67,49 @@ class TorchOps(StandardOps):
     def erf(self, xp, x):
         return self.torch.special.erf(x)
 
+    def gelu(self, xp, x):
+        return self.torch.nn.functional.gelu(x), (x, None, None)
+
+    def gelu_grad(self, xp, dy, ctx):
+        x, phi, gauss = ctx
+        if phi is not None:
+            return super().gelu_grad(xp, dy, ctx)
+        return self.aten.gelu_backward(dy, x)
+
+    def layer_norm(self, xp, x, weight, bias, eps):
+        # mixed precision: float32 statistics with half-precision parameters, which the
+        # standard path promotes and ATen refuses ("mixed dtype")
+        if _mixed(x, weight, bias):
+            weight, bias = (None if p is None else p.to(x.dtype) for p in (weight, bias))
+        y, mean, rstd = self.aten.native_layer_norm(x, [x.shape[-1]], weight, bias, eps)
+        return y, (x, mean, rstd)
+
+    def layer_norm_grad(self, xp, dy, ctx, weight, bias):
+        x, mean, rstd = ctx
+        if _mixed(x, weight, bias):
+            weight, bias = (None if p is None else p.to(x.dtype) for p in (weight, bias))
+        return tuple(self.aten.native_layer_norm_backward(
+            dy, x, [x.shape[-1]], mean, rstd, weight, bias,
+            [True, weight is not None, bias is not None]))
+
+    def adam_update_(self, xp, value, grad, m, v, decay, step, unbias, *, betas, eps,
+                     weight_decay=0.0, decoupled=False):
+        # the standard update in place: one temporary for sqrt(v), one for m / denom
+        b1, b2 = betas
+        g = grad
+        if weight_decay and decoupled:
+            value.sub_(value * decay)
+        elif weight_decay:
+            g = g + weight_decay * value
+        if m is None:
+            m, v = g * (1 - b1), (g * g).mul_(1 - b2)
+        else:
+            m.mul_(b1).add_(g, alpha=1 - b1)
+            v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        denom = v.sqrt().mul_(unbias).add_(eps)
+        value.sub_(self.torch.div(m, denom).mul_(step))
+        return value, m, v
+
     def rows_add(self, xp, n_rows, index, values):
         if index.dtype not in (self.torch.int64, self.torch.int32):
             index = index.long()
@@ -92,6 +135,43 @@ class TorchOps(StandardOps):
         return tuple(self.aten.convolution_backward(
             dy, x, W, [W.shape[0]] if has_bias else None, list(stride), list(padding),
             dilation, False, [0] * d, groups, [need_input, True, has_bias]))
+
+
+def _mixed(x: Any, *params: Any) -> bool:
+    """Whether a parameter's dtype differs from ``x``'s."""
+    return any(p is not None and p.dtype != x.dtype for p in params)
+
+
+def _signed32(c: int) -> int:
+    """The int32 with the bits of ``c`` in [0, 2**32)."""
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+def _hash32_(torch: Any, x: Any) -> Any:
+    """:func:`~xpnet.backends.standard.hash32` in place on an int32 tensor: the same 32
+    bits (int32 products wrap modulo 2**32; ``& mask`` makes each shift logical)."""
+    for shift, factor in ((16, 0x7FEB352D), (15, 0x846CA68B), (16, None)):
+        x.bitwise_xor_(torch.bitwise_right_shift(x, shift).bitwise_and_((1 << (32 - shift)) - 1))
+        if factor is not None:
+            x.mul_(_signed32(factor))
+    return x
+
+
+def counter_uniform_int32(torch: Any, shape: tuple[int, ...], dtype: Any, device: Any,
+                          key: int, position: int) -> Any:
+    """:func:`~xpnet.backends.standard.counter_uniform`'s numbers (bit for bit) for an
+    eager draw (``key`` and ``position`` ints), in place on int32 tensors: the standard
+    one splits each product into 16-bit halves in int64, about four times the passes
+    and twice the bytes, which made dropout a third of a GPT step."""
+    n = math.prod(shape)
+    if n >= 1 << 31:  # int32 element indices would wrap
+        return counter_uniform(torch, shape, dtype, device, key, position)
+    k = _signed32(hash32(key ^ hash32(position)))
+    bits = torch.arange(n, dtype=torch.int32, device=device).bitwise_xor_(k)
+    bits = _hash32_(torch, _hash32_(torch, bits).add_(k))
+    u = torch.bitwise_right_shift(bits, 8).bitwise_and_(0xFFFFFF).to(torch.float32)
+    u = u.mul_(1.0 / 2**24).reshape(shape)
+    return u if u.dtype == dtype else u.to(dtype)
 
 
 class TorchCompiler(TracingCompiler):
@@ -245,8 +325,8 @@ class TorchAdapter(Adapter):
         if like.device.type == "meta":  # shapes only
             return torch.empty(shape, dtype=like.dtype, device=like.device)
         *prefix, position = key  # counter-based: what a compiled step draws too
-        return counter_uniform(self.placement_of(like).xp, shape, like.dtype, like.device,
-                               fold_key(tuple(prefix)), position)
+        return counter_uniform_int32(torch, shape, like.dtype, like.device,
+                                     fold_key(tuple(prefix)), position)
 
     def compiler(self) -> TorchCompiler:
         return TorchCompiler()

@@ -20,7 +20,10 @@ last axis, in training and inference alike (no running statistics),
     dC/dgamma = sum over leading axes of dy * xhat,  dC/dbeta = sum over leading axes of dy
     dC/dx = (1 / (D sqrt(var + eps))) * (D g - sum_D(g) - xhat * sum_D(g * xhat))
 
-Training keeps ``xhat`` and ``1 / sqrt(var + eps)``.
+LayerNorm's arithmetic is the adapters' ``layer_norm`` / ``layer_norm_grad``
+primitives (``xpnet/backends/standard.py``, in standard calls; NumPy's in place, torch's
+``native_layer_norm``); training keeps what they need (``xhat`` and ``1 / sqrt(var +
+eps)`` in the standard one).
 
 Mixed precision: for a float16 or bfloat16 input (``fit(..., precision="bf16-mixed")``)
 both layers compute the statistics, ``xhat`` and backward's sums in float32, and return
@@ -38,6 +41,7 @@ import numpy as np
 from .. import _args
 from .._compat import namespace
 from ..backend import Backend, resolve
+from ..backends import ops
 from .base import Layer, check_like_parameters
 
 
@@ -222,35 +226,24 @@ class LayerNorm(Layer):
             check_like_parameters(self, x, self.weight.value)
         xp = namespace(x)
         xs = _float32_if_low(xp, x)
-        centred = xs - xp.mean(xs, axis=-1, keepdims=True)
-        inv = 1.0 / xp.sqrt(xp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
-        xhat = centred * inv
-        self._cache = (xhat, inv) if train else None
-        y = xhat
-        if self.weight is not None:
-            y = y * self.weight.value
-        if self.bias is not None:
-            y = y + self.bias.value
+        y, ctx = ops(xp).layer_norm(xp, xs, None if self.weight is None else self.weight.value,
+                                    None if self.bias is None else self.bias.value, self.eps)
+        self._cache = ctx if train else None
         return y if xs is x else xp.astype(y, x.dtype)
 
     def backward(self, dy: Any) -> Any:
-        xhat, inv = self._require_cache(self._cache)
+        ctx = self._require_cache(self._cache)
         xp = namespace(dy)
-        lead = tuple(range(dy.ndim - 1))
-        dz = _float32_if_low(xp, dy)  # xhat is float32 then too
-        d = self.normalized_shape
-        g = dz if self.weight is None else dz * self.weight.value
-        dx = (inv / d) * (d * g - xp.sum(g, axis=-1, keepdims=True)
-                          - xhat * xp.sum(g * xhat, axis=-1, keepdims=True))
+        dz = _float32_if_low(xp, dy)  # the statistics are float32 then too
+        dx, dweight, dbias = ops(xp).layer_norm_grad(
+            xp, dz, ctx, None if self.weight is None else self.weight.value,
+            None if self.bias is None else self.bias.value)
         if dz is not dy:
             dx = xp.astype(dx, dy.dtype)
-        for p, grad in ((self.weight, lambda: xp.sum(dz * xhat, axis=lead)),
-                        (self.bias, lambda: xp.sum(dz, axis=lead))):
-            if p is not None:
-                g_p = grad()
-                # back to the parameters' dtype (mixed precision)
-                p.accumulate(g_p if g_p.dtype == p.value.dtype else
-                             xp.astype(g_p, p.value.dtype))
+        for p, grad in ((self.weight, dweight), (self.bias, dbias)):
+            if p is not None:  # back to the parameters' dtype (mixed precision)
+                p.accumulate(grad if grad.dtype == p.value.dtype else
+                             xp.astype(grad, p.value.dtype))
         return dx
 
     def get_config(self) -> dict[str, Any]:
