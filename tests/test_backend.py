@@ -320,3 +320,24 @@ def test_use_refuses_a_name_that_is_not_a_string():
     """Checked at once, naming the argument."""
     with xn.use("numpy"), pytest.raises(TypeError, match="backend name must be a string.*got None"):
         xn.use(None)
+
+
+def test_a_layer_label_is_built_only_for_an_error(be, rng):
+    """The placement check runs in every layer call; a layer's label (its repr, built
+    from its config) cost ~8 us a call on torch when it was built before the check."""
+    built = []
+
+    class Counted(xn.Linear):
+        @property
+        def label(self):
+            built.append(1)
+            return super().label
+
+    layer = Counted(3, 2)
+    x = be.asarray(rng.standard_normal((4, 3)), dtype=layer.weight.value.dtype)
+    layer.forward(x)
+    layer.backward(layer.forward(x))
+    assert built == []
+    with pytest.raises(TypeError, match="expected input of dtype") as info:
+        layer.forward(be.asarray(rng.standard_normal((4, 3)), dtype="int32"))
+    assert "Counted(" in str(info.value) and built

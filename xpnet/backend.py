@@ -435,6 +435,12 @@ def to_numpy(x: Any) -> np.ndarray:
     return backends.adapter_of(x).to_host(x)
 
 
+def _name(who: Any) -> str:
+    """A layer's label (its repr: built only for an error, it costs microseconds per
+    call), or ``who`` itself."""
+    return getattr(who, "label", who)
+
+
 def check_same_place(who: Any, x: Any, ref: Any, what: str = "input") -> None:
     """Raise a clear error when ``x`` is from another library or device than ``ref``.
 
@@ -443,12 +449,11 @@ def check_same_place(who: Any, x: Any, ref: Any, what: str = "input") -> None:
     """
     if type(x) is type(ref) and type(x) is np.ndarray:
         return
-    who = getattr(who, "label", who)
     if type(x) is not type(ref):
         lib_x, lib_ref = _library(x), _library(ref)
         if lib_x != lib_ref:
             raise TypeError(
-                f"{who}: {what} is a {lib_x} array ({type(x).__name__}) but the "
+                f"{_name(who)}: {what} is a {lib_x} array ({type(x).__name__}) but the "
                 f"parameters are {lib_ref} arrays; move the data with "
                 f"backend.asarray(...) or the model with model.to(...)"
             )
@@ -456,7 +461,7 @@ def check_same_place(who: Any, x: Any, ref: Any, what: str = "input") -> None:
     dx, dr = device(x), device(ref)
     if dx != dr:
         raise ValueError(
-            f"{who}: {what} is on device {dx} but the parameters are on {dr}; "
+            f"{_name(who)}: {what} is on device {dx} but the parameters are on {dr}; "
             f"move one of them so both are on the same device"
         )
 
