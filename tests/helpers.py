@@ -81,13 +81,16 @@ def assert_grads_equal(got, want, tol=1e-11):
 
 def torch_compare(be, layer, module, x_host, *, params=(), int_input=False):
     """Forward and backward of ``layer`` on ``be`` against torch ``module`` (float64 on
-    the CPU, its weights copied from ``layer``): output, input gradient and the
-    gradients of ``params`` (names shared by both)."""
+    the CPU, its weights copied from ``layer``, tied ones under each name): output, input
+    gradient and the gradients of ``params`` (names shared by both), or, with
+    ``params="all"``, of every parameter, the two listing the same names (torch lists a
+    tied parameter once too)."""
     torch = pytest.importorskip("torch")
     dtype, tol = wide(be)
     module.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
-                            for k, v in layer.state_dict().items()})
+                            for k, v in layer.state_dict(tied=True).items()})
     x = be.asarray(x_host, dtype="int64" if int_input else dtype)
+    layer.zero_grad()
     y = layer.forward(x)
     dy_host = np.random.default_rng(7).standard_normal(tuple(y.shape))
     dx = layer.backward(be.asarray(dy_host, dtype=dtype))
@@ -101,6 +104,9 @@ def torch_compare(be, layer, module, x_host, *, params=(), int_input=False):
         np.testing.assert_allclose(to_numpy(dx), xt.grad.numpy(), rtol=tol, atol=tol)
     got = dict(layer.named_parameters())
     tgrads = dict(module.named_parameters())
+    if params == "all":
+        assert set(got) == set(tgrads), (sorted(got), sorted(tgrads))
+        params = list(tgrads)
     for name in params:
         np.testing.assert_allclose(to_numpy(got[name].grad), tgrads[name].grad.numpy(),
                                    rtol=tol, atol=tol, err_msg=name)

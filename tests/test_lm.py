@@ -9,41 +9,15 @@ import math
 
 import numpy as np
 import pytest
+from helpers import torch_compare, wide
 
 import xpnet as xn
 from xpnet.testing import assert_on, check_layer
 
 
-def _wide(be):
-    """float64 where the case has it (PyTorch comparisons to 1e-9), else float32."""
-    return ("float64", 1e-9) if be.supports("float64") else ("float32", 1e-4)
-
-
 def _torch_compare(be, layer, module, x_host, *, int_input=False):
-    """Forward and backward of ``layer`` on ``be`` against torch ``module`` (float64 on
-    the CPU, its weights copied from ``layer``): output, input gradient and the gradient
-    of every parameter the two share by name."""
-    torch = pytest.importorskip("torch")
-    dtype, tol = _wide(be)
-    module.load_state_dict({k: torch.tensor(v, dtype=torch.float64)
-                            for k, v in layer.state_dict(tied=True).items()})
-    x = be.asarray(x_host, dtype="int64" if int_input else dtype)
-    layer.zero_grad()
-    y = layer.forward(x)
-    dy_host = np.random.default_rng(7).standard_normal(tuple(y.shape))
-    dx = layer.backward(be.asarray(dy_host, dtype=dtype))
-    xt = torch.tensor(x_host) if int_input else torch.tensor(x_host, requires_grad=True)
-    yt = module(xt)
-    yt.backward(torch.tensor(dy_host))
-    np.testing.assert_allclose(xn.to_numpy(y), yt.detach().numpy(), rtol=tol, atol=tol)
-    if not int_input:
-        np.testing.assert_allclose(xn.to_numpy(dx), xt.grad.numpy(), rtol=tol, atol=tol)
-    ours = dict(layer.named_parameters())
-    theirs = dict(module.named_parameters())  # torch lists a tied parameter once too
-    assert set(ours) == set(theirs), (sorted(ours), sorted(theirs))
-    for name, p in theirs.items():
-        np.testing.assert_allclose(xn.to_numpy(ours[name].grad), p.grad.numpy(),
-                                   rtol=tol, atol=tol, err_msg=name)
+    """helpers.torch_compare on every parameter the two share by name."""
+    torch_compare(be, layer, module, x_host, params="all", int_input=int_input)
 
 
 # -- 1. LayerNorm without bias or affine; Linear without bias -----------------------------
@@ -52,7 +26,7 @@ def _torch_compare(be, layer, module, x_host, *, int_input=False):
                          ids=["no-bias", "no-affine", "neither"])
 def test_layernorm_variants_match_torch(be, rng, kw, tmp_path):
     torch = pytest.importorskip("torch")
-    dtype, _ = _wide(be)
+    dtype, _ = wide(be)
     layer = xn.LayerNorm(5, eps=1e-4, dtype=dtype, **kw)
     module = torch.nn.LayerNorm(5, eps=1e-4, **kw).double()
     names = [n for n, _ in module.named_parameters()]
@@ -85,7 +59,7 @@ def test_layernorm_without_parameters_takes_any_float_input(be):
 
 def test_linear_without_bias_round_trips_with_torch(be, rng):
     torch = pytest.importorskip("torch")
-    dtype, _ = _wide(be)
+    dtype, _ = wide(be)
     layer = xn.Linear(4, 3, bias=False, dtype=dtype)
     module = torch.nn.Linear(4, 3, bias=False).double()
     assert list(layer.state_dict()) == list(module.state_dict()) == ["weight"]
@@ -120,7 +94,7 @@ def _torch_tied():
 def test_tied_head_is_one_parameter_with_the_summed_gradient(be, rng):
     """Listed once (under the embedding's name), its gradient the sum of the lookup's
     and the head's, as a torch model with head.weight = emb.weight."""
-    dtype, _ = _wide(be)
+    dtype, _ = wide(be)
     model = _tied(dtype)
     assert model[2].weight is model[0].weight
     assert [n for n, _ in model.named_parameters()] == ["0.weight", "1.weight"]
@@ -140,7 +114,7 @@ def test_tied_weights_round_trip_with_torch(be, rng):
     with torch.no_grad():
         theirs[0].weight.copy_(torch.tensor(rng.standard_normal((V, D))))
     assert set(theirs.state_dict()) == {"0.weight", "1.weight", "2.weight"}
-    ours = _tied(_wide(be)[0])
+    ours = _tied(wide(be)[0])
     ours.load_state_dict(theirs.state_dict())  # strict: the alias is the same array
     np.testing.assert_allclose(xn.to_numpy(ours[2].weight.value),
                                theirs[0].weight.detach().numpy(), rtol=1e-6)
@@ -322,7 +296,7 @@ def test_dropouts_are_the_identity_in_inference_as_torch(be, rng):
     """attn_dropout and resid_dropout leave inference alone: the layers equal torch's
     MultiheadAttention(dropout=p) and TransformerEncoderLayer(dropout=p) in eval mode."""
     torch = pytest.importorskip("torch")
-    dtype, tol = _wide(be)
+    dtype, tol = wide(be)
     layer = xn.MultiHeadAttention(6, 2, causal=True, attn_dropout=0.3, resid_dropout=0.2,
                                   dtype=dtype)
     t = _torch_mha(layer).eval()
@@ -407,7 +381,7 @@ def test_blockwise_attention_equals_the_plain_path(be, rng, causal, drop):
     """Forward and backward of the blockwise path (tiles of 4 over 11 positions: a short
     last tile) equal the plain path's in float64, with the attention dropout off and on
     (both draw the same masks, tile by tile)."""
-    dtype, _ = _wide(be)
+    dtype, _ = wide(be)
     tol = 1e-10 if dtype == "float64" else 1e-5
     runs = []
     x = be.asarray(rng.standard_normal((2, 11, 8)), dtype=dtype)
@@ -568,7 +542,7 @@ def test_generate_with_the_cache_gives_the_same_tokens(be):
     each time draw the same tokens for a seed, past the context too (where the window
     restarts from its newest half); greedy decoding (temperature 0, top_k=1) is the
     argmax; the tokens stay on the device."""
-    dtype, _ = _wide(be)
+    dtype, _ = wide(be)
     model = _small_gpt(dtype)
     prompt = np.array([[1, 2, 3], [4, 5, 6]])
     for kw in (dict(temperature=1.0), dict(temperature=0.7, top_k=4)):
@@ -580,11 +554,11 @@ def test_generate_with_the_cache_gives_the_same_tokens(be):
         np.testing.assert_array_equal(xn.to_numpy(cached)[:, :3], prompt)
         other = xn.generate(model, prompt, 14, seed=6, **kw)
         assert not np.array_equal(xn.to_numpy(other), xn.to_numpy(model_out))
-    wide = _small_gpt(dtype, context=32)  # no restart: the argmax of the whole sequence
-    want = _argmax_decode(wide, prompt, 10)
+    roomy = _small_gpt(dtype, context=32)  # no restart: the argmax of the whole sequence
+    want = _argmax_decode(roomy, prompt, 10)
     for kw in (dict(temperature=0.0), dict(top_k=1)):
-        np.testing.assert_array_equal(xn.to_numpy(xn.generate(wide, prompt, 10, **kw)), want)
-    one = xn.generate(wide, [1, 2, 3], 4, temperature=0.0)
+        np.testing.assert_array_equal(xn.to_numpy(xn.generate(roomy, prompt, 10, **kw)), want)
+    one = xn.generate(roomy, [1, 2, 3], 4, temperature=0.0)
     assert one.shape == (7,)
     np.testing.assert_array_equal(xn.to_numpy(one), want[0, :7])
 
