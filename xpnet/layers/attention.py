@@ -188,20 +188,25 @@ class MultiHeadAttention(Layer):
     def _uses_blocks(self, length: int) -> bool:
         return self.blockwise if self.blockwise is not None else length > BLOCKWISE_ABOVE
 
-    def forward(self, x: Any, *, train: bool = True) -> Any:
+    def _project(self, xp: Any, x: Any) -> tuple[Any, Any, Any, Any]:
+        """``x (N, L, E)``, checked against the weights -> its rows ``(N L, E)`` and the
+        scaled queries, keys and values, ``(N, H, L, d)`` each: views of one product."""
         w_in = self.in_proj_weight.value
         _check_sequence(self, x, w_in, self.embed_dim)
-        xp = namespace(x)
-        o = ops(xp)
         n, length, e = x.shape
         h = self.num_heads
         d = e // h
         x2 = xp.reshape(x, (n * length, e))
-        qkv = o.linear(xp, x2, w_in, None if self.in_proj_bias is None else self.in_proj_bias.value)
-        # (N L, 3E) -> (3, N, H, L, d): views, no copies
+        bias = None if self.in_proj_bias is None else self.in_proj_bias.value
+        qkv = ops(xp).linear(xp, x2, w_in, bias)
         qkv = xp.permute_dims(xp.reshape(qkv, (n, length, 3, h, d)), (2, 0, 3, 1, 4))
-        q = qkv[0, ...] * (1.0 / math.sqrt(d))
-        k, v = qkv[1, ...], qkv[2, ...]
+        return x2, qkv[0, ...] * (1.0 / math.sqrt(d)), qkv[1, ...], qkv[2, ...]
+
+    def forward(self, x: Any, *, train: bool = True) -> Any:
+        xp = namespace(x)
+        o = ops(xp)
+        x2, q, k, v = self._project(xp, x)
+        n, length, e = x.shape
         tiles = self._blocks(length)
         draw = None  # the attention-dropout masks: tile t is position t of a reservation
         if train and self.attn_dropout > 0:
@@ -403,18 +408,10 @@ class MultiHeadAttention(Layer):
         if not self.causal:
             raise ValueError(f"{self.label}: only causal attention can decode a few "
                              f"positions at a time (each would see later ones)")
-        w_in = self.in_proj_weight.value
-        _check_sequence(self, x, w_in, self.embed_dim)
         xp = namespace(x)
         o = ops(xp)
+        _, q, k, v = self._project(xp, x)
         n, t, e = x.shape
-        h = self.num_heads
-        d = e // h
-        qkv = o.linear(xp, xp.reshape(x, (n * t, e)), w_in,
-                       None if self.in_proj_bias is None else self.in_proj_bias.value)
-        qkv = xp.permute_dims(xp.reshape(qkv, (n, t, 3, h, d)), (2, 0, 3, 1, 4))
-        q = qkv[0, ...] * (1.0 / math.sqrt(d))
-        k, v = qkv[1, ...], qkv[2, ...]
         past = state.cache.get(self)
         if past is not None:
             k, v = xp.concat([past[0], k], axis=2), xp.concat([past[1], v], axis=2)
