@@ -14,6 +14,7 @@ import pytest
 import xpnet as xn
 from xpnet import backend, backends
 from xpnet.backend import to_numpy
+from xpnet.backends.base import CapturingCompiler
 from xpnet.testing import assert_on
 
 
@@ -161,3 +162,35 @@ def torch_autograd_check(layer, x_host, torch_fn, params):
     np.testing.assert_allclose(dx, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     for p, t in zip(params, pt, strict=True):
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+# -- a CUDA graph stand-in ----------------------------------------------------------------
+class FakeGraphs(CapturingCompiler):
+    """Stands for ``backends.cupy.CudaGraphs``. Capturing runs the step's Python (as a
+    real capture does) but undoes what it computed (a capture records kernels without
+    running them); a launch re-runs the captured code, which reads and writes exactly
+    the arrays the capture saw."""
+
+    name = "fake CUDA graph"
+
+    def __init__(self, step=None):
+        self.step = step  # whose arrays a capture leaves as they were (None: not checked)
+        self.captures = self.launches = self.eager_runs = 0
+
+    def eager(self, fn):
+        self.eager_runs += 1
+        return fn()
+
+    def capture(self, fn):
+        self.captures += 1
+        saved = [(a, a.copy()) for a in self.step.arrays()] if self.step else []
+        try:
+            fn()
+        finally:
+            for a, old in saved:
+                a[...] = old
+        return fn
+
+    def launch(self, graph):
+        self.launches += 1
+        graph()

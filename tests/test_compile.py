@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import FakeGraphs
 
 import xpnet as xn
-from xpnet.backends.base import CapturingCompiler
 from xpnet.train import MetricSet, Step, TrainStep
 from xpnet.train import compiled as compiled_mod
 from xpnet.train import loop as loop_mod
@@ -190,35 +190,6 @@ def test_optimizer_of_other_parameters_is_refused():
 
 
 # -- the CUDA-graph logic, on NumPy arrays ---------------------------------------------
-class FakeGraphs(CapturingCompiler):
-    """Stands for ``backends.cupy.CudaGraphs``. Capturing runs the step's Python (as a
-    real capture does) but undoes what it computed (a capture records kernels without
-    running them); a launch re-runs the captured code, which reads and writes exactly
-    the arrays the capture saw."""
-
-    name = "fake CUDA graph"
-
-    def __init__(self):
-        self.step = None  # the Step whose arrays a capture must leave as they were
-        self.captures = self.launches = self.eager_runs = 0
-
-    def eager(self, fn):
-        self.eager_runs += 1
-        return fn()
-
-    def capture(self, fn):
-        self.captures += 1
-        saved = [(a, a.copy()) for a in self.step.arrays()]
-        fn()
-        for a, old in saved:
-            a[...] = old
-        return fn
-
-    def launch(self, graph):
-        self.launches += 1
-        graph()
-
-
 def _graph_run(build, compiled, sizes, schedule=True, epochs=3):
     xn.use("numpy")
     rng = np.random.default_rng(4)

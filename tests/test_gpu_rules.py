@@ -139,9 +139,9 @@ def test_jax_cuda_computes_float32_in_float32(jax_gpu_stub, monkeypatch, opt_in,
 import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
+from helpers import FakeGraphs  # noqa: E402
 
 from xpnet import backends  # noqa: E402
-from xpnet.backends.base import CapturingCompiler  # noqa: E402
 from xpnet.backends.cupy import CudaGraphs  # noqa: E402
 from xpnet.train import Step, TrainStep  # noqa: E402
 
@@ -153,12 +153,11 @@ CUBLAS_REFUSAL = "calling cuBLAS API during stream capture is currently unsuppor
 GEMM_PRIMITIVES = ("linear", "conv_forward", "conv_backward", "rows_add_onehot")
 
 
-class RefusingGraphs(CapturingCompiler):
-    """``CudaGraphs`` on CuPy 14, on NumPy arrays: a capture runs the step's Python (as a
-    real capture does) and undoes what it computed (a capture records kernels without
-    running them); while it captures, a matmul raises CuPy's NotImplementedError. A
-    launch re-runs the captured code on the captured arrays. ``refusal`` is the real
-    CudaGraphs', so the driver is asked the question it asks on a GPU."""
+class RefusingGraphs(FakeGraphs):
+    """``CudaGraphs`` on CuPy 14, on NumPy arrays: helpers.FakeGraphs, whose capture runs
+    the step's Python and undoes what it computed, and while it captures a matmul raises
+    CuPy's NotImplementedError. ``refusal`` is the real CudaGraphs', so the driver is
+    asked the question it asks on a GPU."""
 
     name = "fake CUDA graph (cuBLAS refused while capturing)"
     refusal = CudaGraphs.refusal
@@ -166,17 +165,7 @@ class RefusingGraphs(CapturingCompiler):
     #: what a matmul raises while capturing
     error = staticmethod(lambda: NotImplementedError(CUBLAS_REFUSAL))
 
-    def __init__(self, step=None):
-        self.step = step  # whose arrays a capture leaves as they were (None: not checked)
-        self.captures = self.launches = self.eager_runs = 0
-
-    def eager(self, fn):
-        self.eager_runs += 1
-        return fn()
-
     def capture(self, fn):
-        self.captures += 1
-        saved = [(a, a.copy()) for a in self.step.arrays()] if self.step else []
         o = backends.ops(np)
 
         def refuse(*args, **kwargs):
@@ -185,17 +174,10 @@ class RefusingGraphs(CapturingCompiler):
         for name in GEMM_PRIMITIVES:
             setattr(o, name, refuse)  # an instance attribute hides the method
         try:
-            fn()
+            return super().capture(fn)
         finally:
             for name in GEMM_PRIMITIVES:
                 delattr(o, name)
-            for a, old in saved:
-                a[...] = old
-        return fn
-
-    def launch(self, graph):
-        self.launches += 1
-        graph()
 
 
 def _mlp():
